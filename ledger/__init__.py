@@ -1,0 +1,1 @@
+"""Token Ledger: the domain model and the application service, the only code that writes events."""

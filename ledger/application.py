@@ -1,0 +1,444 @@
+"""The application service: the only code that writes events.
+
+Commands take primitives and an `AuditContext`, load aggregates, apply the domain's rules and
+save atomically. Authorization ("who may do this") is decided here too, so that the HTTP layer
+only authenticates and translates.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, ParamSpec, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from ledger import tokens
+from ledger.attempts import AttemptLimiter, InMemoryAttemptLimiter
+from ledger.config import Settings
+from ledger.domainmodel import (
+    IP_LIMIT,
+    USERNAME_LIMIT,
+    AuditContext,
+    AuthenticationFailed,
+    Conflict,
+    FailureLimit,
+    InvalidInput,
+    LockedOut,
+    Lockout,
+    NotForOperators,
+    Person,
+    PersonDisabled,
+    PersonNotFound,
+    Token,
+    TokenNotFound,
+    UsernameTaken,
+    Workspace,
+    WorkspaceExists,
+    WorkspaceNotFound,
+    check_username,
+    person_id_for,
+    token_is_usable,
+)
+from ledger.passwords import Passwords, policy_violation
+
+P = ParamSpec("P")
+R = TypeVar("R")
+CONFLICT_RETRIES = 5
+
+
+def retry_on_conflict(command: Callable[P, R]) -> Callable[P, R]:
+    """Re-run a read-modify-save command that lost an optimistic-concurrency race.
+
+    The command reloads its aggregates on each attempt, so its guards see the winner's events.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for _ in range(CONFLICT_RETRIES - 1):
+            try:
+                return command(*args, **kwargs)
+            except IntegrityError:
+                continue
+        try:
+            return command(*args, **kwargs)
+        except IntegrityError:
+            raise Conflict("The resource was changed concurrently; try again") from None
+
+    return wrapper
+
+
+class IssuedToken(NamedTuple):
+    value: str  # shown once, to the person who asked for it, and never stored
+    info: dict[str, Any]
+
+
+class Ledger(Application[UUID]):
+    name = "ledger"
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        passwords: Passwords | None = None,
+        attempts: AttemptLimiter | None = None,
+        token_prefix: str = "tlk",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        super().__init__(env)
+        self.passwords = passwords or Passwords()
+        self.attempts = attempts or InMemoryAttemptLimiter()
+        self.token_prefix = token_prefix
+        self.clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, attempts: AttemptLimiter | None = None) -> Ledger:
+        return cls(
+            settings.eventsourcing_env(),
+            passwords=Passwords(settings.argon2),
+            attempts=attempts,
+            token_prefix=settings.token_prefix,
+        )
+
+    # Workspaces
+
+    def create_workspace(self, name: str, ctx: AuditContext) -> UUID:
+        self._check_operator(ctx)
+        workspace = Workspace(name=name, context=ctx.as_event_field())
+        try:
+            self.save(workspace)
+        except IntegrityError:
+            raise WorkspaceExists(f"Workspace {name!r} already exists") from None
+        return workspace.id
+
+    def workspace_id(self, name: str) -> UUID:
+        workspace_id = Workspace.create_id(name)
+        if workspace_id not in self.repository:
+            raise WorkspaceNotFound(f"Workspace {name!r} not found")
+        return workspace_id
+
+    def get_settings(self, ctx: AuditContext, workspace_id: UUID | None = None) -> dict[str, Any]:
+        workspace = self._workspace(self._subject_workspace_id(ctx, workspace_id))
+        return dict(workspace.settings)
+
+    @retry_on_conflict
+    def change_settings(
+        self, ctx: AuditContext, changes: dict[str, Any], workspace_id: UUID | None = None
+    ) -> dict[str, Any]:
+        workspace = self._workspace(self._subject_workspace_id(ctx, workspace_id))
+        for name, value in changes.items():
+            workspace.change_setting(name, value, ctx.as_event_field())
+        self.save(workspace)
+        return dict(workspace.settings)
+
+    # People
+
+    def add_person(
+        self,
+        ctx: AuditContext,
+        username: str,
+        password: str,
+        role: str,
+        workspace_id: UUID | None = None,
+        can_generate_tokens: bool = False,
+    ) -> UUID:
+        workspace = self._workspace(self._subject_workspace_id(ctx, workspace_id))
+        self._check_password_policy(password)
+        check_username(username)  # before the expensive hash
+        person = Person(
+            username=username,
+            workspace_id=workspace.id,
+            role=role,
+            can_generate_tokens=can_generate_tokens,
+            password_hash=self.passwords.hash(password),
+            context=ctx.as_event_field(),
+        )
+        try:
+            self.save(person)
+        except IntegrityError:
+            raise UsernameTaken(f"Username {username!r} is already taken") from None
+        return person.id
+
+    def get_person(self, person_id: UUID) -> dict[str, Any]:
+        return person_as_dict(self._person(person_id))
+
+    def find_person_id(self, username: str) -> UUID:
+        person_id = person_id_for(username)
+        if person_id not in self.repository:
+            raise PersonNotFound(f"Person {username!r} not found")
+        return person_id
+
+    @retry_on_conflict
+    def update_person(
+        self,
+        ctx: AuditContext,
+        person_id: UUID,
+        *,
+        disabled: bool | None = None,
+        role: str | None = None,
+        can_generate_tokens: bool | None = None,
+    ) -> dict[str, Any]:
+        person = self._subject_person(ctx, person_id)
+        actor = self._actor(ctx)
+        if actor is not None:
+            actor.check_may_update(person, disabled, role)
+        context = ctx.as_event_field()
+        if disabled is not None:
+            person.set_disabled(disabled, context)
+        if role is not None:
+            person.change_role(role, context)
+        if can_generate_tokens is not None:
+            person.set_token_permission(can_generate_tokens, context)
+        self.save(person)
+        return person_as_dict(person)
+
+    @retry_on_conflict
+    def change_password(self, ctx: AuditContext, current_password: str, new_password: str) -> None:
+        person = self._actor(ctx)
+        if person is None:
+            raise NotForOperators("The operator has no password to change")
+        self._check_password(person, current_password, ctx)
+        self._check_password_policy(new_password)
+        person.change_password(self.passwords.hash(new_password), ctx.as_event_field())
+        self.save(person)
+
+    def set_password(self, ctx: AuditContext, person_id: UUID, new_password: str) -> None:
+        """The operator's reset, for someone who lost their password."""
+        self._check_operator(ctx)
+        self._check_password_policy(new_password)
+        person = self._person(person_id)
+        person.change_password(self.passwords.hash(new_password), ctx.as_event_field())
+        self.save(person)
+
+    def authenticate(self, username: str, password: str, ctx: AuditContext) -> UUID:
+        """Rule 8 applies: too many failures lock the username, and the client's IP."""
+        now = self.clock()
+        retry_after = max(
+            self.attempts.blocked_for(limit.key(subject), now)
+            for limit, subject in _failure_limits(username, ctx)
+        )
+        if retry_after:
+            raise LockedOut("Too many failed login attempts; try again later", retry_after)
+        person_id = person_id_for(username)
+        person = self._find(Person, person_id)
+        if not self.passwords.verify(person.password_hash if person else None, password):
+            self._record_failure(username, person, ctx, now)
+            raise AuthenticationFailed("Invalid username or password")
+        assert person is not None
+        self.attempts.clear(USERNAME_LIMIT.key(username))
+        if person.disabled:
+            raise PersonDisabled("This account is disabled")
+        return person.id
+
+    # Tokens
+
+    def issue_token(
+        self, ctx: AuditContext, lifetime_seconds: int | None = None, description: str = ""
+    ) -> IssuedToken:
+        """Rule 1: only to the person who authenticated, by password or with their own token."""
+        person = self._actor(ctx)
+        if person is None or ctx.method not in ("password", "token"):
+            raise NotForOperators("Tokens are issued only to the person who authenticates for them")
+        workspace = self._workspace(person.workspace_id)
+        workspace.check_may_generate_tokens(person)
+        now = self.clock()
+        if ctx.method == "token":
+            parent = self._find(Token, ctx.token_id) if ctx.token_id else None
+            if parent is None or not token_is_usable(parent, person, workspace, now):
+                raise AuthenticationFailed("The token used to authenticate is not valid")
+        lifetime = workspace.token_lifetime(lifetime_seconds)
+        value = tokens.generate(self.token_prefix)
+        token = Token(
+            owner_id=person.id,
+            workspace_id=workspace.id,
+            token_hash=tokens.digest(value),
+            description=description,
+            lifetime_seconds=lifetime,
+            context=ctx.as_event_field(),
+        )
+        self.save(token)
+        return IssuedToken(value, token_as_dict(token, now))
+
+    def get_token(self, ctx: AuditContext, token_id: UUID) -> dict[str, Any]:
+        token = self._token(token_id)
+        token.check_visible_to(self._actor(ctx))
+        token.check_not_deleted()
+        return token_as_dict(token, self.clock())
+
+    @retry_on_conflict
+    def delete_token(self, ctx: AuditContext, token_id: UUID) -> None:
+        """Rule 6: unknown or foreign ids are not found; one already deleted is gone."""
+        token = self._token(token_id)
+        token.check_visible_to(self._actor(ctx))
+        token.delete(ctx.as_event_field())
+        self.save(token)
+
+    @retry_on_conflict
+    def delete_all_tokens(self, ctx: AuditContext, person_id: UUID | None = None) -> int:
+        """All or nothing: the deletions are saved atomically."""
+        owner = self._subject_person(ctx, person_id)
+        live = [t for t in map(self._token, self._token_ids_of(owner.id)) if not t.deleted]
+        for token in live:
+            token.delete(ctx.as_event_field())
+        self.save(*live)
+        return len(live)
+
+    def list_tokens(self, ctx: AuditContext, person_id: UUID | None = None) -> list[dict[str, Any]]:
+        """Rule 7, read from the store: newest first, expired included, deleted left out.
+
+        This scans the store's token events; the API lists from the Redis read model instead.
+        """
+        owner = self._subject_person(ctx, person_id)
+        now = self.clock()
+        listed = [self._token(token_id) for token_id in self._token_ids_of(owner.id)]
+        return [
+            token_as_dict(t, now)
+            for t in sorted(listed, key=lambda t: t.created_on, reverse=True)
+            if not t.deleted
+        ]
+
+    # Helpers
+
+    def _token_ids_of(self, owner_id: UUID) -> Iterator[UUID]:
+        topic = Token.Issued.TOPIC  # type: ignore[attr-defined]
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(start, 500, topics=[topic])
+            for notification in page:
+                issued = self.mapper.to_domain_event(notification)
+                if issued.owner_id == owner_id:  # type: ignore[attr-defined]
+                    yield issued.originator_id
+            if len(page) < 500:
+                return
+            start = page[-1].id + 1
+
+    def _record_failure(
+        self, username: str, person: Person | None, ctx: AuditContext, now: datetime
+    ) -> None:
+        for limit, subject in _failure_limits(username, ctx):
+            key = limit.key(subject)
+            # Counters are atomic, so exactly one request sees the count reach the limit.
+            if self.attempts.add_failure(key, limit.window, now) == limit.limit:
+                self.attempts.block(key, limit.lockout, now)
+                self.save(
+                    Lockout(
+                        scope=limit.scope,
+                        subject=subject,
+                        failures=limit.limit,
+                        until=now + limit.lockout,
+                        workspace_id=person.workspace_id if person else None,
+                        person_id=person.id if person else None,
+                        context=ctx.as_event_field(),
+                    )
+                )
+
+    def _check_password(self, person: Person, password: str, ctx: AuditContext) -> None:
+        self.authenticate(person.username, password, ctx)
+
+    @staticmethod
+    def _check_password_policy(password: str) -> None:
+        problem = policy_violation(password)
+        if problem:
+            raise InvalidInput(problem)
+
+    @staticmethod
+    def _check_operator(ctx: AuditContext) -> None:
+        if not ctx.is_operator:
+            raise NotForOperators("Only the operator may do this")
+
+    def _actor(self, ctx: AuditContext) -> Person | None:
+        """The person acting, or None for the operator (CLI or system)."""
+        if ctx.is_operator:
+            return None
+        if ctx.actor_id is None:
+            raise AuthenticationFailed("Authentication required")
+        person = self._find(Person, ctx.actor_id)
+        if person is None:
+            raise AuthenticationFailed("Authentication required")
+        if person.disabled:
+            raise PersonDisabled("This account is disabled")
+        return person
+
+    def _subject_workspace_id(self, ctx: AuditContext, workspace_id: UUID | None) -> UUID:
+        """The actor's own workspace, which they must administer; the operator names one."""
+        actor = self._actor(ctx)
+        if actor is None:
+            if workspace_id is None:
+                raise InvalidInput("The operator must name a workspace")
+            return workspace_id
+        actor.check_may_administer(workspace_id or actor.workspace_id)
+        return actor.workspace_id
+
+    def _subject_person(self, ctx: AuditContext, person_id: UUID | None) -> Person:
+        """The actor themselves, or, for their workspace's admins and the operator, anyone."""
+        actor = self._actor(ctx)
+        if actor is not None and person_id in (None, actor.id):
+            return actor
+        if person_id is None:
+            raise InvalidInput("The operator must name a person")
+        if actor is not None:
+            actor.check_may_administer(actor.workspace_id)
+        subject = self._find(Person, person_id)
+        # Other workspaces' people do not exist as far as an admin can tell.
+        if subject is None or (actor is not None and subject.workspace_id != actor.workspace_id):
+            raise PersonNotFound(f"Person {person_id} not found")
+        return subject
+
+    def _find(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        try:
+            aggregate: object = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, cls) else None
+
+    def _person(self, person_id: UUID) -> Person:
+        person = self._find(Person, person_id)
+        if person is None:
+            raise PersonNotFound(f"Person {person_id} not found")
+        return person
+
+    def _workspace(self, workspace_id: UUID) -> Workspace:
+        workspace = self._find(Workspace, workspace_id)
+        if workspace is None:
+            raise WorkspaceNotFound(f"Workspace {workspace_id} not found")
+        return workspace
+
+    def _token(self, token_id: UUID) -> Token:
+        token = self._find(Token, token_id)
+        if token is None:
+            raise TokenNotFound(f"Token {token_id} not found")
+        return token
+
+
+A = TypeVar("A", Person, Workspace, Token)
+
+
+def person_as_dict(person: Person) -> dict[str, Any]:
+    return {
+        "id": person.id,
+        "username": person.username,
+        "role": person.role,
+        "disabled": person.disabled,
+        "can_generate_tokens": person.can_generate_tokens,
+        "workspace_id": person.workspace_id,
+    }
+
+
+def token_as_dict(token: Token, now: datetime) -> dict[str, Any]:
+    return {
+        "token_id": token.id,
+        "owner_id": token.owner_id,
+        "workspace_id": token.workspace_id,
+        "description": token.description,
+        "created_at": token.created_on,
+        "expires_at": token.expires_at,
+        "last_used": None,
+        "status": token.status(now),
+    }
+
+
+def _failure_limits(username: str, ctx: AuditContext) -> list[tuple[FailureLimit, str]]:
+    return [(USERNAME_LIMIT, username)] + ([(IP_LIMIT, ctx.ip)] if ctx.ip else [])

@@ -1,0 +1,142 @@
+"""Every setting the service reads from the environment, read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+DEFAULT_DATABASE_URL = "sqlite:///./var/ledger.sqlite"
+TOKEN_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9]{1,16}")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message is one line meant for an operator."""
+
+
+@dataclass(frozen=True)
+class Argon2Parameters:
+    # RFC 9106's second recommended option (64 MiB, 3 passes), argon2-cffi's default.
+    time_cost: int = 3
+    memory_kib: int = 65536
+    parallelism: int = 4
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    token_prefix: str = "tlk"
+    audit_key: bytes | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    admin_password: str | None = field(default=None, repr=False)
+    argon2: Argon2Parameters = Argon2Parameters()
+
+    def __post_init__(self) -> None:
+        if not TOKEN_PREFIX_PATTERN.fullmatch(self.token_prefix):
+            raise ConfigError(
+                f"LEDGER_TOKEN_PREFIX must be 1-16 letters or digits, got {self.token_prefix!r}"
+            )
+        self.eventsourcing_env()  # validates the URL now rather than at first use
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        audit_key = environ.get("LEDGER_AUDIT_KEY")
+        return cls(
+            database_url=environ.get("LEDGER_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            redis_url=environ.get("LEDGER_REDIS_URL") or None,
+            token_prefix=environ.get("LEDGER_TOKEN_PREFIX") or "tlk",
+            audit_key=audit_key.encode() if audit_key else None,
+            trusted_proxies=tuple(
+                p.strip() for p in environ.get("LEDGER_TRUSTED_PROXIES", "").split(",") if p.strip()
+            ),
+            admin_password=environ.get("LEDGER_ADMIN_PASSWORD") or None,
+            argon2=Argon2Parameters(
+                time_cost=_int(environ, "LEDGER_ARGON2_TIME_COST", Argon2Parameters.time_cost),
+                memory_kib=_int(environ, "LEDGER_ARGON2_MEMORY_KIB", Argon2Parameters.memory_kib),
+                parallelism=_int(
+                    environ, "LEDGER_ARGON2_PARALLELISM", Argon2Parameters.parallelism
+                ),
+            ),
+        )
+
+    @property
+    def embedded(self) -> bool:
+        """No Redis URL: read models live in this process only."""
+        return self.redis_url is None
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        """Map LEDGER_DATABASE_URL onto eventsourcing's persistence settings."""
+        return database_env(self.database_url)
+
+
+def database_env(url: str) -> dict[str, str]:
+    parts = urlsplit(url)
+    if parts.scheme == "memory":
+        return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    if parts.scheme == "sqlite":
+        # sqlite:///relative/path, sqlite:////absolute/path, sqlite:///:memory:
+        path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+        if not path or parts.netloc:
+            raise ConfigError(f"LEDGER_DATABASE_URL: expected sqlite:///path, got {url!r}")
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": path,
+            "SQLITE_LOCK_TIMEOUT": "10",
+        }
+    if parts.scheme in ("postgresql", "postgres"):
+        dbname = unquote(parts.path.lstrip("/"))
+        if not parts.hostname or not dbname:
+            raise ConfigError(
+                "LEDGER_DATABASE_URL: expected postgresql://user:pass@host:port/db, "
+                f"got {_redact(url)}"
+            )
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            raise ConfigError(f"LEDGER_DATABASE_URL: bad port in {_redact(url)}") from None
+        query = parse_qs(parts.query)
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": parts.hostname,
+            "POSTGRES_PORT": str(port),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_CONNECT_TIMEOUT": "5",
+            "POSTGRES_LOCK_TIMEOUT": "5",
+            # One plpgsql round trip per insert instead of several statements.
+            "POSTGRES_ENABLE_DB_FUNCTIONS": "y",
+        }
+        if "schema" in query:
+            env["POSTGRES_SCHEMA"] = query["schema"][0]
+        if "pool_size" in query:
+            env["POSTGRES_POOL_SIZE"] = query["pool_size"][0]
+        return env
+    raise ConfigError(
+        "LEDGER_DATABASE_URL must start with sqlite:///, postgresql:// or memory://, "
+        f"got {_redact(url)}"
+    )
+
+
+def _redact(url: str) -> str:
+    password = urlsplit(url).password
+    return repr(url.replace(f":{password}@", ":***@") if password else url)
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value

@@ -1,0 +1,474 @@
+"""The domain: workspaces, people, tokens and lockouts, their events and every rule about them.
+
+Each event has an explicit, versioned topic (`ledger:<Aggregate>.<Event>.v1`) so that stored
+events never depend on where a class lives. Every event carries `context`: who caused it and how
+(see `AuditContext`). No event holds a token value or a password.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Literal
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+ADMIN, MEMBER, VERIFIER = "admin", "member", "verifier"
+ROLES = (ADMIN, MEMBER, VERIFIER)
+
+AuthMethod = Literal["password", "token", "cli", "system"]
+EventContext = dict[str, str | None]  # AuditContext as stored in an event
+
+DAY = 86400
+DEFAULT_LIFETIME_SECONDS = 30 * DAY
+# Far beyond any sensible expiry, and well inside what datetime can represent.
+LONGEST_LIFETIME_SECONDS = 100 * 365 * DAY
+NEVER = -1
+
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+WORKSPACE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DESCRIPTION_MAX_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class FailureLimit:
+    """Rule 8: `limit` failed logins within `window` lock the subject out for `lockout`."""
+
+    scope: Literal["username", "ip"]
+    limit: int
+    window: timedelta
+    lockout: timedelta
+
+    def key(self, subject: str) -> str:
+        return f"{self.scope}:{subject.casefold()}"
+
+
+USERNAME_LIMIT = FailureLimit("username", 5, timedelta(minutes=15), timedelta(minutes=15))
+IP_LIMIT = FailureLimit("ip", 30, timedelta(minutes=3), timedelta(hours=1))
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """Who caused an event and how; stored as the `context` field of every event."""
+
+    method: AuthMethod
+    actor_id: UUID | None = None
+    token_id: UUID | None = None  # the token used, when method is "token"
+    ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def cli(cls) -> AuditContext:
+        return cls(method="cli")
+
+    @classmethod
+    def system(cls) -> AuditContext:
+        return cls(method="system")
+
+    @property
+    def is_operator(self) -> bool:
+        """The CLI and the system itself act outside any workspace's permissions."""
+        return self.method in ("cli", "system")
+
+    def as_event_field(self) -> EventContext:
+        return {k: None if v is None else str(v) for k, v in asdict(self).items()}
+
+
+class Workspace(Aggregate):
+    TOPIC = "ledger:Workspace"
+    DEFAULT_SETTINGS: ClassVar[dict[str, bool | int]] = {
+        "apiAccessTokensEnabled": True,
+        "membersCanGenerateTokens": False,
+        "maxTokenLifetimeDays": 365,
+    }
+
+    @staticmethod
+    def create_id(name: str, **_: Any) -> UUID:
+        # Deterministic: a second workspace with the same name collides in the store itself.
+        return uuid5(NAMESPACE_URL, f"/token-ledger/workspaces/{name.casefold()}")
+
+    @event("Created", topic="ledger:Workspace.Created.v1")
+    def __init__(self, name: str, context: EventContext) -> None:
+        check_workspace_name(name)
+        self.name = name
+        self.settings = dict(self.DEFAULT_SETTINGS)
+
+    def change_setting(self, name: str, value: bool | int, context: EventContext) -> bool:
+        """Change one setting; False (and no event) when it already has that value."""
+        check_setting(name, value)
+        if self.settings[name] == value and type(self.settings[name]) is type(value):
+            return False
+        self._setting_changed(name, value, context)
+        return True
+
+    @event("SettingChanged", topic="ledger:Workspace.SettingChanged.v1")
+    def _setting_changed(self, name: str, value: bool | int, context: EventContext) -> None:
+        self.settings[name] = value
+
+    @property
+    def tokens_enabled(self) -> bool:
+        return bool(self.settings["apiAccessTokensEnabled"])
+
+    def may_use_tokens(self, person: Person) -> bool:
+        """Rule 2, which rule 4 applies again at every use."""
+        return (
+            self.tokens_enabled
+            and person.workspace_id == self.id
+            and (
+                person.role == ADMIN
+                or bool(self.settings["membersCanGenerateTokens"])
+                or person.can_generate_tokens
+            )
+        )
+
+    def check_may_generate_tokens(self, person: Person) -> None:
+        if not self.tokens_enabled:
+            raise TokensDisabled("API access tokens are disabled in this workspace")
+        if not self.may_use_tokens(person):
+            raise GenerationNotAllowed("You are not allowed to generate API access tokens")
+
+    def token_lifetime(self, requested: int | None) -> int | None:
+        """Rule 3: the lifetime in seconds a new token gets, None for one that never expires."""
+        max_days = int(self.settings["maxTokenLifetimeDays"])
+        longest = None if max_days == NEVER else max_days * DAY
+        if requested is None:
+            return (
+                DEFAULT_LIFETIME_SECONDS
+                if longest is None
+                else min(DEFAULT_LIFETIME_SECONDS, longest)
+            )
+        if requested == NEVER:
+            if longest is not None:
+                raise LifetimeTooLong(
+                    f"Tokens that never expire are not allowed: the maximum lifetime "
+                    f"is {max_days} days"
+                )
+            return None
+        if isinstance(requested, bool) or requested < 1 or requested > LONGEST_LIFETIME_SECONDS:
+            raise InvalidInput(
+                f"lifetimeSeconds must be -1 or a whole number from 1 to {LONGEST_LIFETIME_SECONDS}"
+            )
+        if longest is not None and requested > longest:
+            raise LifetimeTooLong(
+                f"lifetimeSeconds {requested} exceeds the maximum token lifetime of "
+                f"{max_days} days ({longest} seconds)"
+            )
+        return requested
+
+
+class Person(Aggregate):
+    TOPIC = "ledger:Person"
+
+    class Created(Aggregate.Created):
+        TOPIC = "ledger:Person.Created"
+
+    @staticmethod
+    def create_id(username: str, **_: Any) -> UUID:
+        # Deterministic: usernames are unique in the store itself, not by read-then-write.
+        return person_id_for(username)
+
+    @event("Added", topic="ledger:Person.Added.v1")
+    def __init__(
+        self,
+        username: str,
+        workspace_id: UUID,
+        role: str,
+        can_generate_tokens: bool,
+        password_hash: str,
+        context: EventContext,
+    ) -> None:
+        check_username(username)
+        check_role(role)
+        self.username = username
+        self.workspace_id = workspace_id
+        self.role = role
+        self.can_generate_tokens = can_generate_tokens
+        self.password_hash = password_hash
+        self.disabled = False
+
+    def set_disabled(self, disabled: bool, context: EventContext) -> bool:
+        if disabled == self.disabled:
+            return False
+        if disabled:
+            self._disabled(context)
+        else:
+            self._enabled(context)
+        return True
+
+    @event("Disabled", topic="ledger:Person.Disabled.v1")
+    def _disabled(self, context: EventContext) -> None:
+        self.disabled = True
+
+    @event("Enabled", topic="ledger:Person.Enabled.v1")
+    def _enabled(self, context: EventContext) -> None:
+        self.disabled = False
+
+    def change_role(self, role: str, context: EventContext) -> bool:
+        check_role(role)
+        if role == self.role:
+            return False
+        self._role_changed(role, context)
+        return True
+
+    @event("RoleChanged", topic="ledger:Person.RoleChanged.v1")
+    def _role_changed(self, role: str, context: EventContext) -> None:
+        self.role = role
+
+    def set_token_permission(self, can_generate_tokens: bool, context: EventContext) -> bool:
+        if can_generate_tokens == self.can_generate_tokens:
+            return False
+        self._token_permission_changed(can_generate_tokens, context)
+        return True
+
+    @event("TokenPermissionChanged", topic="ledger:Person.TokenPermissionChanged.v1")
+    def _token_permission_changed(self, can_generate_tokens: bool, context: EventContext) -> None:
+        self.can_generate_tokens = can_generate_tokens
+
+    @event("PasswordChanged", topic="ledger:Person.PasswordChanged.v1")
+    def change_password(self, password_hash: str, context: EventContext) -> None:
+        self.password_hash = password_hash
+
+    def check_may_administer(self, subject_workspace_id: UUID) -> None:
+        if self.disabled or self.role != ADMIN or self.workspace_id != subject_workspace_id:
+            raise NotAdmin("Only an administrator of this workspace may do this")
+
+    def check_may_update(self, subject: Person, disabled: bool | None, role: str | None) -> None:
+        """Admins manage their workspace's people, but cannot lock themselves out."""
+        self.check_may_administer(subject.workspace_id)
+        if subject.id == self.id and (disabled or role not in (None, ADMIN)):
+            raise CannotChangeSelf("Administrators cannot disable or demote themselves")
+
+
+class Token(Aggregate):
+    TOPIC = "ledger:Token"
+
+    class Created(Aggregate.Created):
+        TOPIC = "ledger:Token.Created"
+
+    @event("Issued", topic="ledger:Token.Issued.v1")
+    def __init__(
+        self,
+        owner_id: UUID,
+        workspace_id: UUID,
+        token_hash: str,
+        description: str,
+        lifetime_seconds: int | None,
+        context: EventContext,
+    ) -> None:
+        check_description(description)
+        self.owner_id = owner_id
+        self.workspace_id = workspace_id
+        self.token_hash = token_hash
+        self.description = description
+        self.lifetime_seconds = lifetime_seconds
+        self.deleted = False
+
+    @event("Deleted", topic="ledger:Token.Deleted.v1")
+    def delete(self, context: EventContext) -> None:
+        self.check_not_deleted()
+        self.deleted = True
+
+    @property
+    def expires_at(self) -> datetime | None:
+        if self.lifetime_seconds is None:
+            return None
+        return self.created_on + timedelta(seconds=self.lifetime_seconds)
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def status(self, now: datetime) -> str:
+        return "deleted" if self.deleted else "expired" if self.is_expired(now) else "active"
+
+    def check_not_deleted(self) -> None:
+        if self.deleted:
+            raise TokenAlreadyDeleted(f"Token {self.id} has been deleted")
+
+    def check_visible_to(self, viewer: Person | None) -> None:
+        """Rule 6: owners and their workspace's admins; anyone else is told it does not exist."""
+        if viewer is None:  # the operator
+            return
+        if self.owner_id != viewer.id and not (
+            viewer.role == ADMIN
+            and not viewer.disabled
+            and viewer.workspace_id == self.workspace_id
+        ):
+            raise TokenNotFound(f"Token {self.id} not found")
+
+
+class Lockout(Aggregate):
+    """Rule 8: a username or an IP address refused for a while after too many failed logins."""
+
+    TOPIC = "ledger:Lockout"
+
+    class Created(Aggregate.Created):
+        TOPIC = "ledger:Lockout.Created"
+
+    @event("Started", topic="ledger:Lockout.Started.v1")
+    def __init__(
+        self,
+        scope: str,
+        subject: str,
+        failures: int,
+        until: datetime,
+        workspace_id: UUID | None,
+        person_id: UUID | None,
+        context: EventContext,
+    ) -> None:
+        self.scope = scope
+        self.subject = subject
+        self.failures = failures
+        self.until = until
+        self.workspace_id = workspace_id
+        self.person_id = person_id
+
+
+def person_id_for(username: str) -> UUID:
+    return uuid5(NAMESPACE_URL, f"/token-ledger/people/{username.casefold()}")
+
+
+def token_is_usable(token: Token, owner: Person, workspace: Workspace, now: datetime) -> bool:
+    """Rule 4. The Redis verifier (projections/verifier.py) evaluates the same conditions."""
+    return (
+        not token.deleted
+        and not token.is_expired(now)
+        and not owner.disabled
+        and token.owner_id == owner.id
+        and token.workspace_id == workspace.id
+        and workspace.may_use_tokens(owner)
+    )
+
+
+def check_username(username: str) -> None:
+    if not USERNAME_PATTERN.fullmatch(username):
+        raise InvalidInput(
+            "username must be 1-64 characters: letters, digits and . _ @ + -, "
+            "starting with a letter or digit"
+        )
+
+
+def check_workspace_name(name: str) -> None:
+    if not WORKSPACE_NAME_PATTERN.fullmatch(name):
+        raise InvalidInput(
+            "workspace name must be 1-64 characters: letters, digits and . _ -, "
+            "starting with a letter or digit"
+        )
+
+
+def check_role(role: str) -> None:
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
+
+
+def check_description(description: str) -> None:
+    if len(description) > DESCRIPTION_MAX_LENGTH:
+        raise InvalidInput(f"description must be at most {DESCRIPTION_MAX_LENGTH} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in description):
+        raise InvalidInput("description must not contain control characters")
+
+
+def check_setting(name: str, value: object) -> None:
+    if name not in Workspace.DEFAULT_SETTINGS:
+        raise InvalidInput(f"unknown setting {name!r}")
+    if name == "maxTokenLifetimeDays":
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not (value == NEVER or 1 <= value <= LONGEST_LIFETIME_SECONDS // DAY)
+        ):
+            raise InvalidInput(
+                f"maxTokenLifetimeDays must be -1 or a whole number from 1 to "
+                f"{LONGEST_LIFETIME_SECONDS // DAY}"
+            )
+    elif not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be true or false")
+
+
+class LedgerError(Exception):
+    """A command was refused. Subclasses say why; the API maps each family to a status."""
+
+
+class InvalidInput(LedgerError):
+    pass
+
+
+class AuthenticationFailed(LedgerError):
+    pass
+
+
+class LockedOut(LedgerError):
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Forbidden(LedgerError):
+    pass
+
+
+class TokensDisabled(Forbidden):
+    pass
+
+
+class GenerationNotAllowed(Forbidden):
+    pass
+
+
+class LifetimeTooLong(Forbidden):
+    pass
+
+
+class NotAdmin(Forbidden):
+    pass
+
+
+class CannotChangeSelf(Forbidden):
+    pass
+
+
+class PersonDisabled(Forbidden):
+    pass
+
+
+class NotForOperators(Forbidden):
+    pass
+
+
+class NotFound(LedgerError):
+    pass
+
+
+class TokenNotFound(NotFound):
+    pass
+
+
+class PersonNotFound(NotFound):
+    pass
+
+
+class WorkspaceNotFound(NotFound):
+    pass
+
+
+class Gone(LedgerError):
+    pass
+
+
+class TokenAlreadyDeleted(Gone):
+    pass
+
+
+class Conflict(LedgerError):
+    pass
+
+
+class UsernameTaken(Conflict):
+    pass
+
+
+class WorkspaceExists(Conflict):
+    pass
