@@ -8,13 +8,13 @@ only authenticates and translates.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Recording
 
 from ledger import tokens
 from ledger.attempts import AttemptLimiter, InMemoryAttemptLimiter
@@ -87,12 +87,22 @@ class Ledger(Application[UUID]):
         attempts: AttemptLimiter | None = None,
         token_prefix: str = "tlk",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_saved: Callable[[Sequence[Recording[UUID]]], None] | None = None,
     ) -> None:
         super().__init__(env)
         self.passwords = passwords or Passwords()
         self.attempts = attempts or InMemoryAttemptLimiter()
         self.token_prefix = token_prefix
         self.clock = clock
+        self.on_saved = on_saved
+
+    def _notify(self, recordings: list[Recording[UUID]]) -> None:
+        """Read-your-writes: the process's read models see each save before the command returns.
+
+        The composition root sets `on_saved`; the ledger itself knows nothing of Redis.
+        """
+        if self.on_saved is not None:
+            self.on_saved(recordings)
 
     @classmethod
     def from_settings(cls, settings: Settings, attempts: AttemptLimiter | None = None) -> Ledger:
