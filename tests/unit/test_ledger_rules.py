@@ -430,7 +430,8 @@ def test_a_lockout_is_an_event_without_the_password(world):
         with pytest.raises(AuthenticationFailed):
             world.ledger.authenticate("ada", "wrong password!!", attempt)
     lockouts = [
-        n for n in world.ledger.notification_log.select(1, 10)
+        n
+        for n in world.ledger.notification_log.select(1, 10)
         if n.topic == "ledger:Lockout.Started.v1"
     ]
     assert len(lockouts) == 1
@@ -504,8 +505,10 @@ def test_every_event_carries_its_audit_context(world):
     ctx = world.admin()
     world.ledger.issue_token(ctx)
     events = [world.ledger.mapper.to_domain_event(n) for n in _all_notifications(world.ledger)]
-    assert all(set(e.context) >= {"actor_id", "method", "token_id", "ip", "user_agent",
-                                  "request_id"} for e in events)
+    assert all(
+        set(e.context) >= {"actor_id", "method", "token_id", "ip", "user_agent", "request_id"}
+        for e in events
+    )
     assert events[-1].context["actor_id"] == str(world.admin_id)
     assert events[-1].context["request_id"] == "req-test"
 

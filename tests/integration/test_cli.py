@@ -1,0 +1,168 @@
+"""The `ledger` command as an operator uses it, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from uuid import uuid4
+
+import pexpect
+import pytest
+
+pytestmark = pytest.mark.integration
+
+LEDGER = str(Path(sys.executable).with_name("ledger"))
+FAST_ARGON2 = {
+    "LEDGER_ARGON2_TIME_COST": "1",
+    "LEDGER_ARGON2_MEMORY_KIB": "8",
+    "LEDGER_ARGON2_PARALLELISM": "1",
+}
+
+
+def run(url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **FAST_ARGON2, "LEDGER_DATABASE_URL": url}
+    return subprocess.run(
+        [LEDGER, *args], input=stdin, capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert result.returncode == code, result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert text in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.fixture
+def name() -> str:
+    return f"ws{uuid4().hex[:10]}"
+
+
+def test_create_a_workspace_and_add_people(store_url, name):
+    assert run(store_url, "workspaces", "create", name).returncode == 0
+    added = run(
+        store_url,
+        "users",
+        "add",
+        f"{name}-ada",
+        "--workspace",
+        name,
+        "--admin",
+        "--password-stdin",
+        stdin="a long enough passphrase\n",
+    )
+    assert added.returncode == 0, added.stderr
+    assert f"Added {name}-ada to {name}" in added.stdout
+    verifier = run(
+        store_url,
+        "users",
+        "add",
+        f"{name}-svc",
+        "--workspace",
+        name,
+        "--role",
+        "verifier",
+        "--password-stdin",
+        stdin="another long passphrase\n",
+    )
+    assert verifier.returncode == 0, verifier.stderr
+
+
+def test_operator_errors_are_one_line_and_non_zero(store_url, name):
+    assert run(store_url, "workspaces", "create", name).returncode == 0
+    assert_one_line_error(run(store_url, "workspaces", "create", name), 1, "already exists")
+    assert_one_line_error(
+        run(
+            store_url,
+            "users",
+            "add",
+            "x1",
+            "--workspace",
+            "nowhere",
+            "--password-stdin",
+            stdin="a long enough passphrase\n",
+        ),
+        1,
+        "Workspace 'nowhere' not found",
+    )
+    assert_one_line_error(
+        run(
+            store_url,
+            "users",
+            "add",
+            f"{name}-x",
+            "--workspace",
+            name,
+            "--password-stdin",
+            stdin="short\n",
+        ),
+        1,
+        "at least 12 characters",
+    )
+    ok = run(
+        store_url,
+        "users",
+        "add",
+        f"{name}-x",
+        "--workspace",
+        name,
+        "--password-stdin",
+        stdin="a long enough passphrase\n",
+    )
+    assert ok.returncode == 0
+    assert_one_line_error(
+        run(
+            store_url,
+            "users",
+            "add",
+            f"{name}-X",
+            "--workspace",
+            name,
+            "--password-stdin",
+            stdin="a long enough passphrase\n",
+        ),
+        1,
+        "already taken",
+    )
+
+
+def test_the_password_is_prompted_twice_on_a_terminal(store_url, name):
+    assert run(store_url, "workspaces", "create", name).returncode == 0
+    env = {**os.environ, **FAST_ARGON2, "LEDGER_DATABASE_URL": store_url}
+    child = pexpect.spawn(
+        LEDGER,
+        ["users", "add", f"{name}-tty", "--workspace", name],
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+    )
+    child.expect("Password: ")
+    child.sendline("typed on a terminal")
+    child.expect("Repeat for confirmation: ")
+    child.sendline("typed on a terminal")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert "typed on a terminal" not in (child.before or "")
+
+
+def test_a_bad_database_url_is_one_line_and_exit_code_2():
+    assert_one_line_error(
+        run("mysql://somewhere/db", "workspaces", "create", "x"), 2, "LEDGER_DATABASE_URL"
+    )
+
+
+def test_an_unreachable_database_is_one_line():
+    result = run("postgresql://postgres@127.0.0.1:1/test", "workspaces", "create", "x")
+    assert_one_line_error(result, 1, "cannot reach the event store")
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["workspaces"], ["workspaces", "create"], ["users"], ["users", "add"]]
+)
+def test_every_command_has_help(command, tmp_path):
+    result = run(f"sqlite:///{tmp_path}/x.sqlite", *command, "--help")
+    assert result.returncode == 0
+    assert "Usage:" in result.stdout
