@@ -97,3 +97,35 @@ def read_store(url: str, tmp_path) -> bytes:
     return subprocess.run(
         ["pg_dump", "--schema", schema, base], check=True, capture_output=True
     ).stdout
+
+
+def test_concurrent_changes_to_one_aggregate_are_retried_not_lost(store_url, passwords):
+    ledger, name, workspace_id = fresh_world(store_url, passwords)
+    ctx = login(ledger, f"{name}-admin")
+    people = [
+        ledger.add_person(AuditContext.cli(), f"{name}-p{i}", PASSWORD, MEMBER, workspace_id)
+        for i in range(2)
+    ]
+    apps = [make_ledger(store_url, passwords) for _ in range(4)]
+    # Four processes flip the same person's grant and role at once: every save that loses the
+    # race is re-run on fresh state, so none fails and the last writer's values stand.
+    with ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(
+                lambda i: apps[i].update_person(
+                    ctx,
+                    people[0],
+                    can_generate_tokens=i % 2 == 0,
+                    role="verifier" if i % 2 else "member",
+                ),
+                range(4),
+            )
+        )
+    history = list(ledger.repository.event_store.get(people[0]))
+    changes = [e for e in history if type(e).__name__ != "Added"]
+    assert 1 <= len(changes) <= 8
+    person = ledger.get_person(people[0])
+    assert (person["can_generate_tokens"], person["role"]) in (
+        (True, "member"),
+        (False, "verifier"),
+    )

@@ -515,3 +515,21 @@ def test_every_event_carries_its_audit_context(world):
 
 def _all_notifications(ledger: Ledger) -> list:
     return ledger.recorder.select_notifications(1, 10_000)
+
+
+def test_a_conflict_that_persists_becomes_a_clear_error():
+    from eventsourcing.persistence import IntegrityError
+
+    from ledger.application import retry_on_conflict
+    from ledger.domainmodel import Conflict
+
+    attempts = []
+
+    @retry_on_conflict
+    def always_loses():
+        attempts.append(1)
+        raise IntegrityError("duplicate key")
+
+    with pytest.raises(Conflict):
+        always_loses()
+    assert len(attempts) == 5
