@@ -39,6 +39,7 @@ from ledger.domainmodel import (
     Workspace,
     WorkspaceExists,
     WorkspaceNotFound,
+    check_role,
     check_username,
     person_id_for,
     token_is_usable,
@@ -158,6 +159,7 @@ class Ledger(Application[UUID]):
         workspace = self._workspace(self._subject_workspace_id(ctx, workspace_id))
         self._check_password_policy(password)
         check_username(username)  # before the expensive hash
+        check_role(role)
         person = Person(
             username=username,
             workspace_id=workspace.id,
@@ -191,8 +193,8 @@ class Ledger(Application[UUID]):
         role: str | None = None,
         can_generate_tokens: bool | None = None,
     ) -> dict[str, Any]:
-        person = self._subject_person(ctx, person_id)
         actor = self._actor(ctx)
+        person = self._subject_person(actor, person_id)
         if actor is not None:
             actor.check_may_update(person, disabled, role)
         context = ctx.as_event_field()
@@ -289,7 +291,7 @@ class Ledger(Application[UUID]):
     @retry_on_conflict
     def delete_all_tokens(self, ctx: AuditContext, person_id: UUID | None = None) -> int:
         """All or nothing: the deletions are saved atomically."""
-        owner = self._subject_person(ctx, person_id)
+        owner = self._subject_person(self._actor(ctx), person_id)
         live = [t for t in map(self._token, self._token_ids_of(owner.id)) if not t.deleted]
         for token in live:
             token.delete(ctx.as_event_field())
@@ -301,7 +303,7 @@ class Ledger(Application[UUID]):
 
         This scans the store's token events; the API lists from the Redis read model instead.
         """
-        owner = self._subject_person(ctx, person_id)
+        owner = self._subject_person(self._actor(ctx), person_id)
         now = self.clock()
         listed = [self._token(token_id) for token_id in self._token_ids_of(owner.id)]
         return [
@@ -382,9 +384,8 @@ class Ledger(Application[UUID]):
         actor.check_may_administer(workspace_id or actor.workspace_id)
         return actor.workspace_id
 
-    def _subject_person(self, ctx: AuditContext, person_id: UUID | None) -> Person:
+    def _subject_person(self, actor: Person | None, person_id: UUID | None) -> Person:
         """The actor themselves, or, for their workspace's admins and the operator, anyone."""
-        actor = self._actor(ctx)
         if actor is not None and person_id in (None, actor.id):
             return actor
         if person_id is None:
