@@ -40,91 +40,45 @@ def name() -> str:
     return f"ws{uuid4().hex[:10]}"
 
 
+def add_user(url: str, username: str, workspace: str, password: str, *options: str):
+    return run(
+        url,
+        "users",
+        "add",
+        username,
+        "--workspace",
+        workspace,
+        "--password-stdin",
+        *options,
+        stdin=password + "\n",
+    )
+
+
 def test_create_a_workspace_and_add_people(store_url, name):
     assert run(store_url, "workspaces", "create", name).returncode == 0
-    added = run(
-        store_url,
-        "users",
-        "add",
-        f"{name}-ada",
-        "--workspace",
-        name,
-        "--admin",
-        "--password-stdin",
-        stdin="a long enough passphrase\n",
-    )
+    added = add_user(store_url, f"{name}-ada", name, "a long enough passphrase", "--admin")
     assert added.returncode == 0, added.stderr
     assert f"Added {name}-ada to {name}" in added.stdout
-    verifier = run(
-        store_url,
-        "users",
-        "add",
-        f"{name}-svc",
-        "--workspace",
-        name,
-        "--role",
-        "verifier",
-        "--password-stdin",
-        stdin="another long passphrase\n",
-    )
+    verifier = add_user(store_url, f"{name}-svc", name, "another passphrase", "--role", "verifier")
     assert verifier.returncode == 0, verifier.stderr
 
 
 def test_operator_errors_are_one_line_and_non_zero(store_url, name):
+    password = "a long enough passphrase"
     assert run(store_url, "workspaces", "create", name).returncode == 0
     assert_one_line_error(run(store_url, "workspaces", "create", name), 1, "already exists")
     assert_one_line_error(
-        run(
-            store_url,
-            "users",
-            "add",
-            "x1",
-            "--workspace",
-            "nowhere",
-            "--password-stdin",
-            stdin="a long enough passphrase\n",
-        ),
-        1,
-        "Workspace 'nowhere' not found",
+        add_user(store_url, "x1", "nowhere", password), 1, "Workspace 'nowhere' not found"
     )
     assert_one_line_error(
-        run(
-            store_url,
-            "users",
-            "add",
-            f"{name}-x",
-            "--workspace",
-            name,
-            "--password-stdin",
-            stdin="short\n",
-        ),
-        1,
-        "at least 12 characters",
+        add_user(store_url, f"{name}-x", name, "short"), 1, "at least 12 characters"
     )
-    ok = run(
-        store_url,
-        "users",
-        "add",
-        f"{name}-x",
-        "--workspace",
-        name,
-        "--password-stdin",
-        stdin="a long enough passphrase\n",
-    )
-    assert ok.returncode == 0
+    assert add_user(store_url, f"{name}-x", name, password).returncode == 0
+    assert_one_line_error(add_user(store_url, f"{name}-X", name, password), 1, "already taken")
     assert_one_line_error(
-        run(
-            store_url,
-            "users",
-            "add",
-            f"{name}-X",
-            "--workspace",
-            name,
-            "--password-stdin",
-            stdin="a long enough passphrase\n",
-        ),
+        add_user(store_url, f"{name}-y", name, password, "--admin", "--role", "member"),
         1,
-        "already taken",
+        "disagree",
     )
 
 
