@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
 from ledger import tokens
@@ -35,6 +36,7 @@ from ledger.domainmodel import (
     PersonNotFound,
     Token,
     TokenNotFound,
+    UsageReport,
     UsernameTaken,
     Workspace,
     WorkspaceExists,
@@ -49,6 +51,7 @@ from ledger.passwords import Passwords, policy_violation
 P = ParamSpec("P")
 R = TypeVar("R")
 CONFLICT_RETRIES = 5
+USAGE_REPORT_SIZE = 1000  # tokens per UsageReport event, to keep each stored event small
 
 
 def retry_on_conflict(command: Callable[P, R]) -> Callable[P, R]:
@@ -88,7 +91,7 @@ class Ledger(Application[UUID]):
         attempts: AttemptLimiter | None = None,
         token_prefix: str = "tlk",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        on_saved: Callable[[Sequence[Recording[UUID]]], None] | None = None,
+        on_saved: Callable[[Sequence[Aggregate]], None] | None = None,
     ) -> None:
         super().__init__(env)
         self.passwords = passwords or Passwords()
@@ -97,13 +100,18 @@ class Ledger(Application[UUID]):
         self.clock = clock
         self.on_saved = on_saved
 
-    def _notify(self, recordings: list[Recording[UUID]]) -> None:
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Read-your-writes: the process's read models see each save before the command returns.
 
-        The composition root sets `on_saved`; the ledger itself knows nothing of Redis.
+        They get the saved aggregates, not the events: an aggregate's whole state at its new
+        version can be applied in any order, so two processes saving the same aggregate at
+        once cannot leave a read model with a gap. The composition root sets `on_saved`; the
+        ledger itself knows nothing of Redis.
         """
+        recordings = super().save(*objs, **kwargs)
         if self.on_saved is not None:
-            self.on_saved(recordings)
+            self.on_saved([obj for obj in objs if isinstance(obj, Aggregate)])
+        return recordings
 
     @classmethod
     def from_settings(cls, settings: Settings, attempts: AttemptLimiter | None = None) -> Ledger:
@@ -312,6 +320,18 @@ class Ledger(Application[UUID]):
             if not t.deleted
         ]
 
+    def record_token_usage(self, last_used: dict[str, int]) -> None:
+        """Make the read models' lastUsed times durable: token hash -> epoch milliseconds."""
+        items = sorted(last_used.items())
+        reports = [
+            UsageReport(
+                last_used=dict(items[i : i + USAGE_REPORT_SIZE]),
+                context=AuditContext.system().as_event_field(),
+            )
+            for i in range(0, len(items), USAGE_REPORT_SIZE)
+        ]
+        self.save(*reports)
+
     # Helpers
 
     def _token_ids_of(self, owner_id: UUID) -> Iterator[UUID]:
@@ -448,6 +468,7 @@ def token_as_dict(token: Token, now: datetime) -> dict[str, Any]:
         "expires_at": token.expires_at,
         "last_used": None,
         "status": token.status(now),
+        "token_hash": token.token_hash,  # the read model's key, e.g. for lastUsed; not secret
     }
 
 

@@ -267,9 +267,14 @@ class Token(Aggregate):
         self.lifetime_seconds = lifetime_seconds
         self.deleted = False
 
-    @event("Deleted", topic="ledger:Token.Deleted.v1")
     def delete(self, context: EventContext) -> None:
         self.check_not_deleted()
+        self._deleted(self.token_hash, context)
+
+    @event("Deleted", topic="ledger:Token.Deleted.v1")
+    def _deleted(self, token_hash: str, context: EventContext) -> None:
+        # The hash travels with the event so that a projection can drop the lookup key
+        # without reading the token's history.
         self.deleted = True
 
     @property
@@ -325,6 +330,21 @@ class Lockout(Aggregate):
         self.until = until
         self.workspace_id = workspace_id
         self.person_id = person_id
+
+
+class UsageReport(Aggregate):
+    """When tokens were last used, as the read models saw it (product.md: `lastUsed` reaches
+    durable storage at least every 10 minutes). Keyed by token hash, as the read model is;
+    times are epoch milliseconds. One report per flush, so a busy token costs no write per use."""
+
+    TOPIC = "ledger:UsageReport"
+
+    class Created(Aggregate.Created):
+        TOPIC = "ledger:UsageReport.Created"
+
+    @event("Recorded", topic="ledger:UsageReport.Recorded.v1")
+    def __init__(self, last_used: dict[str, int], context: EventContext) -> None:
+        self.last_used = last_used
 
 
 def person_id_for(username: str) -> UUID:
