@@ -279,9 +279,7 @@ class Token(Aggregate):
 
     @property
     def expires_at(self) -> datetime | None:
-        if self.lifetime_seconds is None:
-            return None
-        return self.created_on + timedelta(seconds=self.lifetime_seconds)
+        return expiry(self.created_on, self.lifetime_seconds)
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -345,6 +343,11 @@ class UsageReport(Aggregate):
     @event("Recorded", topic="ledger:UsageReport.Recorded.v1")
     def __init__(self, last_used: dict[str, int], context: EventContext) -> None:
         self.last_used = last_used
+
+
+def expiry(created: datetime, lifetime_seconds: int | None) -> datetime | None:
+    """A token's `expiredAt`: its Issued event's time plus its lifetime; None for never."""
+    return None if lifetime_seconds is None else created + timedelta(seconds=lifetime_seconds)
 
 
 def person_id_for(username: str) -> UUID:

@@ -1,0 +1,181 @@
+"""The projector: follows the event store in order and keeps the Redis read models up to date.
+
+API processes apply their own saves at once (read-your-writes); the projector applies every
+event again behind them, which changes nothing where they got there first, and is what brings in
+writes made elsewhere (the CLI, a process that died before applying). It also rebuilds the read
+models when Redis comes back empty, and makes lastUsed durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.sql import SQL, Identifier
+
+from ledger.application import Ledger
+from projections.readmodel import ReadModel
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+USAGE_FLUSH_SECONDS = 300.0  # product.md: lastUsed reaches durable storage within 10 minutes
+LISTEN_RENEW_SECONDS = 300.0  # a lost NOTIFY or a stale LISTEN never stalls us for long
+
+
+class Projector:
+    def __init__(
+        self,
+        ledger: Ledger,
+        read_model: ReadModel,
+        *,
+        followers: Sequence[Callable[[], int]] = (),
+        batch_size: int = BATCH_SIZE,
+        usage_flush_seconds: float = USAGE_FLUSH_SECONDS,
+    ) -> None:
+        self.ledger = ledger
+        self.read_model = read_model
+        # Other projections that keep their own position (the audit trail), called each round.
+        self.followers = followers
+        self.batch_size = batch_size
+        self.usage_flush_seconds = usage_flush_seconds
+        self._last_usage_flush = time.monotonic()
+
+    def run_once(self) -> int:
+        """Bring the read models up to the store's head; how many events were applied."""
+        generation = self.read_model.generation()
+        if generation is None:
+            return self.rebuild()
+        applied = self._catch_up(generation, rebuilding=False)
+        for follow in self.followers:
+            follow()
+        if time.monotonic() - self._last_usage_flush >= self.usage_flush_seconds:
+            self.flush_usage()
+        return applied
+
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Replay every event into a fresh generation, then switch to it in one write.
+
+        The live generation keeps answering meanwhile, and API processes write their saves to
+        both. Returns 0 when another process is already rebuilding.
+        """
+        generation = self.read_model.begin_rebuild()
+        if generation is None:
+            return 0
+        log.info("rebuilding the read models into generation %d", generation)
+        applied = self._catch_up(generation, rebuilding=True, progress=progress)
+        # Events saved while switching are caught by the next round, and by the API's writes.
+        if not self.read_model.finish_rebuild(generation):
+            log.warning("rebuild %d was overtaken by another rebuild", generation)
+        return applied
+
+    def flush_usage(self) -> int:
+        """Make the lastUsed times seen since the last flush durable, in a few events."""
+        self._last_usage_flush = time.monotonic()
+        usage = self.read_model.drain_usage()
+        if not usage:
+            return 0
+        try:
+            self.ledger.record_token_usage(usage)
+        except Exception:
+            self.read_model.return_usage(usage)
+            raise
+        return len(usage)
+
+    def status(self) -> dict[str, Any]:
+        """Position, head, and the lag in events and in seconds (age of the oldest unapplied)."""
+        position = self.read_model.position()
+        head = self.ledger.recorder.max_notification_id() or 0
+        lag_seconds = 0.0
+        if position is not None and position < head:
+            oldest = self._notifications(position, 1)
+            if oldest:
+                event: Any = self.ledger.mapper.to_domain_event(oldest[0])
+                lag_seconds = (datetime.now(UTC) - event.timestamp).total_seconds()
+        return {
+            "ready": position is not None,
+            "generation": self.read_model.generation(),
+            "position": position,
+            "head": head,
+            "lagEvents": None if position is None else max(0, head - position),
+            "lagSeconds": round(max(0.0, lag_seconds), 3),
+        }
+
+    def run_forever(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
+        """Apply new events as they arrive until `stop` is set. Errors propagate: a projector
+        that lost its store or Redis exits, and its supervisor starts a fresh one."""
+        with self._waiter() as wait:
+            while not stop.is_set():
+                if not self.run_once():
+                    wait(poll_seconds)
+
+    def _catch_up(
+        self,
+        generation: int,
+        *,
+        rebuilding: bool,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        position = self.read_model.position(generation) or 0
+        head = self.ledger.recorder.max_notification_id() or 0
+        applied = 0
+        while True:
+            batch = self._notifications(position, self.batch_size)
+            if not batch:
+                return applied
+            events = [self.ledger.mapper.to_domain_event(n) for n in batch]
+            position = batch[-1].id
+            if not self.read_model.apply_events(events, position, generation):
+                log.info("generation %d is gone; starting over", generation)
+                return applied
+            applied += len(batch)
+            if rebuilding:
+                self.read_model.keep_building(generation)
+            if progress:
+                progress(position, max(head, position))
+
+    def _notifications(self, after: int, limit: int) -> Sequence[Any]:
+        return self.ledger.recorder.select_notifications(start=after + 1, limit=limit)
+
+    @contextlib.contextmanager
+    def _waiter(self) -> Iterator[Callable[[float], None]]:
+        """How to wait for news: LISTEN on PostgreSQL, a plain sleep elsewhere."""
+        channel = getattr(self.ledger.recorder, "channel_name", None)
+        if channel is None:
+            yield time.sleep
+            return
+        listener = _Listener(self.ledger, channel)
+        try:
+            yield listener.wait
+        finally:
+            listener.close()
+
+
+class _Listener:
+    """LISTEN for the store's NOTIFY on a connection renewed every few minutes (issue #305 in
+    the library: a lost notification must not stall the projector)."""
+
+    def __init__(self, ledger: Ledger, channel: str) -> None:
+        self.datastore: Any = ledger.recorder.datastore  # type: ignore[attr-defined]
+        self.channel = channel
+        self._held = contextlib.ExitStack()
+        self._conn: Any = None
+        self._since = 0.0
+
+    def wait(self, timeout: float) -> None:
+        if self._conn is None or time.monotonic() - self._since > LISTEN_RENEW_SECONDS:
+            self.close()
+            self._conn = self._held.enter_context(self.datastore.get_connection())
+            self._conn.execute(SQL("LISTEN {0}").format(Identifier(self.channel)))
+            self._since = time.monotonic()
+        for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+            pass
+
+    def close(self) -> None:
+        self._held.close()
+        self._conn = None
