@@ -9,11 +9,13 @@ from functools import cached_property
 from typing import Any, NoReturn
 
 import click
+import redis
 from eventsourcing.persistence import OperationalError
 
 from ledger.application import Ledger
 from ledger.config import ConfigError, Settings
 from ledger.domainmodel import ADMIN, ROLES, AuditContext, LedgerError
+from projections.wiring import Services, build_services
 
 
 class Env:
@@ -26,6 +28,11 @@ class Env:
     @cached_property
     def ledger(self) -> Ledger:
         return Ledger.from_settings(self.settings)
+
+    @cached_property
+    def services(self) -> Services:
+        """The ledger wired to the Redis read models, for the commands that need them."""
+        return build_services(self.settings)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -45,6 +52,8 @@ class LedgerGroup(click.Group):
             fail(str(error))
         except OperationalError as error:
             fail(f"cannot reach the event store: {str(error).splitlines()[0]}")
+        except redis.exceptions.ConnectionError as error:
+            fail(f"cannot reach Redis: {error}")
 
 
 pass_env = click.make_pass_decorator(Env, ensure=True)
@@ -122,3 +131,10 @@ def _read_password(from_stdin: bool) -> str:
         fail("no terminal to prompt for a password: use --password-stdin")
     prompt: Callable[..., str] = click.prompt
     return prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+# Each command family lives in a module of its own, which imports the helpers above.
+from cli.projections import projections, projector  # noqa: E402
+
+cli.add_command(projector)
+cli.add_command(projections)

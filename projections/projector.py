@@ -50,7 +50,7 @@ class Projector:
         """Bring the read models up to the store's head; how many events were applied."""
         generation = self.read_model.generation()
         if generation is None:
-            return self.rebuild()
+            return self.rebuild() or 0
         applied = self._catch_up(generation, rebuilding=False)
         for follow in self.followers:
             follow()
@@ -58,15 +58,15 @@ class Projector:
             self.flush_usage()
         return applied
 
-    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int | None:
         """Replay every event into a fresh generation, then switch to it in one write.
 
         The live generation keeps answering meanwhile, and API processes write their saves to
-        both. Returns 0 when another process is already rebuilding.
+        both. Returns how many events it replayed, or None when another process is rebuilding.
         """
         generation = self.read_model.begin_rebuild()
         if generation is None:
-            return 0
+            return None
         log.info("rebuilding the read models into generation %d", generation)
         applied = self._catch_up(generation, rebuilding=True, progress=progress)
         # Events saved while switching are caught by the next round, and by the API's writes.

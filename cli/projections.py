@@ -1,0 +1,89 @@
+"""`ledger projector` and `ledger projections status|rebuild`: the read models' operations."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from cli.main import Env, fail
+
+
+@click.command()
+@click.option("--poll", default=1.0, show_default=True, help="Seconds between polls when idle.")
+@click.pass_obj
+def projector(env: Env, poll: float) -> None:
+    """Keep the Redis read models up to date, until SIGTERM or SIGINT.
+
+    Exits non-zero when it loses the store or Redis, so that its supervisor restarts it.
+    """
+    if env.settings.embedded:
+        fail("LEDGER_REDIS_URL is not set: the embedded read models live inside `ledger serve`", 2)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    click.echo(f"projector following {env.settings.database_url.split('@')[-1]}", err=True)
+    env.services.projector.run_forever(stop, poll_seconds=poll)
+
+
+@click.group()
+def projections() -> None:
+    """Inspect and rebuild the Redis read models."""
+
+
+@projections.command("status")
+@click.pass_obj
+def projections_status(env: Env) -> None:
+    """The read models' position, the store's head, and the lag in events and seconds."""
+    status = env.services.projector.status()
+    table = Table("read model", "generation", "position", "head", "lag (events)", "lag (s)")
+    table.add_row(
+        "ready" if status["ready"] else "NOT READY",
+        str(status["generation"]),
+        str(status["position"]),
+        str(status["head"]),
+        str(status["lagEvents"]),
+        str(status["lagSeconds"]),
+    )
+    Console().print(table)
+    if not status["ready"]:
+        sys.exit(1)
+
+
+@projections.command("rebuild")
+@click.pass_obj
+def projections_rebuild(env: Env) -> None:
+    """Rebuild from the event store into fresh keys, then switch over atomically.
+
+    Verification keeps answering from the old keys until the switch.
+    """
+    if env.settings.embedded:
+        fail("LEDGER_REDIS_URL is not set: the embedded read models are rebuilt at each start", 2)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    ) as progress:
+        task = progress.add_task("rebuilding", total=None)
+
+        def advance(position: int, head: int) -> None:
+            progress.update(task, completed=position, total=head)
+
+        applied = env.services.projector.rebuild(progress=advance)
+    if applied is None:
+        fail("another rebuild is running; try again when it has finished")
+    click.echo(
+        f"Rebuilt from {applied} events into generation {env.services.read_model.generation()}"
+    )
