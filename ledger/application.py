@@ -21,8 +21,10 @@ from ledger import tokens
 from ledger.attempts import AttemptLimiter, InMemoryAttemptLimiter
 from ledger.config import Settings
 from ledger.domainmodel import (
+    ADMIN,
     IP_LIMIT,
     USERNAME_LIMIT,
+    VERIFIER,
     AuditContext,
     AuthenticationFailed,
     Conflict,
@@ -30,6 +32,7 @@ from ledger.domainmodel import (
     InvalidInput,
     LockedOut,
     Lockout,
+    NotAdmin,
     NotForOperators,
     Person,
     PersonDisabled,
@@ -185,6 +188,15 @@ class Ledger(Application[UUID]):
     def get_person(self, person_id: UUID) -> dict[str, Any]:
         return person_as_dict(self._person(person_id))
 
+    def list_people(
+        self, ctx: AuditContext, workspace_id: UUID | None = None
+    ) -> list[dict[str, Any]]:
+        """The people of a workspace its admins administer, by username; scans the store."""
+        workspace_id = self._subject_workspace_id(ctx, workspace_id)
+        added = self._created_ids(Person.Added.TOPIC, "workspace_id", workspace_id)  # type: ignore[attr-defined]
+        people = [person_as_dict(self._person(person_id)) for person_id in added]
+        return sorted(people, key=lambda person: str(person["username"]).casefold())
+
     def find_person_id(self, username: str) -> UUID:
         person_id = person_id_for(username)
         if person_id not in self.repository:
@@ -306,6 +318,19 @@ class Ledger(Application[UUID]):
         self.save(*live)
         return len(live)
 
+    def token_owner(self, ctx: AuditContext, person_id: UUID | None = None) -> UUID:
+        """Whose tokens the caller may list: their own; admins', anyone's in their workspace."""
+        return self._subject_person(self._actor(ctx), person_id).id
+
+    def introspection_workspace(self, ctx: AuditContext) -> UUID:
+        """Admins and verifiers introspect tokens, of their own workspace only: the one returned."""
+        actor = self._actor(ctx)
+        if actor is None:
+            raise NotForOperators("Introspection is for a workspace's admins and verifiers")
+        if actor.role not in (ADMIN, VERIFIER):
+            raise NotAdmin("Only administrators and verifiers may introspect tokens")
+        return actor.workspace_id
+
     def list_tokens(self, ctx: AuditContext, person_id: UUID | None = None) -> list[dict[str, Any]]:
         """Rule 7, read from the store: newest first, expired included, deleted left out.
 
@@ -335,14 +360,17 @@ class Ledger(Application[UUID]):
     # Helpers
 
     def _token_ids_of(self, owner_id: UUID) -> Iterator[UUID]:
-        topic = Token.Issued.TOPIC  # type: ignore[attr-defined]
+        return self._created_ids(Token.Issued.TOPIC, "owner_id", owner_id)  # type: ignore[attr-defined]
+
+    def _created_ids(self, topic: str, field: str, value: UUID) -> Iterator[UUID]:
+        """Ids of the aggregates whose creation event (`topic`) has `field` == `value`: a scan."""
         start = 1
         while True:
             page = self.recorder.select_notifications(start, 500, topics=[topic])
             for notification in page:
-                issued = self.mapper.to_domain_event(notification)
-                if issued.owner_id == owner_id:  # type: ignore[attr-defined]
-                    yield issued.originator_id
+                created = self.mapper.to_domain_event(notification)
+                if getattr(created, field) == value:
+                    yield created.originator_id
             if len(page) < 500:
                 return
             start = page[-1].id + 1

@@ -1,0 +1,68 @@
+"""The ledger queries the HTTP API needs: people, whose tokens a caller may list, introspection."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.application import Ledger
+from ledger.domainmodel import (
+    VERIFIER,
+    AuditContext,
+    NotAdmin,
+    NotForOperators,
+    PersonNotFound,
+)
+from tests.conftest import PASSWORD, World, login, make_ledger
+
+
+@pytest.fixture
+def world(passwords) -> World:
+    return World(make_ledger("memory://", passwords))
+
+
+def other_workspace(ledger: Ledger) -> tuple:
+    cli = AuditContext.cli()
+    workspace_id = ledger.create_workspace("globex", cli)
+    return workspace_id, ledger.add_person(cli, "gus", PASSWORD, "admin", workspace_id)
+
+
+def test_admins_list_the_people_of_their_own_workspace_by_username(world):
+    other_workspace(world.ledger)
+    world.ledger.add_person(AuditContext.cli(), "Bea", PASSWORD, VERIFIER, world.workspace_id)
+    people = world.ledger.list_people(world.admin())
+    assert [p["username"] for p in people] == ["ada", "Bea", "max"]
+    assert {p["workspace_id"] for p in people} == {world.workspace_id}
+    assert "password_hash" not in people[0]
+
+
+def test_members_cannot_list_people(world):
+    with pytest.raises(NotAdmin):
+        world.ledger.list_people(world.member())
+
+
+def test_the_operator_lists_a_named_workspace(world):
+    people = world.ledger.list_people(AuditContext.cli(), world.workspace_id)
+    assert len(people) == 2
+
+
+def test_people_list_their_own_tokens_and_admins_anyones_in_the_workspace(world):
+    ledger = world.ledger
+    assert ledger.token_owner(world.member()) == world.member_id
+    assert ledger.token_owner(world.member(), world.member_id) == world.member_id
+    assert ledger.token_owner(world.admin(), world.member_id) == world.member_id
+    with pytest.raises(NotAdmin):
+        ledger.token_owner(world.member(), world.admin_id)
+    _, foreigner = other_workspace(ledger)
+    with pytest.raises(PersonNotFound):
+        ledger.token_owner(world.admin(), foreigner)
+
+
+def test_admins_and_verifiers_introspect_their_own_workspace_only(world):
+    ledger = world.ledger
+    ledger.add_person(AuditContext.cli(), "vera", PASSWORD, VERIFIER, world.workspace_id)
+    assert ledger.introspection_workspace(world.admin()) == world.workspace_id
+    assert ledger.introspection_workspace(login(ledger, "vera")) == world.workspace_id
+    with pytest.raises(NotAdmin):
+        ledger.introspection_workspace(world.member())
+    with pytest.raises(NotForOperators):
+        ledger.introspection_workspace(AuditContext.cli())
