@@ -1,0 +1,239 @@
+"""The read models' goals (issue 3), each a ratio to a baseline in the same run:
+
+- verify() calls/s / raw redis-py GET calls/s on the same connection (goal >= 0.8);
+- rebuild events/s / raw pipelined HSET/s (goal >= 0.5);
+- verification latency at 1M active tokens / at 1k (goal <= 1.1);
+- Redis bytes per active token, listings and people included (goal <= 300).
+
+Runs against a redis-server of its own on a free port, and a SQLite store in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from uuid import uuid4
+
+from redis import Redis
+
+from ledger import tokens
+from ledger.application import Ledger
+from ledger.config import database_env
+from ledger.domainmodel import ADMIN, AuditContext, Person, Token, Workspace
+from ledger.passwords import Passwords
+from projections.projector import Projector
+from projections.readmodel import PREFIX, ReadModel, person_fields
+from tests.conftest import FAST_ARGON2
+from tests.integration.conftest import RedisServer
+
+CALLS = int(os.environ.get("BENCH_CALLS", "20000"))
+REBUILD_TOKENS = int(os.environ.get("BENCH_REBUILD_TOKENS", "20000"))
+SCALE_TOKENS = int(os.environ.get("BENCH_SCALE_TOKENS", "1000000"))
+TOKENS_PER_PERSON = 10
+ROUNDS = 3
+
+
+def run() -> str:
+    server = RedisServer()
+    try:
+        redis = Redis(port=server.port)
+        verify = bench_verify(redis)
+        rebuild = bench_rebuild(redis)
+        scale = bench_scale(redis)
+    finally:
+        server.stop()
+    rows = [
+        ("verify() / raw GET, calls/s", *verify, ">= 0.8"),
+        ("rebuild / pipelined HSET, events/s", *rebuild, ">= 0.5"),
+        (f"verify latency, {SCALE_TOKENS:,} / 1,000 active tokens", *scale[:3], "<= 1.1"),
+        ("Redis bytes per active token", "", "", f"{scale[3]:.0f}", "<= 300"),
+    ]
+    lines = [
+        "## Read models (issue 3)",
+        "",
+        "Command: `python -m bench readmodel` (redis-server of its own, SQLite store).",
+        "",
+        "| measure | ours | baseline | ratio | goal |",
+        "|---|---|---|---|---|",
+        *(f"| {' | '.join(str(c) for c in row)} |" for row in rows),
+        "",
+    ]
+    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def best_rate(calls: int, action: Callable[[], None]) -> float:
+    """Calls per second of the best of a few rounds: the least disturbed by the machine."""
+    best = float("inf")
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for _ in range(calls):
+            action()
+        best = min(best, time.perf_counter() - start)
+    return calls / best
+
+
+def bench_verify(redis: Redis) -> tuple[str, str, str]:
+    redis.flushall()
+    read_model = ReadModel(redis, "tlk")
+    ledger = _ledger("memory://", read_model)
+    ctx = _admin(ledger)
+    value, _ = ledger.issue_token(ctx)
+    Projector(ledger, read_model).rebuild()
+    assert read_model.verify(value) is not None
+    redis.set("bench:plain", b"x" * 16)
+    ours = best_rate(CALLS, lambda: read_model.verify(value))
+    raw = best_rate(CALLS, lambda: redis.get("bench:plain"))
+    return f"{ours:,.0f}", f"{raw:,.0f}", f"{ours / raw:.2f}"
+
+
+def bench_rebuild(redis: Redis) -> tuple[str, str, str]:
+    redis.flushall()
+    read_model = ReadModel(redis, "tlk")
+    with tempfile.TemporaryDirectory() as folder:
+        ledger = _ledger(f"sqlite:///{folder}/ledger.sqlite", read_model)
+        ctx = _admin(ledger)
+        people = _people(ledger, REBUILD_TOKENS // TOKENS_PER_PERSON)
+        for start in range(0, REBUILD_TOKENS, 500):
+            ledger.save(*(_token(people[n % len(people)], ctx) for n in range(start, start + 500)))
+        events = ledger.recorder.max_notification_id() or 0
+        projector = Projector(ledger, read_model)
+        redis.flushall()
+        started = time.perf_counter()
+        assert projector.rebuild() == events
+        ours = events / (time.perf_counter() - started)
+        ledger.close()
+    fields = {"v": 1, "i": b"x" * 16, "o": b"y" * 16, "c": 1, "e": 2, "d": ""}
+    started = time.perf_counter()
+    for start in range(0, events, 500):
+        with redis.pipeline(transaction=False) as pipe:
+            for n in range(start, min(events, start + 500)):
+                pipe.hset(f"bench:h:{n}", mapping=fields)
+            pipe.execute()
+    raw = events / (time.perf_counter() - started)
+    return f"{ours:,.0f}", f"{raw:,.0f}", f"{ours / raw:.2f}"
+
+
+def bench_scale(redis: Redis) -> tuple[str, str, str, float]:
+    """Latency at 1k and 1M active tokens, loaded straight into the read model's layout."""
+    redis.flushall()
+    read_model = ReadModel(redis, "tlk")
+    generation = read_model.begin_rebuild()
+    assert generation is not None
+    samples = [tokens.generate("tlk") for _ in range(1000)]
+    before = int(redis.info("memory")["used_memory"])
+    _load(read_model, generation, samples, 1000)
+    read_model.finish_rebuild(generation)
+    small = _latency(read_model, samples)
+    generation = read_model.begin_rebuild()
+    assert generation is not None
+    _load(read_model, generation, samples, SCALE_TOKENS)
+    read_model.finish_rebuild(generation)  # drops the 1k generation
+    per_token = (int(redis.info("memory")["used_memory"]) - before) / SCALE_TOKENS
+    large = _latency(read_model, samples)
+    return (
+        f"{large * 1e6:.0f} µs median",
+        f"{small * 1e6:.0f} µs median",
+        f"{large / small:.2f}",
+        per_token,
+    )
+
+
+def _latency(read_model: ReadModel, values: list[str]) -> float:
+    medians = []
+    for _ in range(ROUNDS):
+        timings = []
+        for value in values * 5:
+            start = time.perf_counter()
+            read_model.verify(value)
+            timings.append(time.perf_counter() - start)
+        medians.append(statistics.median(timings))
+    return min(medians)
+
+
+def _load(read_model: ReadModel, generation: int, samples: list[str], count: int) -> None:
+    """`count` active tokens, `samples` among them, 10 to a person, in one workspace."""
+    workspace = uuid4()
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    ops: list[list[bytes | str | int]] = [
+        ["F", b"w:" + workspace.bytes, 1, 2, "en", "1", "mg", "1"]
+    ]
+    for n in range(count):
+        if n % TOKENS_PER_PERSON == 0:
+            person = uuid4()
+            member = SimpleNamespace(username=f"p{n}", role=ADMIN, can_generate_tokens=False)
+            fields = person_fields(member, workspace_id=workspace)
+            ops.append(["F", b"p:" + person.bytes, 1, len(fields), *_pairs(fields)])
+        sha = (
+            hashlib.sha256(samples[n].encode()).digest()
+            if n < len(samples)
+            else secrets.token_bytes(32)
+        )
+        ops.append(["T", sha, 1, uuid4().bytes, person.bytes, now, now + 86_400_000, ""])
+        if len(ops) >= 2000 or n == count - 1:
+            read_model._apply(
+                args=[PREFIX, generation, "", *(part for op in ops for part in op)],
+                client=read_model.redis,
+            )
+            ops = []
+            read_model.keep_building(generation)
+
+
+def _pairs(fields: dict[str, object]) -> list[object]:
+    return [part for item in fields.items() for part in item]
+
+
+def _ledger(url: str, read_model: ReadModel) -> Ledger:
+    ledger = Ledger(database_env(url), passwords=Passwords(FAST_ARGON2))
+    ledger.on_saved = read_model.apply_aggregates
+    return ledger
+
+
+def _admin(ledger: Ledger) -> AuditContext:
+    cli = AuditContext.cli()
+    workspace_id = ledger.create_workspace(f"bench{uuid4().hex[:8]}", cli)
+    ledger.change_settings(cli, {"membersCanGenerateTokens": True}, workspace_id)
+    admin = ledger.add_person(
+        cli, f"admin{uuid4().hex[:8]}", "a long bench password", ADMIN, workspace_id
+    )
+    return AuditContext("password", actor_id=admin)
+
+
+def _people(ledger: Ledger, count: int) -> list[Person]:
+    workspace = ledger.repository.get(Workspace.create_id(_workspace_name(ledger)))
+    people = [
+        Person(
+            username=f"member{n}-{uuid4().hex[:6]}",
+            workspace_id=workspace.id,
+            role="member",
+            can_generate_tokens=False,
+            password_hash="$argon2id$bench",
+            context=AuditContext.cli().as_event_field(),
+        )
+        for n in range(count)
+    ]
+    ledger.save(*people)
+    return people
+
+
+def _workspace_name(ledger: Ledger) -> str:
+    first = ledger.recorder.select_notifications(start=1, limit=1)[0]
+    return str(ledger.mapper.to_domain_event(first).name)  # type: ignore[attr-defined]
+
+
+def _token(owner: Person, ctx: AuditContext) -> Token:
+    return Token(
+        owner_id=owner.id,
+        workspace_id=owner.workspace_id,
+        token_hash=tokens.digest(tokens.generate("tlk")),
+        description="",
+        lifetime_seconds=86_400,
+        context=ctx.as_event_field(),
+    )
