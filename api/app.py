@@ -1,0 +1,81 @@
+"""The Flask app factory: HTTP only. Handlers authenticate, translate and map errors; every rule
+is the ledger's (ledger/), reached through `Ledger` commands that take an `AuditContext`."""
+
+from __future__ import annotations
+
+import atexit
+from time import perf_counter
+
+import flask_smorest
+from flask import Flask, Response, g, request
+
+from api import errors, ops, people, tokens, workspaces
+from api.auth import trusted_networks
+from api.context import request_id
+from api.errors import LedgerApi
+from api.http import MAX_BODY_BYTES, check_body
+from api.metrics import LATENCY, REQUESTS
+from ledger.config import Settings
+from projections.wiring import Services, build_services
+
+# The /v4 areas, each a flask-smorest blueprint documented in /v4/openapi.json.
+BLUEPRINTS: list[flask_smorest.Blueprint] = [tokens.blp, people.blp, workspaces.blp]
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+SECURITY_SCHEMES = {
+    "basicAuth": {"type": "http", "scheme": "basic"},
+    "bearerAuth": {"type": "http", "scheme": "bearer"},
+}
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Flask:
+    """One app per process (gunicorn calls this in each worker, after fork).
+
+    Without `services`, builds them from `settings` and starts the embedded projector when
+    there is no Redis URL; given `services`, the caller owns their lifecycle.
+    """
+    trusted_networks(settings.trusted_proxies)  # a typo in LEDGER_TRUSTED_PROXIES fails here
+    if services is None:
+        services = build_services(settings)
+        services.start_background()
+        atexit.register(services.close)
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        API_TITLE="Token Ledger",
+        API_VERSION="v4",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="v4/openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        API_SPEC_OPTIONS={"security": [{name: []} for name in SECURITY_SCHEMES]},
+    )
+    app.extensions["ledger"] = services
+    api = LedgerApi(app)
+    for name, scheme in SECURITY_SCHEMES.items():
+        api.spec.components.security_scheme(name, scheme)
+    for blueprint in BLUEPRINTS:
+        api.register_blueprint(blueprint)
+    app.register_blueprint(ops.blp)
+    errors.register(app)
+    app.before_request(_start)
+    app.after_request(_finish)
+    return app
+
+
+def _start() -> None:
+    g.started = perf_counter()
+    request_id()
+    check_body()
+
+
+def _finish(response: Response) -> Response:
+    response.headers["X-Request-Id"] = request_id()
+    response.headers.setdefault("Cache-Control", "no-store")  # a 201 holds a token value
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # Label by route template, not path, so that ids and probes cannot explode the series.
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    method = request.method if request.method in KNOWN_METHODS else "other"
+    REQUESTS.labels(method, route, str(response.status_code)).inc()
+    LATENCY.labels(method, route).observe(perf_counter() - g.get("started", perf_counter()))
+    return response

@@ -1,0 +1,125 @@
+"""Who is calling: Basic (username and password, checked by the ledger with rule 8's limits) or
+Bearer (a token, checked by the Redis verifier), turned into the `AuditContext` every command
+takes, with the client's address, user agent and request id."""
+
+from __future__ import annotations
+
+import binascii
+import ipaddress
+from base64 import b64decode
+from dataclasses import replace
+from functools import cache
+
+from flask import g, request
+
+from api.context import request_id, services
+from api.metrics import VERIFICATIONS
+from ledger.config import ConfigError
+from ledger.domainmodel import AuditContext, AuthenticationFailed, AuthMethod
+from projections.readmodel import NotReady, Principal
+
+USER_AGENT_MAX_LENGTH = 256
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def authenticate() -> None:
+    """The /v4 blueprints' before_request: every endpoint there has a caller, found before its
+    body is read. Raises AuthenticationFailed (401) or LockedOut (429)."""
+    g.caller = _from_credentials()
+
+
+def caller() -> AuditContext:
+    """The authenticated caller of this request, as the context every command takes."""
+    context: AuditContext = g.caller
+    return context
+
+
+def _from_credentials() -> AuditContext:
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    scheme, credentials = scheme.lower(), credentials.strip()
+    if scheme == "basic":
+        username, password = _basic_credentials(credentials)
+        context = client_context("password")
+        person_id = services().ledger.authenticate(username, password, context)
+        return replace(context, actor_id=person_id)
+    if scheme == "bearer" and credentials:
+        principal = verify(credentials)
+        if principal is None:
+            raise AuthenticationFailed("The token is not valid")
+        context = client_context("token")
+        return replace(context, actor_id=principal.person_id, token_id=principal.token_id)
+    raise AuthenticationFailed("Authenticate with Basic (username and password) or a Bearer token")
+
+
+def verify(value: str) -> Principal | None:
+    """The verifier, counted by outcome for /metrics."""
+    try:
+        principal = services().read_model.verify(value)
+    except NotReady:
+        VERIFICATIONS.labels("not_ready").inc()
+        raise
+    VERIFICATIONS.labels("invalid" if principal is None else "valid").inc()
+    return principal
+
+
+def client_context(method: AuthMethod) -> AuditContext:
+    user_agent = request.headers.get("User-Agent")
+    if user_agent is not None:
+        user_agent = "".join(c for c in user_agent if c.isprintable())[:USER_AGENT_MAX_LENGTH]
+    return AuditContext(
+        method=method, ip=client_ip(), user_agent=user_agent, request_id=request_id()
+    )
+
+
+def client_ip() -> str | None:
+    """The peer's address, or, when the peer is a trusted proxy, the nearest untrusted address
+    in X-Forwarded-For (read right to left: entries left of it could be made up by anyone)."""
+    peer = request.remote_addr
+    trusted = trusted_networks(services().settings.trusted_proxies)
+    if peer is None or not _within(peer, trusted):
+        return peer
+    forwarded = ",".join(request.headers.getlist("X-Forwarded-For"))
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _is_ip(hop):
+            break  # garbage from here leftwards; the last trusted hop is the best we know
+        if not _within(hop, trusted):
+            return hop
+        peer = hop
+    return peer
+
+
+def _basic_credentials(credentials: str) -> tuple[str, str]:
+    try:
+        decoded = b64decode(credentials, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthenticationFailed("Malformed Basic credentials") from None
+    username, colon, password = decoded.partition(":")
+    if not colon or not username:
+        raise AuthenticationFailed("Malformed Basic credentials")
+    return username, password
+
+
+@cache
+def trusted_networks(proxies: tuple[str, ...]) -> tuple[IpNetwork, ...]:
+    """Addresses or CIDR ranges; create_app calls this first, so a typo fails at start."""
+    try:
+        return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+    except ValueError as error:
+        raise ConfigError(f"LEDGER_TRUSTED_PROXIES: {error}") from None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _within(address: str, networks: tuple[IpNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)

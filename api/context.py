@@ -1,0 +1,27 @@
+"""Per-process services and per-request identity, reachable from any handler."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from flask import current_app, g, request
+
+from projections.wiring import Services
+
+# Accepted from the client as is: short, printable, and harmless in a log line or an event.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
+
+
+def services() -> Services:
+    found: Services = current_app.extensions["ledger"]
+    return found
+
+
+def request_id() -> str:
+    """The client's X-Request-Id when it is sane, otherwise one of our own; fixed per request."""
+    if "request_id" not in g:
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
+    found: str = g.request_id
+    return found

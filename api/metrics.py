@@ -1,0 +1,65 @@
+"""Prometheus metrics. Under `ledger serve` every worker writes its counters to
+PROMETHEUS_MULTIPROC_DIR and /metrics adds them up, whichever worker answers; the projection's
+lag is read from Redis at scrape time, so it is the same from every worker."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REQUESTS = Counter(
+    "ledger_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "ledger_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+VERIFICATIONS = Counter(
+    "ledger_token_verifications_total",
+    "Bearer tokens verified, by outcome (valid, invalid, not_ready)",
+    ["outcome"],
+)
+
+
+class ProjectionLag(Collector):
+    """The read model's position against the store's head, read when scraped."""
+
+    def __init__(self, lag: Callable[[], dict[str, Any]]) -> None:
+        self.lag = lag
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = self.lag()
+        for name, key, doc in (
+            ("ledger_projection_position", "position", "Last event applied to the read model"),
+            ("ledger_projection_head", "head", "Last event in the store"),
+            ("ledger_projection_lag_events", "events", "Events not yet applied to the read model"),
+        ):
+            if lag.get(key) is not None:
+                yield GaugeMetricFamily(name, doc, value=lag[key])
+
+
+def exposition(lag: Callable[[], dict[str, Any]]) -> tuple[bytes, str]:
+    """The body and content type of /metrics."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        counters = CollectorRegistry()
+        multiprocess.MultiProcessCollector(counters)  # type: ignore[no-untyped-call]
+    else:
+        counters = REGISTRY
+    gauges = CollectorRegistry()
+    gauges.register(ProjectionLag(lag))
+    return generate_latest(counters) + generate_latest(gauges), CONTENT_TYPE_LATEST

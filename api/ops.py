@@ -1,0 +1,68 @@
+"""Operations endpoints, outside /v4 and outside the OpenAPI document: liveness, readiness and
+Prometheus metrics. None needs credentials and none shows anything about tokens or people."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from api.context import request_id, services
+from api.errors import RETRY_AFTER_SECONDS, error_response
+from api.metrics import exposition
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint("ops", __name__)
+
+
+@blp.get("/healthz")
+def healthz() -> Response:
+    """The process answers; says nothing about its dependencies (that is /readyz)."""
+    return jsonify({"status": "ok"})
+
+
+@blp.get("/readyz")
+def readyz() -> Response:
+    """Ready when the store and Redis answer and the read model is built."""
+    checks = {
+        "store": _check(lambda: services().ledger.recorder.max_notification_id()),
+        "redis": _check(lambda: services().redis.ping()),
+        "readModel": _check(lambda: services().read_model.is_ready() or "rebuilding"),
+    }
+    if all(result == "ok" for result in checks.values()):
+        return jsonify({"status": "ready", "checks": checks})
+    return error_response(
+        503,
+        "ServiceUnavailable",
+        "Not ready: " + ", ".join(k for k, v in checks.items() if v != "ok"),
+        checks,
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+@blp.get("/metrics")
+def metrics() -> Response:
+    body, content_type = exposition(_lag)
+    return Response(body, content_type=content_type)
+
+
+def _lag() -> dict[str, Any]:
+    try:
+        lag: dict[str, Any] = services().read_model.lag()
+    except Exception as error:  # a scrape must still show the request counters
+        log.warning("projection lag unavailable: %s", type(error).__name__)
+        return {}
+    return lag
+
+
+def _check(probe: Callable[[], object]) -> str:
+    """'ok', what the probe said is wrong, or 'unavailable' when it raised."""
+    try:
+        result = probe()
+    except Exception as error:  # any failure means not ready; the log says which
+        log.warning("request %s: readiness: %s", request_id(), type(error).__name__)
+        return "unavailable"
+    return result if isinstance(result, str) else "ok"

@@ -1,0 +1,69 @@
+"""`/v4/people`: the caller, their password, and (for admins) the workspace's members."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from api.auth import authenticate, caller
+from api.context import services
+from api.http import Blueprint
+from api.schemas import (
+    CurrentPersonSchema,
+    PageQuerySchema,
+    PasswordChangeSchema,
+    PeopleListSchema,
+    PersonCreateSchema,
+    PersonSchema,
+    PersonUpdateSchema,
+)
+
+blp = Blueprint("people", __name__, url_prefix="/v4/people", description="People")
+blp.before_request(authenticate)
+
+
+@blp.route("/current", methods=["GET"])
+@blp.response(200, CurrentPersonSchema)
+def current_person() -> dict[str, Any]:
+    """The caller, and how they authenticated (with the token's id for Bearer)."""
+    context = caller()
+    assert context.actor_id is not None  # authenticate() set it
+    person = services().ledger.get_person(context.actor_id)
+    token = {"token_id": context.token_id} if context.token_id else {}
+    return {**person, "auth_method": context.method, **token}
+
+
+@blp.route("/current/password", methods=["POST"])
+@blp.arguments(PasswordChangeSchema)
+@blp.response(204)
+def change_password(body: dict[str, Any]) -> None:
+    """Change the caller's password; their tokens keep working."""
+    services().ledger.change_password(caller(), body["current_password"], body["new_password"])
+
+
+@blp.route("", methods=["GET"])
+@blp.arguments(PageQuerySchema, location="query")
+@blp.response(200, PeopleListSchema)
+def list_people(query: dict[str, Any]) -> dict[str, Any]:
+    """The workspace's people, by username (admins)."""
+    people = services().ledger.list_people(caller())
+    page = people[query["offset"] : query["offset"] + query["limit"]]
+    return {"data": page, "count": len(people)}
+
+
+@blp.route("", methods=["POST"])
+@blp.arguments(PersonCreateSchema)
+@blp.response(201, PersonSchema)
+def add_person(body: dict[str, Any]) -> dict[str, Any]:
+    """Add a person to the caller's workspace (admins)."""
+    ledger = services().ledger
+    person_id = ledger.add_person(caller(), body["username"], body["password"], body["role"])
+    return ledger.get_person(person_id)
+
+
+@blp.route("/<uuid:id>", methods=["PATCH"])
+@blp.arguments(PersonUpdateSchema)
+@blp.response(200, PersonSchema)
+def update_person(body: dict[str, Any], id: UUID) -> dict[str, Any]:
+    """Disable or enable a person, change their role or their token grant (admins)."""
+    return services().ledger.update_person(caller(), id, **body)

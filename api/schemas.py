@@ -1,0 +1,239 @@
+"""Marshmallow schemas for every request and response; the OpenAPI document is generated from them.
+
+Field names on the wire are camelCase (the seed product's); attributes are the ledger's
+snake_case keys, so handlers pass loaded bodies straight to commands and return the commands'
+dicts. Schemas check shape and type only: the rules themselves (lifetimes, roles, passwords)
+are the ledger's, which answers 400/403 with the reason.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from ledger.domainmodel import (
+    DAY,
+    DESCRIPTION_MAX_LENGTH,
+    LONGEST_LIFETIME_SECONDS,
+    NEVER,
+    ROLES,
+    InvalidInput,
+    check_description,
+)
+from ledger.passwords import MAX_LENGTH as PASSWORD_MAX_LENGTH
+
+PAGE_LIMIT_MAX = 1000
+OFFSET_MAX = 2**31 - 1  # keeps Redis range arithmetic far from overflow
+TOKEN_VALUE_MAX_LENGTH = 256  # well past any prefix + 49 characters; longer is not a token
+
+
+class Integer(fields.Integer):
+    """A JSON integer: not a boolean (a Python int), a float, or a numeric string."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class QueryInteger(fields.Integer):
+    """A whole number in a query string: ASCII digits only, not "1e3", " 7" or "-0"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 16):
+            raise self.make_error("invalid")
+        return int(value)
+
+
+class Boolean(fields.Boolean):
+    """A JSON true or false, not 1, "yes" or "true"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class Text(fields.String):
+    """A string that can be stored and hashed: no lone surrogates from a JSON `\\udxxx` escape."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ma.ValidationError("Must be valid Unicode text.") from None
+        return text
+
+
+class Timestamp(fields.DateTime):
+    """ISO-8601 UTC with milliseconds and `Z`: 2026-11-23T10:15:30.123Z."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        moment: datetime = value.astimezone(UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _description(value: str) -> None:
+    try:
+        check_description(value)
+    except InvalidInput as error:
+        raise ma.ValidationError(str(error)) from None
+
+
+class Schema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE  # an unknown field is a mistake the client should hear about
+
+
+# Errors
+
+
+class ExceptionSchema(Schema):
+    name = fields.String(required=True, metadata={"example": "TokenNotFound"})
+    message = fields.String(required=True)
+    details = fields.Raw(allow_none=True, metadata={"description": "field errors, or null"})
+
+
+class ErrorSchema(Schema):
+    exception = fields.Nested(ExceptionSchema, required=True)
+
+
+# Tokens
+
+
+class TokenCreateSchema(Schema):
+    lifetime_seconds = Integer(
+        data_key="lifetimeSeconds",
+        validate=validate.Range(min=NEVER, max=LONGEST_LIFETIME_SECONDS),
+        metadata={"description": "-1 for a token that never expires; omitted: 30 days"},
+    )
+    description = Text(
+        validate=[validate.Length(max=DESCRIPTION_MAX_LENGTH), _description],
+        metadata={"description": "no control characters"},
+    )
+
+
+class TokenInfoSchema(Schema):
+    token_id = fields.UUID(data_key="tokenId", required=True)
+    description = fields.String(required=True)
+    created_at = Timestamp(data_key="createdAt", required=True)
+    expires_at = Timestamp(data_key="expiredAt", required=True, allow_none=True)
+    last_used = Timestamp(data_key="lastUsed", required=True, allow_none=True)
+    status = fields.String(required=True, validate=validate.OneOf(["active", "expired"]))
+
+
+class IssuedTokenSchema(Schema):
+    token_value = fields.String(data_key="tokenValue", required=True)
+    token_info = fields.Nested(TokenInfoSchema, data_key="tokenInfo", required=True)
+
+
+class PageQuerySchema(Schema):
+    limit = QueryInteger(load_default=100, validate=validate.Range(min=1, max=PAGE_LIMIT_MAX))
+    offset = QueryInteger(load_default=0, validate=validate.Range(min=0, max=OFFSET_MAX))
+
+
+class TokenQuerySchema(PageQuerySchema):
+    status = fields.String(validate=validate.OneOf(["active", "expired"]))
+    user_id = fields.UUID(data_key="userId", metadata={"description": "admins only"})
+
+
+class TokenListSchema(Schema):
+    data = fields.List(fields.Nested(TokenInfoSchema), required=True)
+    count = fields.Integer(required=True)
+
+
+class DeleteAllSchema(Schema):
+    user_id = fields.UUID(data_key="userId", metadata={"description": "admins, for others"})
+
+
+class DeletedSchema(Schema):
+    deleted = fields.Integer(required=True)
+
+
+class IntrospectSchema(Schema):
+    token = Text(required=True, validate=validate.Length(max=TOKEN_VALUE_MAX_LENGTH))
+
+
+class IntrospectionSchema(Schema):
+    """RFC 7662: `{active: false}` and nothing else for any token that does not verify."""
+
+    active = fields.Boolean(required=True)
+    token_id = fields.UUID(data_key="tokenId")
+    user_id = fields.UUID(data_key="userId")
+    username = fields.String()
+    workspace_id = fields.UUID(data_key="workspaceId")
+    exp = fields.Integer(metadata={"description": "seconds since the epoch; absent: never"})
+    iat = fields.Integer(metadata={"description": "seconds since the epoch"})
+
+
+# People
+
+
+class PersonSchema(Schema):
+    id = fields.UUID(required=True)
+    username = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    disabled = fields.Boolean(required=True)
+    can_generate_tokens = fields.Boolean(data_key="canGenerateTokens", required=True)
+    workspace_id = fields.UUID(data_key="workspaceId", required=True)
+
+
+class CurrentPersonSchema(PersonSchema):
+    auth_method = fields.String(
+        data_key="authMethod", required=True, validate=validate.OneOf(["password", "token"])
+    )
+    token_id = fields.UUID(data_key="tokenId", metadata={"description": "Bearer only"})
+
+
+class PeopleListSchema(Schema):
+    data = fields.List(fields.Nested(PersonSchema), required=True)
+    count = fields.Integer(required=True)
+
+
+class PersonCreateSchema(Schema):
+    username = Text(required=True, validate=validate.Length(min=1, max=64))
+    password = Text(required=True, validate=validate.Length(max=PASSWORD_MAX_LENGTH))
+    role = fields.String(load_default="member", validate=validate.OneOf(ROLES))
+
+
+class PersonUpdateSchema(Schema):
+    disabled = Boolean()
+    role = fields.String(validate=validate.OneOf(ROLES))
+    can_generate_tokens = Boolean(data_key="canGenerateTokens")
+
+
+class PasswordChangeSchema(Schema):
+    current_password = Text(
+        data_key="currentPassword",
+        required=True,
+        validate=validate.Length(max=PASSWORD_MAX_LENGTH),
+    )
+    new_password = Text(
+        data_key="newPassword", required=True, validate=validate.Length(max=PASSWORD_MAX_LENGTH)
+    )
+
+
+# Workspace settings: the ledger's names are already the wire's.
+
+_MAX_DAYS = validate.Range(min=NEVER, max=LONGEST_LIFETIME_SECONDS // DAY)
+
+
+class SettingsSchema(Schema):
+    apiAccessTokensEnabled = fields.Boolean(required=True)
+    membersCanGenerateTokens = fields.Boolean(required=True)
+    maxTokenLifetimeDays = fields.Integer(required=True, metadata={"description": "-1: unlimited"})
+
+
+class SettingsPatchSchema(Schema):
+    apiAccessTokensEnabled = Boolean()
+    membersCanGenerateTokens = Boolean()
+    maxTokenLifetimeDays = Integer(validate=_MAX_DAYS, metadata={"description": "-1: unlimited"})

@@ -1,0 +1,140 @@
+"""`ledger serve`: the HTTP API under gunicorn.
+
+Each worker builds its own app, Ledger and Redis client after the fork (no preloading), so no
+connection is shared between processes. The master only bootstraps an empty store and collects
+the workers' metrics directory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from cli.main import Env, fail
+from ledger.config import Settings
+from ledger.domainmodel import ADMIN, AuditContext, WorkspaceExists
+from projections.wiring import build_services
+
+DEFAULT_WORKSPACE = "default"
+DEFAULT_ADMIN = "admin"
+THREADS = 4  # per worker: requests waiting on argon2 or Redis do not hold up the others
+# Method, path without query string, status, bytes, milliseconds, request id, user agent:
+# no Authorization, no query string, no user name (gunicorn's %(u)s decodes Basic auth).
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s "%(a)s"'
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes. Default: 1 in embedded mode, otherwise 2 x CPUs + 1.",
+)
+@click.pass_obj
+def serve(env: Env, host: str, port: int, workers: int | None) -> None:
+    """Serve the HTTP API (and, in embedded mode, run the projector in the same process)."""
+    settings = env.settings
+    if settings.embedded and (workers or 1) > 1:
+        fail(
+            "embedded mode (no LEDGER_REDIS_URL) keeps the read models in one process: "
+            "use --workers 1, or set LEDGER_REDIS_URL to run more workers",
+            2,
+        )
+    _share_metrics_between_workers()
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    bootstrap(settings)
+    options = {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers or (1 if settings.embedded else 2 * (os.cpu_count() or 1) + 1),
+        "worker_class": "gthread",
+        "threads": THREADS,
+        "accesslog": "-",
+        "errorlog": "-",
+        "access_log_format": ACCESS_LOG_FORMAT,
+        "child_exit": _child_exit,
+        "control_socket_disable": True,
+        "proc_name": "ledger",
+    }
+    Server(settings, options).run()
+
+
+def bootstrap(settings: Settings) -> None:
+    """On the first start with an empty store: workspace `default` and its admin `admin`.
+
+    The admin's password is LEDGER_ADMIN_PASSWORD, or generated and printed here, once.
+    """
+    services = build_services(settings)
+    try:
+        ledger = services.ledger
+        if ledger.recorder.max_notification_id():
+            return
+        cli = AuditContext.cli()
+        try:
+            workspace_id = ledger.create_workspace(DEFAULT_WORKSPACE, cli)
+        except WorkspaceExists:
+            return  # another server started at the same moment and did this
+        password = settings.admin_password or secrets.token_urlsafe(18)
+        ledger.add_person(cli, DEFAULT_ADMIN, password, ADMIN, workspace_id)
+        click.echo(f"Created workspace {DEFAULT_WORKSPACE!r} and administrator {DEFAULT_ADMIN!r}.")
+        if settings.admin_password is None:
+            click.echo(f"The administrator's password, shown this once: {password}")
+    finally:
+        services.close()
+
+
+class Server(BaseApplication):  # type: ignore[misc]  # gunicorn has no type information
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        """Called in each worker, after the fork."""
+        from api.app import create_app  # in the worker only: nothing of it in the master
+
+        return create_app(self.settings)
+
+
+def _share_metrics_between_workers() -> None:
+    """prometheus_client's multiprocess mode: each worker writes its counters into one directory
+    that /metrics adds up. It must be set before prometheus_client is first imported."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        for stale in Path(given).glob("*.db"):  # counters of an earlier run
+            stale.unlink()
+        return
+    path = tempfile.mkdtemp(prefix="ledger-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    master = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == master:  # workers inherit atexit handlers too
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess  # once the directory is set
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
