@@ -30,7 +30,10 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
     token_prefix: str = "tlk"
-    audit_key: bytes | None = None
+    audit_key: bytes | None = field(default=None, repr=False)
+    # Keys that signed older audit checkpoints, accepted when verifying (key rotation).
+    audit_previous_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    audit_key_file: str | None = None
     trusted_proxies: tuple[str, ...] = ()
     admin_password: str | None = field(default=None, repr=False)
     argon2: Argon2Parameters = Argon2Parameters()
@@ -50,6 +53,12 @@ class Settings:
             redis_url=environ.get("LEDGER_REDIS_URL") or None,
             token_prefix=environ.get("LEDGER_TOKEN_PREFIX") or "tlk",
             audit_key=audit_key.encode() if audit_key else None,
+            audit_previous_keys=tuple(
+                k.strip().encode()
+                for k in environ.get("LEDGER_AUDIT_PREVIOUS_KEYS", "").split(",")
+                if k.strip()
+            ),
+            audit_key_file=environ.get("LEDGER_AUDIT_KEY_FILE") or None,
             trusted_proxies=tuple(
                 p.strip() for p in environ.get("LEDGER_TRUSTED_PROXIES", "").split(",") if p.strip()
             ),
