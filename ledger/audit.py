@@ -1,0 +1,583 @@
+"""The audit trail: every event as admins review it, and proof that the events were not changed.
+
+`AuditTrail` is the facade the projector, the CLI and the API use. It takes and returns
+primitives; authorization is the caller's (`Ledger.audit_workspace_id`). The trail lives in the
+event store's own database (`ledger.audit_store`), its tamper evidence in `ledger.audit_chain`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+from uuid import UUID
+
+from eventsourcing.persistence import Notification
+
+from ledger.application import Ledger
+from ledger.audit_chain import (
+    ZERO_HASH,
+    Keyring,
+    Signature,
+    checkpoint_message,
+    leaf_hash,
+    load_key_file,
+    next_chain_hash,
+)
+from ledger.audit_store import (
+    AuditFilter,
+    AuditRecord,
+    AuditStore,
+    ChainLink,
+    Checkpoint,
+    Head,
+    PersonName,
+    TokenOwner,
+)
+from ledger.audit_verify import PROBLEMS, Verifier
+from ledger.config import ConfigError, Settings
+from ledger.domainmodel import InvalidInput, LedgerError
+
+__all__ = [
+    "EVENT_TYPES",
+    "PROBLEMS",
+    "AuditFilter",
+    "AuditTrail",
+    "AuditVerificationFailed",
+    "event_type",
+]
+
+CHECKPOINT_EVERY = 1000  # events
+CHECKPOINT_SECONDS = 60.0
+BATCH = 500  # events per catch-up transaction; short, because SQLite writers wait for it
+READ_BATCH = 2000
+MAX_LIMIT = 1000
+ExportFormat = Literal["json", "jsonl", "csv"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("json", "jsonl", "csv")
+
+
+def event_type(topic: str) -> str:
+    """`ledger:Person.RoleChanged.v1` -> `person.role_changed`: stable across class moves."""
+    match = re.fullmatch(r"[^:]+:(\w+)\.(\w+)\.v\d+", topic)
+    if match is None:
+        return topic
+    return ".".join(re.sub(r"(?<!^)(?=[A-Z])", "_", part).lower() for part in match.groups())
+
+
+# The events admins review, and what each one shows. Listing details by name (rather than
+# leaving secrets out) keeps a future field out of the trail until someone decides it belongs.
+LISTED_TOPICS = (
+    "ledger:Workspace.Created.v1",
+    "ledger:Workspace.SettingChanged.v1",
+    "ledger:Person.Added.v1",
+    "ledger:Person.Disabled.v1",
+    "ledger:Person.Enabled.v1",
+    "ledger:Person.RoleChanged.v1",
+    "ledger:Person.TokenPermissionChanged.v1",
+    "ledger:Person.PasswordChanged.v1",
+    "ledger:Token.Issued.v1",
+    "ledger:Token.Deleted.v1",
+    "ledger:Lockout.Started.v1",
+)
+EVENT_TYPES = tuple(event_type(t) for t in LISTED_TOPICS)
+
+
+class AuditVerificationFailed(LedgerError):
+    pass
+
+
+@dataclass(frozen=True)
+class _Subject:
+    workspace_id: UUID | None
+    person_id: UUID | None = None
+    token_id: UUID | None = None
+
+
+class _Batch:
+    """The rows one catch-up transaction adds, built from consecutive notifications."""
+
+    def __init__(self, head: Head, chain_hash: bytes) -> None:
+        self.head = head
+        self.chain_hash = chain_hash
+        self.links: list[ChainLink] = []
+        self.records: list[AuditRecord] = []
+        self.people: list[PersonName] = []
+        self.tokens: list[TokenOwner] = []
+        self.checkpoints: list[Checkpoint] = []
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        ledger: Ledger,
+        keyring: Keyring,
+        *,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.ledger = ledger
+        self.keyring = keyring
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = timedelta(seconds=checkpoint_seconds)
+        self.clock = clock
+        self.store = AuditStore(ledger.recorder)
+        # Who people are and whose tokens are never changes, so these only grow; bounded below.
+        self._people: dict[UUID, PersonName] = {}
+        self._tokens: dict[UUID, TokenOwner] = {}
+
+    @classmethod
+    def from_settings(cls, ledger: Ledger, settings: Settings) -> AuditTrail:
+        return cls(ledger, keyring_from_settings(settings))
+
+    # Catching up
+
+    def catch_up(self, max_events: int = 10_000) -> int:
+        """Add the events stored since the last call; returns how many. Cheap when there are
+        none, safe to call from several processes at once, and exactly-once across crashes."""
+        processed = 0
+        head = self.store.head()
+        latest = self.ledger.recorder.max_notification_id() or 0
+        horizon = self.store.horizon() if latest > head.position else head.position
+        while head.position < horizon and processed < max_events:
+            notifications = self.ledger.recorder.select_notifications(
+                head.position,
+                min(BATCH, max_events - processed),
+                stop=horizon,
+                inclusive_of_start=False,
+            )
+            if not notifications:
+                break
+            batch = self._build(head, notifications)
+            if self._commit(head, batch):
+                processed += len(notifications)
+                head = batch.head
+            else:  # another process got there first: carry on from where it got to
+                head = self.store.head()
+        if head.position > head.checkpoint_position and self._checkpoint_due(head):
+            hash_hex = self.store.chain_hash_at(head.position)
+            if hash_hex is not None:
+                batch = _Batch(head, bytes.fromhex(hash_hex))
+                self._checkpoint(batch)
+                self._commit(head, batch)
+        return processed
+
+    def _commit(self, head: Head, batch: _Batch) -> bool:
+        return self.store.append(
+            head,
+            batch.head,
+            batch.links,
+            batch.records,
+            batch.people,
+            batch.tokens,
+            batch.checkpoints,
+        )
+
+    def _checkpoint_due(self, head: Head) -> bool:
+        return (
+            head.events - head.checkpoint_events >= self.checkpoint_every
+            or self.clock() - head.checkpoint_at >= self.checkpoint_interval
+        )
+
+    def _checkpoint(self, batch: _Batch) -> None:
+        head = batch.head
+        now = self.clock()
+        chain_hex = batch.chain_hash.hex()
+        signature = self.keyring.sign(
+            checkpoint_message(head.position, chain_hex, head.events, now)
+        )
+        batch.checkpoints.append(
+            Checkpoint(
+                head.position, chain_hex, head.events, now, signature.key_id, signature.value
+            )
+        )
+        batch.head = replace(
+            head,
+            checkpoint_position=head.position,
+            checkpoint_events=head.events,
+            checkpoint_at=now,
+        )
+
+    def _build(self, head: Head, notifications: Sequence[Notification]) -> _Batch:
+        chain_hex = self.store.chain_hash_at(head.position) if head.position else None
+        batch = _Batch(head, bytes.fromhex(chain_hex) if chain_hex else ZERO_HASH)
+        events = [
+            self.ledger.mapper.to_domain_event(n) if n.topic in LISTED_TOPICS else None
+            for n in notifications
+        ]
+        self._learn(notifications, events)
+        for notification, event in zip(notifications, events, strict=True):
+            leaf = leaf_hash(
+                notification.id,
+                notification.originator_id,
+                notification.originator_version,
+                notification.topic,
+                notification.state,
+            )
+            batch.chain_hash = next_chain_hash(batch.chain_hash, leaf)
+            batch.links.append(ChainLink(notification.id, leaf.hex(), batch.chain_hash.hex()))
+            batch.head = replace(batch.head, position=notification.id, events=batch.head.events + 1)
+            if event is not None:
+                batch.records.append(self._record(notification, event, batch))
+            if batch.head.events - batch.head.checkpoint_events >= self.checkpoint_every:
+                self._checkpoint(batch)
+        if batch.head.position > batch.head.checkpoint_position and self._checkpoint_due(
+            batch.head
+        ):
+            self._checkpoint(batch)
+        return batch
+
+    def _learn(self, notifications: Sequence[Notification], events: Sequence[Any]) -> None:
+        """Load the lookups these events need that this process has not seen yet."""
+        if len(self._people) > 100_000 or len(self._tokens) > 100_000:
+            self._people.clear()
+            self._tokens.clear()
+        person_ids: set[UUID] = set()
+        token_ids: set[UUID] = set()
+        for notification, event in zip(notifications, events, strict=True):
+            if event is None:
+                continue
+            actor_id = event.context.get("actor_id")
+            if actor_id:
+                person_ids.add(UUID(actor_id))
+            if notification.topic.startswith("ledger:Person."):
+                person_ids.add(event.originator_id)
+            elif notification.topic == "ledger:Token.Deleted.v1":
+                token_ids.add(event.originator_id)
+        for person in self.store.people(sorted(person_ids - self._people.keys())):
+            self._people[person.person_id] = person
+        for token in self.store.tokens(sorted(token_ids - self._tokens.keys())):
+            self._tokens[token.token_id] = token
+
+    def _record(self, notification: Notification, event: Any, batch: _Batch) -> AuditRecord:
+        kind = event_type(notification.topic)
+        subject, details = self._subject_and_details(kind, event, batch)
+        context = event.context
+        actor_id = UUID(context["actor_id"]) if context.get("actor_id") else None
+        actor = self._people.get(actor_id) if actor_id else None
+        person = self._people.get(subject.person_id) if subject.person_id else None
+        return AuditRecord(
+            position=notification.id,
+            type=kind,
+            occurred_at=event.timestamp,
+            workspace_id=subject.workspace_id,
+            actor_id=actor_id,
+            actor_username=actor.username if actor else None,
+            auth_method=context.get("method"),
+            actor_token_id=UUID(context["token_id"]) if context.get("token_id") else None,
+            ip=context.get("ip"),
+            user_agent=context.get("user_agent"),
+            request_id=context.get("request_id"),
+            person_id=subject.person_id,
+            person_username=person.username if person else None,
+            token_id=subject.token_id,
+            details=details,
+        )
+
+    def _subject_and_details(
+        self, kind: str, e: Any, batch: _Batch
+    ) -> tuple[_Subject, dict[str, Any]]:
+        if kind == "workspace.created":
+            return _Subject(e.originator_id), {"name": e.name}
+        if kind == "workspace.setting_changed":
+            return _Subject(e.originator_id), {"setting": e.name, "value": e.value}
+        if kind == "person.added":
+            learnt = PersonName(e.originator_id, e.username, e.workspace_id)
+            self._people[learnt.person_id] = learnt
+            batch.people.append(learnt)
+            return _Subject(e.workspace_id, e.originator_id), {
+                "username": e.username,
+                "role": e.role,
+                "canGenerateTokens": e.can_generate_tokens,
+            }
+        if kind.startswith("person."):
+            person = self._people.get(e.originator_id)
+            subject = _Subject(person.workspace_id if person else None, e.originator_id)
+            if kind == "person.role_changed":
+                return subject, {"role": e.role}
+            if kind == "person.token_permission_changed":
+                return subject, {"canGenerateTokens": e.can_generate_tokens}
+            return subject, {}  # disabled, enabled, password_changed: the hash stays out
+        if kind == "token.issued":
+            owned = TokenOwner(e.originator_id, e.owner_id, e.workspace_id)
+            self._tokens[owned.token_id] = owned
+            batch.tokens.append(owned)
+            expires = (
+                None
+                if e.lifetime_seconds is None
+                else _iso(e.timestamp + timedelta(seconds=e.lifetime_seconds))
+            )
+            return _Subject(e.workspace_id, e.owner_id, e.originator_id), {
+                "description": e.description,
+                "lifetimeSeconds": e.lifetime_seconds,
+                "expiresAt": expires,
+            }
+        if kind == "token.deleted":
+            token = self._tokens.get(e.originator_id)
+            return _Subject(
+                token.workspace_id if token else None,
+                token.owner_id if token else None,
+                e.originator_id,
+            ), {}
+        assert kind == "lockout.started", kind
+        details: dict[str, Any] = {"scope": e.scope, "failures": e.failures, "until": _iso(e.until)}
+        # An unknown "username" may be a password typed into the wrong field: never shown.
+        if e.scope == "ip" or e.person_id is not None:
+            details["subject"] = e.subject
+        return _Subject(e.workspace_id, e.person_id), details
+
+    # Reading
+
+    def list_events(
+        self,
+        workspace_id: UUID,
+        filters: AuditFilter | None = None,
+        cursor: int | None = None,
+        limit: int = 100,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of the workspace's events, newest first, and the cursor of the next page
+        (None on the last). A cursor is a position: the next page is everything older, so
+        pages neither skip nor repeat events however many arrive in between."""
+        filters = check_filter(filters or AuditFilter())
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        if cursor is not None and cursor < 1:
+            raise InvalidInput("cursor must be a positive whole number")
+        records = self.store.records(workspace_id, filters, cursor, limit + 1)
+        page = records[:limit]
+        next_cursor = page[-1].position if len(records) > limit else None
+        return [as_event(r) for r in page], next_cursor
+
+    def count_events(self, workspace_id: UUID, filters: AuditFilter | None = None) -> int:
+        return self.store.count(workspace_id, check_filter(filters or AuditFilter()), None)
+
+    def export(
+        self,
+        workspace_id: UUID,
+        filters: AuditFilter | None = None,
+        fmt: str = "jsonl",
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[str]:
+        """Every matching event, newest first, as text chunks, in constant memory.
+
+        The export is of the trail as it stands when it starts: events arriving meanwhile are
+        left out. `progress` is told how many events each chunk holds.
+        """
+        filters = check_filter(filters or AuditFilter())
+        if fmt not in EXPORT_FORMATS:
+            raise InvalidInput(f"format must be one of {', '.join(EXPORT_FORMATS)}")
+        return self._export(workspace_id, filters, fmt, progress)
+
+    def _export(
+        self,
+        workspace_id: UUID,
+        filters: AuditFilter,
+        fmt: str,
+        progress: Callable[[int], None] | None,
+    ) -> Iterator[str]:
+        before = self.store.head().position + 1
+        count = 0
+        if fmt == "csv":
+            yield _csv_lines([CSV_COLUMNS])
+        elif fmt == "json":
+            yield '{"data":['
+        while True:
+            records = self.store.records(workspace_id, filters, before, READ_BATCH)
+            if not records:
+                break
+            events = [_json_ready(as_event(r)) for r in records]
+            if fmt == "csv":
+                yield _csv_lines([_csv_row(e) for e in events])
+            elif fmt == "json":
+                yield ("," if count else "") + ",".join(_dumps(e) for e in events)
+            else:
+                yield "".join(_dumps(e) + "\n" for e in events)
+            count += len(records)
+            before = records[-1].position
+            if progress is not None:
+                progress(len(records))
+        if fmt == "json":
+            yield f'],"count":{count}}}'
+
+    # Tamper evidence
+
+    def verify(self) -> dict[str, Any]:
+        """Recompute the chain from the stored event rows and check every signed checkpoint.
+
+        Returns `{ok, eventsChecked, headHash, firstBadPosition, problem, detail,
+        lastCheckpointPosition}`; `problem` is one of PROBLEMS or None. Covers the events the
+        trail has caught up with: call `catch_up` first to include the newest.
+        """
+        return Verifier(self.store, self.ledger.recorder, self.keyring).run().as_dict()
+
+    def resign(self) -> int:
+        """Sign every checkpoint again with the current key (key rotation); returns how many.
+
+        Only a trail that verifies is re-signed, and each checkpoint only if its signature is
+        still good under the keyring, so rotation never blesses a forgery.
+        """
+        report = self.verify()
+        if not report["ok"]:
+            raise AuditVerificationFailed(
+                f"the audit trail does not verify ({report['problem']} at position "
+                f"{report['firstBadPosition']}); nothing was re-signed"
+            )
+        resigned = 0
+        after = -1
+        while batch := self.store.checkpoints(after, READ_BATCH):
+            renewed = []
+            for checkpoint in batch:
+                message = checkpoint_message(
+                    checkpoint.position,
+                    checkpoint.chain_hash,
+                    checkpoint.events,
+                    checkpoint.signed_at,
+                )
+                old = Signature(checkpoint.key_id, checkpoint.signature)
+                problem = self.keyring.problem(message, old)
+                if problem is not None:
+                    raise AuditVerificationFailed(
+                        f"checkpoint at position {checkpoint.position}: {problem}"
+                    )
+                new = self.keyring.sign(message)
+                renewed.append(replace(checkpoint, key_id=new.key_id, signature=new.value))
+            self.store.replace_checkpoints(renewed)
+            resigned += len(renewed)
+            after = batch[-1].position
+        return resigned
+
+
+def keyring_from_settings(settings: Settings) -> Keyring:
+    """LEDGER_AUDIT_KEY; else a key file (LEDGER_AUDIT_KEY_FILE, or beside an SQLite store,
+    created on first use). PostgreSQL serves many processes, which must share one key, so it
+    needs the key set explicitly."""
+    if settings.audit_key:
+        return Keyring(settings.audit_key, settings.audit_previous_keys)
+    if settings.audit_key_file:
+        path = Path(settings.audit_key_file)
+    else:
+        parts = urlsplit(settings.database_url)
+        if parts.scheme != "sqlite" or unquote(parts.path[1:]) == ":memory:":
+            raise ConfigError(
+                "LEDGER_AUDIT_KEY (or LEDGER_AUDIT_KEY_FILE) must be set for this event store: "
+                "every process that signs or verifies the audit trail needs the same key"
+            )
+        path = Path(unquote(parts.path[1:])).parent / "audit.key"
+    return Keyring(load_key_file(path), settings.audit_previous_keys)
+
+
+def check_filter(filters: AuditFilter) -> AuditFilter:
+    unknown = set(filters.types) - set(EVENT_TYPES)
+    if unknown:
+        raise InvalidInput(
+            f"unknown event type {sorted(unknown)[0]!r}; known: {', '.join(EVENT_TYPES)}"
+        )
+    for moment in (filters.since, filters.until):
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidInput("times must carry a time zone, e.g. 2026-01-31T12:00:00Z")
+    if filters.since and filters.until and filters.since >= filters.until:
+        raise InvalidInput("from must be earlier than to")
+    return filters
+
+
+def as_event(record: AuditRecord) -> dict[str, Any]:
+    """An audit event as the API, the CLI and exports show it."""
+    return {
+        "position": record.position,
+        "type": record.type,
+        "time": record.occurred_at,
+        "workspaceId": record.workspace_id,
+        "actor": {
+            "id": record.actor_id,
+            "username": record.actor_username,
+            "method": record.auth_method,
+            "tokenId": record.actor_token_id,
+        },
+        "source": {"ip": record.ip, "userAgent": record.user_agent, "requestId": record.request_id},
+        "subject": {
+            "personId": record.person_id,
+            "username": record.person_username,
+            "tokenId": record.token_id,
+        },
+        "details": record.details,
+    }
+
+
+CSV_COLUMNS = [
+    "position",
+    "time",
+    "type",
+    "workspaceId",
+    "actorId",
+    "actorUsername",
+    "authMethod",
+    "actorTokenId",
+    "ip",
+    "userAgent",
+    "requestId",
+    "personId",
+    "personUsername",
+    "tokenId",
+    "details",
+]
+
+
+def _csv_row(event: dict[str, Any]) -> list[str]:
+    actor, source, subject = event["actor"], event["source"], event["subject"]
+    values = [
+        event["position"],
+        event["time"],
+        event["type"],
+        event["workspaceId"],
+        actor["id"],
+        actor["username"],
+        actor["method"],
+        actor["tokenId"],
+        source["ip"],
+        source["userAgent"],
+        source["requestId"],
+        subject["personId"],
+        subject["username"],
+        subject["tokenId"],
+        _dumps(event["details"]),
+    ]
+    return [_csv_cell(v) for v in values]
+
+
+def _csv_cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    # A cell starting with one of these is a formula to a spreadsheet (CSV injection);
+    # descriptions and user agents come from users.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _csv_lines(rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _iso(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds, as every timestamp in the API."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return _iso(value)
+    return value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

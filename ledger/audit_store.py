@@ -1,0 +1,519 @@
+"""The audit trail's tables, kept in the event store's own database (SQLite or PostgreSQL).
+
+Every write goes through `AuditStore.append`, which checks and advances the trail's position in
+the same transaction as the rows it adds, so the trail is exactly-once however many processes
+catch it up at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteDatastore
+
+HEAD_COLUMNS = "position, events, checkpoint_position, checkpoint_events, checkpoint_at"
+
+
+@dataclass(frozen=True)
+class Head:
+    """How far the trail has got, and its last signed checkpoint."""
+
+    position: int  # the last notification id chained; 0 before the first
+    events: int  # how many events are chained
+    checkpoint_position: int
+    checkpoint_events: int
+    checkpoint_at: datetime  # when the trail was created, until the first checkpoint
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    position: int
+    leaf_hash: str  # hex
+    chain_hash: str  # hex
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    position: int
+    chain_hash: str
+    events: int
+    signed_at: datetime
+    key_id: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class PersonName:
+    person_id: UUID
+    username: str
+    workspace_id: UUID
+
+
+@dataclass(frozen=True)
+class TokenOwner:
+    token_id: UUID
+    owner_id: UUID
+    workspace_id: UUID
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One event as the audit read model holds it. Never a secret."""
+
+    position: int
+    type: str
+    occurred_at: datetime
+    workspace_id: UUID | None
+    actor_id: UUID | None
+    actor_username: str | None
+    auth_method: str | None
+    actor_token_id: UUID | None
+    ip: str | None
+    user_agent: str | None
+    request_id: str | None
+    person_id: UUID | None
+    person_username: str | None
+    token_id: UUID | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+RECORD_COLUMNS = [f.name for f in fields(AuditRecord)]
+UUID_COLUMNS = {"workspace_id", "actor_id", "actor_token_id", "person_id", "token_id"}
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which of a workspace's events to list: every condition given must hold.
+
+    `token_id` matches events about the token and events done with it; `since` is inclusive,
+    `until` exclusive.
+    """
+
+    types: tuple[str, ...] = ()
+    actor_id: UUID | None = None
+    person_id: UUID | None = None
+    token_id: UUID | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class Dialect:
+    """SQLite: plain values, times as fixed-width ISO-8601 text that sorts as it compares."""
+
+    uuid_type = "TEXT"
+    time_type = "TEXT"
+    json_type = "TEXT"
+    json_param = "?"
+
+    def table(self, name: str) -> str:
+        return name
+
+    def to_uuid(self, value: UUID | None) -> Any:
+        return None if value is None else str(value)
+
+    def from_uuid(self, value: Any) -> UUID | None:
+        return None if value is None else UUID(value)
+
+    def to_time(self, value: datetime) -> Any:
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def from_time(self, value: Any) -> datetime:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+    def from_json(self, value: Any) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(value)
+        return loaded
+
+    # A write first: the transaction takes SQLite's write lock now (waiting its turn) rather
+    # than failing to upgrade its read snapshot later.
+    lock_head: tuple[str, ...] = (
+        "UPDATE {audit_head} SET position = position WHERE id = 1",
+        "SELECT {head_columns} FROM {audit_head} WHERE id = 1",
+    )
+
+    def sql(self, statement: str) -> str:
+        return statement
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL: native uuid, timestamptz and jsonb, in the event store's schema."""
+
+    uuid_type = "uuid"
+    time_type = "timestamptz"
+    json_type = "jsonb"
+    json_param = "%s::jsonb"
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+
+    def table(self, name: str) -> str:
+        return f"{_quote(self.schema)}.{_quote(name)}"
+
+    def to_uuid(self, value: UUID | None) -> Any:
+        return value
+
+    def from_uuid(self, value: Any) -> UUID | None:
+        return value if value is None or isinstance(value, UUID) else UUID(str(value))
+
+    def to_time(self, value: datetime) -> Any:
+        return value
+
+    def from_time(self, value: Any) -> datetime:
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
+
+    def from_json(self, value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else super().from_json(value)
+
+    lock_head = ("SELECT {head_columns} FROM {audit_head} WHERE id = 1 FOR UPDATE",)
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class AuditStore:
+    def __init__(self, recorder: ApplicationRecorder) -> None:
+        """The tables live in the recorder's database; the in-memory store has none, so the
+        trail then keeps them in a private in-memory SQLite database."""
+        self.recorder = recorder
+        datastore = getattr(recorder, "datastore", None)
+        if datastore is None:
+            datastore = SQLiteDatastore(f"file:audit-{uuid4().hex}?mode=memory&cache=shared")
+        assert isinstance(datastore, PostgresDatastore | SQLiteDatastore), type(datastore)
+        self.datastore: Any = datastore
+        d = self.dialect = (
+            PostgresDialect(datastore.schema)
+            if isinstance(datastore, PostgresDatastore)
+            else Dialect()
+        )
+        tables = ["audit_head", "audit_chain", "audit_checkpoints", "audit_events"]
+        tables += ["audit_people", "audit_tokens", getattr(recorder, "events_table_name", "")]
+        # What statement templates may name: quoted identifiers and column types, never values.
+        self._names = {name: d.table(name) for name in tables if name}
+        self._names.update(
+            events=d.table(getattr(recorder, "events_table_name", "none")),
+            head_columns=HEAD_COLUMNS,
+            record_columns=", ".join(RECORD_COLUMNS),
+            uuid=d.uuid_type,
+            time=d.time_type,
+            json=d.json_type,
+        )
+        self._create_tables()
+
+    def _sql(self, template: str, **parts: str) -> str:
+        return self.dialect.sql(template.format(**self._names, **parts))
+
+    @contextmanager
+    def _transaction(self, *, commit: bool) -> Iterator[Any]:
+        with self.datastore.transaction(commit=commit) as cursor:
+            yield cursor
+
+    def _create_tables(self) -> None:
+        statements = [
+            "CREATE TABLE IF NOT EXISTS {audit_head} (id INTEGER PRIMARY KEY CHECK (id = 1), "
+            "position BIGINT NOT NULL, events BIGINT NOT NULL, "
+            "checkpoint_position BIGINT NOT NULL, checkpoint_events BIGINT NOT NULL, "
+            "checkpoint_at {time} NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS {audit_chain} (position BIGINT PRIMARY KEY, "
+            "leaf_hash TEXT NOT NULL, chain_hash TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS {audit_checkpoints} (position BIGINT PRIMARY KEY, "
+            "chain_hash TEXT NOT NULL, events BIGINT NOT NULL, signed_at {time} NOT NULL, "
+            "key_id TEXT NOT NULL, signature TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS {audit_events} (position BIGINT PRIMARY KEY, "
+            "type TEXT NOT NULL, occurred_at {time} NOT NULL, workspace_id {uuid}, "
+            "actor_id {uuid}, actor_username TEXT, auth_method TEXT, actor_token_id {uuid}, "
+            "ip TEXT, user_agent TEXT, request_id TEXT, person_id {uuid}, person_username TEXT, "
+            "token_id {uuid}, details {json} NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS {audit_people} (person_id {uuid} PRIMARY KEY, "
+            "username TEXT NOT NULL, workspace_id {uuid} NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS {audit_tokens} (token_id {uuid} PRIMARY KEY, "
+            "owner_id {uuid} NOT NULL, workspace_id {uuid} NOT NULL)",
+        ]
+        # Listing is always within a workspace, newest first; the other indexes serve the
+        # filters an investigation starts from (a person, a token, an actor).
+        for column in ("workspace_id", "person_id", "token_id", "actor_token_id", "actor_id"):
+            statements.append(
+                "CREATE INDEX IF NOT EXISTS audit_events_{column}_idx "
+                "ON {audit_events} ({column}, position)".replace("{column}", column)
+            )
+        with self._transaction(commit=True) as c:
+            if isinstance(self.dialect, PostgresDialect):
+                # Concurrent CREATE TABLE IF NOT EXISTS can collide in PostgreSQL's catalog.
+                c.execute("SELECT pg_advisory_xact_lock(7386213901)")
+            for statement in statements:
+                c.execute(self._sql(statement))
+            c.execute(
+                self._sql(
+                    "INSERT INTO {audit_head} (id, {head_columns}) VALUES (1, 0, 0, 0, 0, ?) "
+                    "ON CONFLICT (id) DO NOTHING"
+                ),
+                [self.dialect.to_time(datetime.now(UTC))],
+            )
+
+    # The position
+
+    def head(self) -> Head:
+        with self._transaction(commit=False) as c:
+            c.execute(self._sql("SELECT {head_columns} FROM {audit_head} WHERE id = 1"))
+            return self._head(c.fetchone())
+
+    def _head(self, row: Any) -> Head:
+        return Head(
+            position=row["position"],
+            events=row["events"],
+            checkpoint_position=row["checkpoint_position"],
+            checkpoint_events=row["checkpoint_events"],
+            checkpoint_at=self.dialect.from_time(row["checkpoint_at"]),
+        )
+
+    def horizon(self) -> int:
+        """The highest notification id below which no event can still appear.
+
+        PostgreSQL hands out notification ids before commit, so a lower id can become visible
+        after a higher one (the store's insert function does not lock the table). Taking a
+        SHARE lock waits for the inserts in flight; every insert after it gets a higher id.
+        """
+        if not isinstance(self.dialect, PostgresDialect):
+            return self.recorder.max_notification_id() or 0
+        with self._transaction(commit=False) as c:
+            c.execute("SET LOCAL lock_timeout = '10s'")
+            c.execute(self._sql("LOCK TABLE {events} IN SHARE MODE"))
+            c.execute(self._sql("SELECT MAX(notification_id) AS max FROM {events}"))
+            return int(c.fetchone()["max"] or 0)
+
+    def append(
+        self,
+        expected: Head,
+        new_head: Head,
+        links: Sequence[ChainLink],
+        records: Sequence[AuditRecord],
+        people: Sequence[PersonName],
+        tokens: Sequence[TokenOwner],
+        checkpoints: Sequence[Checkpoint],
+    ) -> bool:
+        """Add rows and move the head in one transaction; False (and nothing written) when
+        another process moved the head first."""
+        d = self.dialect
+        uuid = d.to_uuid
+        with self._transaction(commit=True) as c:
+            for statement in d.lock_head:
+                c.execute(self._sql(statement))
+            if self._head(c.fetchone()) != expected:
+                return False
+            inserts: list[tuple[str, list[Sequence[Any]]]] = [
+                (
+                    "INSERT INTO {audit_chain} VALUES (?, ?, ?)",
+                    [(x.position, x.leaf_hash, x.chain_hash) for x in links],
+                ),
+                (
+                    "INSERT INTO {audit_events} ({record_columns}) VALUES ({values})",
+                    [self._record_params(r) for r in records],
+                ),
+                (
+                    "INSERT INTO {audit_people} VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(uuid(p.person_id), p.username, uuid(p.workspace_id)) for p in people],
+                ),
+                (
+                    "INSERT INTO {audit_tokens} VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(uuid(x.token_id), uuid(x.owner_id), uuid(x.workspace_id)) for x in tokens],
+                ),
+                (
+                    "INSERT INTO {audit_checkpoints} VALUES (?, ?, ?, ?, ?, ?)",
+                    [self._checkpoint_params(x) for x in checkpoints],
+                ),
+            ]
+            values = ", ".join(["?"] * (len(RECORD_COLUMNS) - 1) + [d.json_param])
+            for template, rows in inserts:
+                if rows:
+                    c.executemany(self._sql(template, values=values), rows)
+            c.execute(
+                self._sql(
+                    "UPDATE {audit_head} SET position = ?, events = ?, checkpoint_position = ?, "
+                    "checkpoint_events = ?, checkpoint_at = ? WHERE id = 1"
+                ),
+                [
+                    new_head.position,
+                    new_head.events,
+                    new_head.checkpoint_position,
+                    new_head.checkpoint_events,
+                    d.to_time(new_head.checkpoint_at),
+                ],
+            )
+        return True
+
+    def _record_params(self, record: AuditRecord) -> list[Any]:
+        d = self.dialect
+        params: list[Any] = []
+        for name in RECORD_COLUMNS:
+            value = getattr(record, name)
+            if name in UUID_COLUMNS:
+                value = d.to_uuid(value)
+            elif name == "occurred_at":
+                value = d.to_time(value)
+            elif name == "details":
+                value = json.dumps(value, sort_keys=True, separators=(",", ":"))
+            params.append(value)
+        return params
+
+    def _checkpoint_params(self, x: Checkpoint) -> tuple[Any, ...]:
+        signed_at = self.dialect.to_time(x.signed_at)
+        return (x.position, x.chain_hash, x.events, signed_at, x.key_id, x.signature)
+
+    # Lookups: who a person is and whose a token is, learnt from Person.Added and Token.Issued
+
+    def people(self, ids: Sequence[UUID]) -> list[PersonName]:
+        rows = self._select_in("SELECT * FROM {audit_people} WHERE person_id IN ({marks})", ids)
+        f = self.dialect.from_uuid
+        return [PersonName(f(r["person_id"]), r["username"], f(r["workspace_id"])) for r in rows]  # type: ignore[arg-type]
+
+    def tokens(self, ids: Sequence[UUID]) -> list[TokenOwner]:
+        rows = self._select_in("SELECT * FROM {audit_tokens} WHERE token_id IN ({marks})", ids)
+        f = self.dialect.from_uuid
+        return [TokenOwner(f(r["token_id"]), f(r["owner_id"]), f(r["workspace_id"])) for r in rows]  # type: ignore[arg-type]
+
+    def _select_in(self, template: str, ids: Sequence[UUID]) -> list[Any]:
+        if not ids:
+            return []
+        with self._transaction(commit=False) as c:
+            c.execute(
+                self._sql(template, marks=", ".join("?" * len(ids))),
+                [self.dialect.to_uuid(i) for i in ids],
+            )
+            return list(c.fetchall())
+
+    # Reading the chain
+
+    def chain_hash_at(self, position: int) -> str | None:
+        links = self.links(position - 1, position, 1)
+        return links[0].chain_hash if links else None
+
+    def links(self, after: int, upto: int, limit: int) -> list[ChainLink]:
+        with self._transaction(commit=False) as c:
+            c.execute(
+                self._sql(
+                    "SELECT position, leaf_hash, chain_hash FROM {audit_chain} "
+                    "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
+                ),
+                [after, upto, limit],
+            )
+            return [ChainLink(r["position"], r["leaf_hash"], r["chain_hash"]) for r in c.fetchall()]
+
+    def checkpoints(self, after: int, limit: int) -> list[Checkpoint]:
+        with self._transaction(commit=False) as c:
+            c.execute(
+                self._sql(
+                    "SELECT * FROM {audit_checkpoints} WHERE position > ? ORDER BY position LIMIT ?"
+                ),
+                [after, limit],
+            )
+            return [
+                Checkpoint(
+                    position=r["position"],
+                    chain_hash=r["chain_hash"],
+                    events=r["events"],
+                    signed_at=self.dialect.from_time(r["signed_at"]),
+                    key_id=r["key_id"],
+                    signature=r["signature"],
+                )
+                for r in c.fetchall()
+            ]
+
+    def replace_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Store new signatures for existing checkpoints, all or none (key rotation)."""
+        with self._transaction(commit=True) as c:
+            c.executemany(
+                self._sql(
+                    "UPDATE {audit_checkpoints} SET signed_at = ?, key_id = ?, signature = ? "
+                    "WHERE position = ?"
+                ),
+                [
+                    (self.dialect.to_time(x.signed_at), x.key_id, x.signature, x.position)
+                    for x in checkpoints
+                ],
+            )
+
+    # Querying the read model
+
+    def records(
+        self, workspace_id: UUID, where: AuditFilter, before: int | None, limit: int
+    ) -> list[AuditRecord]:
+        """Newest first, positions below `before` (keyset paging: stable while events arrive)."""
+        condition, params = self._where(workspace_id, where, before)
+        with self._transaction(commit=False) as c:
+            c.execute(
+                self._sql(
+                    "SELECT {record_columns} FROM {audit_events} WHERE {condition} "
+                    "ORDER BY position DESC LIMIT ?",
+                    condition=condition,
+                ),
+                [*params, limit],
+            )
+            return [self._record(r) for r in c.fetchall()]
+
+    def count(self, workspace_id: UUID, where: AuditFilter, before: int | None) -> int:
+        condition, params = self._where(workspace_id, where, before)
+        with self._transaction(commit=False) as c:
+            c.execute(
+                self._sql(
+                    "SELECT COUNT(*) AS n FROM {audit_events} WHERE {condition}",
+                    condition=condition,
+                ),
+                params,
+            )
+            return int(c.fetchone()["n"])
+
+    def _where(
+        self, workspace_id: UUID, where: AuditFilter, before: int | None
+    ) -> tuple[str, list[Any]]:
+        """Conditions made only of literals and placeholders, and their parameters."""
+        d = self.dialect
+        conditions = ["workspace_id = ?"]
+        params: list[Any] = [d.to_uuid(workspace_id)]
+        if before is not None:
+            conditions.append("position < ?")
+            params.append(before)
+        if where.types:
+            conditions.append("type IN (" + ", ".join("?" * len(where.types)) + ")")
+            params.extend(where.types)
+        if where.actor_id is not None:
+            conditions.append("actor_id = ?")
+            params.append(d.to_uuid(where.actor_id))
+        if where.person_id is not None:
+            conditions.append("person_id = ?")
+            params.append(d.to_uuid(where.person_id))
+        if where.token_id is not None:
+            conditions.append("(token_id = ? OR actor_token_id = ?)")
+            params.extend([d.to_uuid(where.token_id)] * 2)
+        if where.since is not None:
+            conditions.append("occurred_at >= ?")
+            params.append(d.to_time(where.since))
+        if where.until is not None:
+            conditions.append("occurred_at < ?")
+            params.append(d.to_time(where.until))
+        return " AND ".join(conditions), params
+
+    def _record(self, row: Any) -> AuditRecord:
+        d = self.dialect
+        values: dict[str, Any] = {}
+        for name in RECORD_COLUMNS:
+            value = row[name]
+            if name in UUID_COLUMNS:
+                value = d.from_uuid(value)
+            elif name == "occurred_at":
+                value = d.from_time(value)
+            elif name == "details":
+                value = d.from_json(value)
+            values[name] = value
+        return AuditRecord(**values)
