@@ -156,6 +156,11 @@ class Ledger(Application[UUID]):
         self.save(workspace)
         return dict(workspace.settings)
 
+    def audit_workspace_id(self, ctx: AuditContext, workspace_id: UUID | None = None) -> UUID:
+        """The workspace whose audit trail the actor may review: their own, if they administer
+        it; the operator names one."""
+        return self._subject_workspace_id(ctx, workspace_id)
+
     # People
 
     def add_person(
