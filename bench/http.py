@@ -1,0 +1,354 @@
+"""The HTTP goals (issue 6), each a ratio to a baseline measured in the same run:
+
+1. throughput of `GET /v4/people/current` with a Bearer token, `ledger serve --workers 2` on
+   PostgreSQL + Redis, / a plain Flask app under the same gunicorn settings (goal >= 0.85);
+2. its p99 latency at a fixed rate (half the plain app's maximum) / the plain app's (<= 1.3);
+3. issuing tokens over HTTP (Bearer, and Basic) / raw eventsourcing save() of the same events
+   with the same number of concurrent clients (>= 0.6); argon2's cost per login on its own;
+4. p99 projection lag while issuing at half the maximum rate <= the median issuance latency;
+5. listing: first page of 50 for a person with 10,000 tokens / for a person with 1 (<= 1.5),
+   and page 200 / page 1 (<= 1.1).
+
+Load comes from wrk (Debian's `wrk`), on the same 2-core machine as the servers.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import requests
+
+import cli.main  # noqa: F401  # registers the commands before cli.serve is imported
+from cli.serve import ACCESS_LOG_FORMAT, THREADS
+from ledger import tokens
+from ledger.application import Ledger
+from ledger.config import Argon2Parameters, Settings
+from ledger.domainmodel import AuditContext, Token
+from ledger.passwords import Passwords
+from projections.wiring import Services, build_services
+from tests.integration.conftest import POSTGRES_URL, RedisServer, free_port
+
+SECONDS = int(os.environ.get("BENCH_HTTP_SECONDS", "8"))
+CONNECTIONS = int(os.environ.get("BENCH_HTTP_CONNECTIONS", "16"))
+WORKERS = 2
+PASSWORD = "bench password, long enough"
+LISTED_TOKENS = 10_000
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
+
+
+@dataclass
+class Wrk:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+
+
+def run() -> str:
+    if shutil.which("wrk") is None:
+        sys.exit("bench.http needs wrk: apt-get install wrk")
+    with stack() as s:
+        bearer = {"Authorization": f"Bearer {s.token}"}
+        with plain_app() as plain_url:
+            plain_max = wrk(plain_url + "/v4/people/current")
+            plain_fixed = wrk(plain_url + "/v4/people/current", rate=plain_max.rate / 2)
+        ours_max = wrk(s.url + "/v4/people/current", headers=bearer)
+        ours_fixed = wrk(s.url + "/v4/people/current", headers=bearer, rate=plain_max.rate / 2)
+
+        issue_bearer = wrk(s.url + "/v4/apiAccessTokens", headers=bearer, body="{}")
+        issue_basic = wrk(s.url + "/v4/apiAccessTokens", headers=BASIC, body="{}")
+        raw_save = raw_save_rate(s.settings, CONNECTIONS, SECONDS)
+        argon2_ms = argon2_cost_ms(s.settings.argon2)
+        s.lags.clear()
+        issue_half = wrk(
+            s.url + "/v4/apiAccessTokens", headers=bearer, body="{}", rate=issue_bearer.rate / 2
+        )
+        lag_p99_ms = _percentile(list(s.lags), 99) * 1000 if s.lags else float("nan")
+
+        big, small = s.person_with_tokens(LISTED_TOKENS), s.person_with_tokens(1)
+        list_url = s.url + "/v4/apiAccessTokens?limit=50&offset="
+        big_first = wrk(list_url + "0", headers=big)
+        small_first = wrk(list_url + "0", headers=small)
+        big_page_200 = wrk(list_url + str(199 * 50), headers=big)
+
+    a = s.settings.argon2
+    rows = [
+        _row("1. GET /v4/people/current, req/s", ours_max.rate, plain_max.rate, ">= 0.85"),
+        _row(
+            f"2. p99 at {plain_max.rate / 2:,.0f} req/s, ms (lower is better)",
+            ours_fixed.p99_ms,
+            plain_fixed.p99_ms,
+            "<= 1.3",
+        ),
+        _row("3. issue with Bearer / raw save(), per s", issue_bearer.rate, raw_save, ">= 0.6"),
+        _row("3. issue with Basic / raw save(), per s", issue_basic.rate, raw_save, "(argon2)"),
+        _row(
+            "4. p99 projection lag / median issuance latency, ms",
+            lag_p99_ms,
+            issue_half.p50_ms,
+            "<= 1",
+        ),
+        _row("5. first page, 10,000 / 1 token(s), req/s", small_first.rate, big_first.rate, ""),
+        _row("5. page 200 / page 1 (10,000 tokens), req/s", big_first.rate, big_page_200.rate, ""),
+    ]
+    lines = [
+        "## HTTP (issue 6)",
+        "",
+        "Command: `python -m bench http`: `ledger serve --workers 2` on PostgreSQL and a",
+        f"redis-server of its own, wrk with {CONNECTIONS} connections for {SECONDS} s per figure,",
+        "the projector in the benchmark's process. For the listing rows the ratio is the cost",
+        "ratio (the inverse of the rates), so the goals are <= 1.5 and <= 1.1.",
+        "",
+        "| measure | ours | baseline | ratio | goal |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Argon2id parameters: time cost {a.time_cost}, memory {a.memory_kib} KiB, parallelism "
+        f"{a.parallelism}: {argon2_ms:.0f} ms per login on this machine, which bounds Basic "
+        f"issuance to about {WORKERS * 1000 / argon2_ms:,.0f}/s on {WORKERS} workers.",
+        "",
+    ]
+    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def _row(name: str, ours: float, baseline: float, goal: str) -> str:
+    return f"| {name} | {ours:,.1f} | {baseline:,.1f} | {ours / baseline:.2f} | {goal} |"
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    return statistics.quantiles(values, n=100)[int(pct) - 1] if len(values) > 1 else values[0]
+
+
+class Stack:
+    def __init__(self, url: str, settings: Settings, services: Services, token: str) -> None:
+        self.url, self.settings, self.services, self.token = url, settings, services, token
+        self.lags: list[float] = []
+
+    def person_with_tokens(self, count: int) -> dict[str, str]:
+        """A member with `count` tokens, saved straight into the store; their Bearer header."""
+        ledger = self.services.ledger
+        workspace_id = ledger.workspace_id("default")
+        person_id = ledger.add_person(
+            AuditContext.cli(),
+            f"lister{uuid.uuid4().hex[:8]}",
+            PASSWORD,
+            "member",
+            workspace_id,
+            can_generate_tokens=True,
+        )
+        ctx = AuditContext("password", actor_id=person_id)
+        value, _ = ledger.issue_token(ctx)
+        for start in range(1, count, 500):
+            ledger.save(
+                *(_token(person_id, workspace_id) for _ in range(start, min(count, start + 500)))
+            )
+        return {"Authorization": f"Bearer {value}"}
+
+
+def _token(owner_id: uuid.UUID, workspace_id: uuid.UUID) -> Token:
+    return Token(
+        owner_id=owner_id,
+        workspace_id=workspace_id,
+        token_hash=tokens.digest(tokens.generate("tlk")),
+        description="listed",
+        lifetime_seconds=86_400,
+        context=AuditContext.cli().as_event_field(),
+    )
+
+
+@contextmanager
+def stack() -> Iterator[Stack]:
+    """A fresh PostgreSQL schema, a redis-server, `ledger serve` and an instrumented projector."""
+    redis_server = RedisServer()
+    schema = f"ledger_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    port = free_port()
+    env = {
+        **os.environ,
+        "LEDGER_DATABASE_URL": f"{POSTGRES_URL}?schema={schema}",
+        "LEDGER_REDIS_URL": redis_server.url,
+        "LEDGER_ADMIN_PASSWORD": PASSWORD,
+    }
+    log = Path(tempfile.mkdtemp(prefix="ledger-bench-")) / "server.log"
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ledger"),
+            "serve",
+            "--workers",
+            str(WORKERS),
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    services = build_services(Settings.from_env(env))
+    stop = threading.Event()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        s = Stack(url, services.settings, services, token="")
+        _instrument(services, s.lags)
+        projector = threading.Thread(target=services.projector.run_forever, args=(stop,))
+        projector.start()
+        _wait_ready(url, server, log)
+        created = requests.post(url + "/v4/apiAccessTokens", json={}, headers=BASIC, timeout=30)
+        created.raise_for_status()
+        s.token = created.json()["tokenValue"]
+        yield s
+    finally:
+        stop.set()
+        server.terminate()
+        server.wait(timeout=30)
+        services.close()
+        redis_server.stop()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        shutil.rmtree(log.parent)
+
+
+def _instrument(services: Services, lags: list[float]) -> None:
+    """Record, for each event the projector applies, how long after its save that was."""
+    apply_events = services.read_model.apply_events
+
+    def timed(events: Any, position: int, generation: int) -> bool:
+        events = list(events)
+        written = apply_events(events, position, generation)
+        now = datetime.now(UTC)
+        lags.extend((now - e.timestamp).total_seconds() for e in events)
+        return written
+
+    services.read_model.apply_events = timed  # type: ignore[method-assign]
+
+
+@contextmanager
+def plain_app() -> Iterator[str]:
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "--workers", str(WORKERS),
+            "--worker-class", "gthread",
+            "--threads", str(THREADS),
+            "--bind", f"127.0.0.1:{port}",
+            "--access-logfile", "-",
+            "--access-logformat", ACCESS_LOG_FORMAT,
+            "bench.plain_app:app",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url + "/v4/people/current", server, None)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_ready(url: str, server: subprocess.Popen[bytes], log: Path | None) -> None:
+    probe = url if log is None else url + "/readyz"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text() if log else ''}")
+        try:
+            if requests.get(probe, timeout=1).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{probe} not ready after 60 s")
+
+
+def wrk(
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: str | None = None,
+    rate: float | None = None,
+) -> Wrk:
+    """Requests per second and latency percentiles; with `rate`, paced to about that rate."""
+    script = ["wrk.headers['Content-Type'] = 'application/json'"]
+    for name, value in (headers or {}).items():
+        script.append(f"wrk.headers[{name!r}] = {value!r}")
+    if body is not None:
+        script += ["wrk.method = 'POST'", f"wrk.body = {body!r}"]
+    if rate:
+        # Each connection waits between its requests so that together they make `rate`.
+        script.append(f"function delay() return {CONNECTIONS * 1000 / rate:.3f} end")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write("\n".join(script) + "\n")
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", "-s", lua.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(lua.name)
+    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        raise RuntimeError(f"{url} answered errors under load:\n{out}")
+    return Wrk(
+        rate=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=_ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        p99_ms=_ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+    )
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def raw_save_rate(settings: Settings, clients: int, seconds: float) -> float:
+    """eventsourcing's own save() of the same event (Token.Issued), from `clients` threads, on
+    an application with nothing wired to it."""
+    raw = Ledger(settings.eventsourcing_env())
+    workspace_id = raw.workspace_id("default")
+    owner_id = raw.find_person_id("admin")
+    saved = [0] * clients
+    deadline = time.monotonic() + seconds
+
+    def client(n: int) -> None:
+        while time.monotonic() < deadline:
+            raw.save(_token(owner_id, workspace_id))
+            saved[n] += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    raw.close()
+    return sum(saved) / (time.monotonic() - started)
+
+
+def argon2_cost_ms(parameters: Argon2Parameters) -> float:
+    passwords = Passwords(parameters)
+    hashed = passwords.hash(PASSWORD)
+    started = time.perf_counter()
+    for _ in range(10):
+        passwords.verify(hashed, PASSWORD)
+    return (time.perf_counter() - started) * 100
