@@ -83,7 +83,7 @@ def projections_rebuild(env: Env) -> None:
 
         applied = env.services.projector.rebuild(progress=advance)
     if applied is None:
-        fail("another rebuild is running; try again when it has finished")
+        fail("the rebuild did not go live: another rebuild is running, or Redis was flushed")
     click.echo(
         f"Rebuilt from {applied} events into generation {env.services.read_model.generation()}"
     )

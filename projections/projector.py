@@ -62,7 +62,8 @@ class Projector:
         """Replay every event into a fresh generation, then switch to it in one write.
 
         The live generation keeps answering meanwhile, and API processes write their saves to
-        both. Returns how many events it replayed, or None when another process is rebuilding.
+        both. Returns how many events it replayed, or None when it did not go live: another
+        process is rebuilding, or this rebuild's keys were flushed or taken over meanwhile.
         """
         generation = self.read_model.begin_rebuild()
         if generation is None:
@@ -71,7 +72,8 @@ class Projector:
         applied = self._catch_up(generation, rebuilding=True, progress=progress)
         # Events saved while switching are caught by the next round, and by the API's writes.
         if not self.read_model.finish_rebuild(generation):
-            log.warning("rebuild %d was overtaken by another rebuild", generation)
+            log.warning("rebuild %d was overtaken (another rebuild, or Redis flushed)", generation)
+            return None
         return applied
 
     def flush_usage(self) -> int:
