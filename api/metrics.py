@@ -1,6 +1,6 @@
 """Prometheus metrics. Under `ledger serve` every worker writes its counters to
 PROMETHEUS_MULTIPROC_DIR and /metrics adds them up, whichever worker answers; the projection's
-lag is read from Redis at scrape time, so it is the same from every worker."""
+lag is read from Redis and the store at scrape time, so it is the same from every worker."""
 
 from __future__ import annotations
 
@@ -37,23 +37,26 @@ VERIFICATIONS = Counter(
 
 
 class ProjectionLag(Collector):
-    """The read model's position against the store's head, read when scraped."""
+    """The read model's position against the store's head (Projector.status), read when scraped."""
 
-    def __init__(self, lag: Callable[[], dict[str, Any]]) -> None:
-        self.lag = lag
+    GAUGES = (
+        ("ledger_projection_position", "position", "Last event applied to the read model"),
+        ("ledger_projection_head", "head", "Last event in the store"),
+        ("ledger_projection_lag_events", "lagEvents", "Events not yet applied to the read model"),
+        ("ledger_projection_lag_seconds", "lagSeconds", "Age of the oldest unapplied event"),
+    )
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        lag = self.lag()
-        for name, key, doc in (
-            ("ledger_projection_position", "position", "Last event applied to the read model"),
-            ("ledger_projection_head", "head", "Last event in the store"),
-            ("ledger_projection_lag_events", "events", "Events not yet applied to the read model"),
-        ):
-            if lag.get(key) is not None:
-                yield GaugeMetricFamily(name, doc, value=lag[key])
+        status = self.status()
+        for name, key, doc in self.GAUGES:
+            if status.get(key) is not None:
+                yield GaugeMetricFamily(name, doc, value=status[key])
 
 
-def exposition(lag: Callable[[], dict[str, Any]]) -> tuple[bytes, str]:
+def exposition(status: Callable[[], dict[str, Any]]) -> tuple[bytes, str]:
     """The body and content type of /metrics."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         counters = CollectorRegistry()
@@ -61,5 +64,5 @@ def exposition(lag: Callable[[], dict[str, Any]]) -> tuple[bytes, str]:
     else:
         counters = REGISTRY
     gauges = CollectorRegistry()
-    gauges.register(ProjectionLag(lag))
+    gauges.register(ProjectionLag(status))
     return generate_latest(counters) + generate_latest(gauges), CONTENT_TYPE_LATEST

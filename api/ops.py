@@ -45,17 +45,16 @@ def readyz() -> Response:
 
 @blp.get("/metrics")
 def metrics() -> Response:
-    body, content_type = exposition(_lag)
+    body, content_type = exposition(_projection_status)
     return Response(body, content_type=content_type)
 
 
-def _lag() -> dict[str, Any]:
+def _projection_status() -> dict[str, Any]:
     try:
-        lag: dict[str, Any] = services().read_model.lag()
+        return services().projector.status()
     except Exception as error:  # a scrape must still show the request counters
-        log.warning("projection lag unavailable: %s", type(error).__name__)
+        log.warning("projection status unavailable: %s", type(error).__name__)
         return {}
-    return lag
 
 
 def _check(probe: Callable[[], object]) -> str:

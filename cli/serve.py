@@ -36,7 +36,9 @@ ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--port", default=8000, show_default=True, envvar="LEDGER_PORT", type=click.IntRange(1, 65535)
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 
 import pytest
 import redis.exceptions
@@ -306,3 +307,10 @@ def test_no_secret_reaches_a_log_line(api, caplog):
         api.get(TOKENS, bearer(value))
     for secret in (value, PASSWORD, "another good passphrase"):
         assert secret not in caplog.text
+
+
+def test_metrics_show_the_projections_lag(api):
+    api.services.projector.run_once()
+    text = api.get("/metrics").get_data(as_text=True)
+    assert "ledger_projection_lag_events 0.0" in text
+    assert re.search(r"^ledger_projection_head [1-9]", text, re.MULTILINE)
