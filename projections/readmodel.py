@@ -327,15 +327,22 @@ class ReadModel:
         self.redis.set(PREFIX + "building", generation, ex=BUILDING_TTL_SECONDS)
 
     def finish_rebuild(self, generation: int) -> bool:
-        """Make `generation` live in one write, then drop the one it replaces."""
+        """Make `generation` live in one write, then drop every older one: the one it replaces
+        and any left behind by a rebuild that died. Newer ones may belong to a rebuild that
+        started since, so they stay."""
         old = self._switch(
             keys=[PREFIX + "gen", PREFIX + "building"], args=[generation], client=self.redis
         )
         if old == -1:
             return False
-        if int(old):
-            self.drop_generation(int(old))
+        self.drop_generations_before(generation)
         return True
+
+    def drop_generations_before(self, generation: int) -> None:
+        keys = self.redis.scan_iter(match=PREFIX + "[0-9]*", count=1000)
+        older = (key for key in keys if int(cast(bytes, key).split(b":", 2)[1]) < generation)
+        for batch in _batched(older, 1000):
+            self.redis.unlink(*batch)
 
     def drop_generation(self, generation: int) -> None:
         pattern = _key(generation, b"*")
