@@ -1,0 +1,1322 @@
+"""The Redis read models (issue 3), on fakeredis and the in-memory store.
+
+What verification and listings answer must follow from the events alone, whichever way the
+events reached Redis: the API process's own writes (`apply_aggregates`, read-your-writes), the
+projector following the store (`apply_events`), or a rebuild from scratch. Token values live in
+`Secret`s so that no assertion message can print one.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from unittest import mock
+from uuid import UUID
+
+import fakeredis
+import pytest
+from eventsourcing.domain import DomainEvent
+from eventsourcing.utils import get_topic
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger import tokens
+from ledger.application import Ledger
+from ledger.config import Settings
+from ledger.domainmodel import (
+    ADMIN,
+    MEMBER,
+    ROLES,
+    USERNAME_LIMIT,
+    VERIFIER,
+    AuditContext,
+    AuthenticationFailed,
+    LedgerError,
+    LockedOut,
+    Lockout,
+    Person,
+    Token,
+    UsageReport,
+    Workspace,
+    token_is_usable,
+)
+from projections import readmodel
+from projections.attempts import RedisAttemptLimiter
+from projections.projector import USAGE_FLUSH_SECONDS, Projector
+from projections.readmodel import LAST_USED_GRANULARITY_MS, NotReady, ReadModel
+from projections.wiring import build_services
+from tests.conftest import FAST_ARGON2, PASSWORD, make_ledger
+
+CLI = AuditContext.cli()
+
+
+class Secret(str):
+    """A token value that never shows itself in a repr (assertion messages, hypothesis output)."""
+
+    def __repr__(self) -> str:
+        return "<token value>"
+
+
+class CountingRedis(fakeredis.FakeRedis):
+    """Counts the commands sent; with `refuse` set, any command is a test failure."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: list[str] = []
+        self.refuse = False
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.refuse:
+            raise AssertionError(f"unexpected Redis command {args[0]}")
+        self.commands.append(str(args[0]))
+        return super().execute_command(*args, **options)
+
+
+class RedisClock:
+    """What the Lua scripts are told "now" is: real time plus an offset the test moves."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+        self.fixed_ms: int | None = None
+
+    def __call__(self) -> int:
+        if self.fixed_ms is not None:
+            return self.fixed_ms
+        return int(time.time() * 1000) + self.offset_ms
+
+    def advance(self, **delta: float) -> None:
+        self.offset_ms += int(timedelta(**delta).total_seconds() * 1000)
+
+
+@pytest.fixture
+def redis_clock(monkeypatch: pytest.MonkeyPatch) -> RedisClock:
+    clock = RedisClock()
+    monkeypatch.setattr(readmodel, "_now_ms", clock)
+    return clock
+
+
+class Rig:
+    """One process wired as `build_services` wires it, on fakeredis and `memory://`.
+
+    `path` says how events reach Redis:
+    - "read-your-writes": the ledger hands each save to `apply_aggregates`; no projector runs;
+    - "projector": the ledger writes only to the store; `sync()` is a projector round;
+    - "rebuild": the ledger writes only to the store; `sync()` rebuilds from scratch.
+    """
+
+    def __init__(self, passwords: Any, path: str = "read-your-writes", batch_size: int = 500):
+        self.path = path
+        self.server = fakeredis.FakeServer()
+        self.redis = CountingRedis(server=self.server)
+        self.read_model = ReadModel(self.redis, "tlk")
+        self.saved: list[list[Any]] = []  # deep copies of what each save handed over
+        self.ledger = make_ledger(
+            "memory://",
+            passwords,
+            attempts=RedisAttemptLimiter(self.redis),
+            on_saved=self._on_saved,
+        )
+        self.projector = Projector(self.ledger, self.read_model, batch_size=batch_size)
+        self.projector.run_once()  # an empty store: the first generation, ready and empty
+
+    def _on_saved(self, aggregates: list[Any]) -> None:
+        self.saved.append(copy.deepcopy(aggregates))
+        if self.path == "read-your-writes":
+            self.read_model.apply_aggregates(aggregates)
+
+    def sync(self) -> None:
+        if self.path == "projector":
+            self.projector.run_once()
+        elif self.path == "rebuild":
+            assert self.projector.rebuild() is not None
+
+    # The world: workspace acme with admin ada and member max.
+
+    def world(self) -> World:
+        return World(self)
+
+    def status(self, value: str) -> str:
+        return status(self.read_model, value)
+
+    def events(self) -> list[Any]:
+        return [
+            self.ledger.mapper.to_domain_event(n)
+            for n in self.ledger.recorder.select_notifications(1, 100_000)
+        ]
+
+    def head(self) -> int:
+        return self.ledger.recorder.max_notification_id() or 0
+
+    def hash(self, kind: bytes, subject: UUID | bytes) -> dict[bytes, bytes]:
+        """One read-model hash of the live generation (the key layout of readmodel.py)."""
+        raw = subject.bytes if isinstance(subject, UUID) else subject
+        generation = self.read_model.generation()
+        assert generation is not None
+        return self.redis.hgetall(readmodel._key(generation, kind, raw))
+
+
+class World:
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        ledger = rig.ledger
+        self.workspace_id = ledger.create_workspace("acme", CLI)
+        self.admin_id = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, self.workspace_id)
+        self.member_id = ledger.add_person(CLI, "max", PASSWORD, MEMBER, self.workspace_id)
+
+    @staticmethod
+    def as_(person_id: UUID) -> AuditContext:
+        return AuditContext("password", actor_id=person_id, ip="192.0.2.1")
+
+    def issue(self, person_id: UUID | None = None, **kwargs: Any) -> tuple[Secret, dict[str, Any]]:
+        value, info = self.rig.ledger.issue_token(self.as_(person_id or self.admin_id), **kwargs)
+        return Secret(value), info
+
+
+def status(read_model: ReadModel, value: str) -> str:
+    try:
+        principal = read_model.verify(value)
+    except NotReady:
+        return "not ready"
+    return "refused" if principal is None else "valid"
+
+
+def dump(redis: Any, *, generation_only: bool = False, last_used: bool = True) -> dict[Any, Any]:
+    """Every read-model key and its value. With `generation_only`, just the live generation's
+    keys with the generation number taken out of their names."""
+    out: dict[Any, Any] = {}
+    live = redis.get("tl:gen")
+    for key in redis.scan_iter(match=b"tl:*"):
+        if key.startswith(b"tl:attempts:"):
+            continue
+        if generation_only:
+            if live is None or not key.startswith(b"tl:" + live + b":"):
+                continue
+            name = b"tl:G:" + key[len(b"tl:" + live + b":") :]
+        else:
+            name = key
+        kind = redis.type(key)
+        if kind == b"hash":
+            value: Any = redis.hgetall(key)
+            if not last_used:
+                value.pop(b"lu", None)
+        elif kind == b"zset":
+            value = redis.zrange(key, 0, -1, withscores=True)
+        elif kind == b"string":
+            value = redis.get(key)
+        else:
+            raise AssertionError(f"unexpected {kind!r} key in the read model")
+        out[name] = value
+    return out
+
+
+def generations(redis: Any) -> set[bytes]:
+    """The generation numbers that have keys in Redis."""
+    found = set()
+    for key in redis.scan_iter(match=b"tl:*"):
+        match = re.match(rb"tl:(\d+):", key)
+        if match:
+            found.add(match.group(1))
+    return found
+
+
+PATHS = ["read-your-writes", "projector", "rebuild"]
+
+
+@pytest.fixture(params=PATHS)
+def rig(request: pytest.FixtureRequest, passwords: Any) -> Rig:
+    return Rig(passwords, request.param)
+
+
+@pytest.fixture
+def live(passwords: Any) -> Rig:
+    return Rig(passwords, "read-your-writes")
+
+
+# Every event type, through every path.
+
+
+def test_workspace_created_starts_with_tokens_on_and_members_off(rig):
+    world = rig.world()
+    rig.sync()
+    assert rig.hash(b"w:", world.workspace_id) == {b"en": b"1", b"mg": b"0", b"v": b"1"}
+    value, _ = world.issue()
+    rig.sync()
+    assert rig.status(value) == "valid"
+
+
+def test_setting_changed_blocks_and_restores_tokens(rig):
+    world = rig.world()
+    admin = world.as_(world.admin_id)
+    ledger = rig.ledger
+    ledger.change_settings(admin, {"membersCanGenerateTokens": True})
+    admins, _ = world.issue()
+    members, _ = world.issue(world.member_id)
+    rig.sync()
+    assert (rig.status(admins), rig.status(members)) == ("valid", "valid")
+
+    ledger.change_settings(admin, {"membersCanGenerateTokens": False})
+    rig.sync()
+    assert (rig.status(admins), rig.status(members)) == ("valid", "refused")
+
+    ledger.change_settings(admin, {"apiAccessTokensEnabled": False})
+    rig.sync()
+    assert (rig.status(admins), rig.status(members)) == ("refused", "refused")
+
+    ledger.change_settings(
+        admin, {"apiAccessTokensEnabled": True, "membersCanGenerateTokens": True}
+    )
+    rig.sync()
+    assert (rig.status(admins), rig.status(members)) == ("valid", "valid")
+
+    # The lifetime cap is not verification's business: only the version moves.
+    ledger.change_settings(admin, {"maxTokenLifetimeDays": 7})
+    rig.sync()
+    assert rig.hash(b"w:", world.workspace_id) == {b"en": b"1", b"mg": b"1", b"v": b"7"}
+    assert (rig.status(admins), rig.status(members)) == ("valid", "valid")
+
+
+def test_person_added_is_who_a_token_speaks_for(rig):
+    world = rig.world()
+    value, info = world.issue(description="ci")
+    rig.sync()
+    principal = rig.read_model.verify(value)
+    assert principal is not None
+    assert principal.token_id == info["token_id"]
+    assert principal.person_id == world.admin_id
+    assert principal.username == "ada"
+    assert principal.workspace_id == world.workspace_id
+    assert principal.role == ADMIN
+    assert principal.can_generate_tokens is False
+    assert abs(principal.issued_at - info["created_at"]) < timedelta(milliseconds=1)
+    assert abs(principal.expires_at - info["expires_at"]) < timedelta(milliseconds=1)
+    person = rig.hash(b"p:", world.member_id)
+    assert person == {
+        b"u": b"max",
+        b"w": world.workspace_id.bytes,
+        b"r": b"member",
+        b"g": b"0",
+        b"d": b"0",
+        b"v": b"1",
+    }
+    assert b"password_hash" not in person and not any(b"argon2" in v for v in person.values())
+
+
+def test_disabling_a_person_blocks_their_tokens_and_enabling_restores_them(rig):
+    world = rig.world()
+    ada, _ = world.issue()
+    rig.ledger.update_person(CLI, world.member_id, can_generate_tokens=True)
+    maxs, _ = world.issue(world.member_id)
+    rig.ledger.update_person(world.as_(world.admin_id), world.member_id, disabled=True)
+    rig.sync()
+    assert (rig.status(ada), rig.status(maxs)) == ("valid", "refused")
+    assert rig.hash(b"p:", world.member_id)[b"d"] == b"1"
+    rig.ledger.update_person(world.as_(world.admin_id), world.member_id, disabled=False)
+    rig.sync()
+    assert (rig.status(ada), rig.status(maxs)) == ("valid", "valid")
+
+
+def test_role_changes_decide_whether_tokens_still_work(rig):
+    world = rig.world()
+    ada, _ = world.issue()
+    second_admin = rig.ledger.add_person(CLI, "bea", PASSWORD, ADMIN, world.workspace_id)
+    beas, _ = world.issue(second_admin)
+    rig.ledger.update_person(world.as_(world.admin_id), second_admin, role=MEMBER)
+    rig.sync()
+    assert (rig.status(ada), rig.status(beas)) == ("valid", "refused")
+    rig.ledger.update_person(world.as_(world.admin_id), second_admin, role=VERIFIER)
+    rig.ledger.update_person(CLI, second_admin, can_generate_tokens=True)
+    rig.sync()
+    principal = rig.read_model.verify(beas)
+    assert principal is not None
+    assert (principal.role, principal.can_generate_tokens) == (VERIFIER, True)
+    rig.ledger.update_person(CLI, second_admin, can_generate_tokens=False)
+    rig.ledger.update_person(CLI, second_admin, role=ADMIN)
+    rig.sync()
+    principal = rig.read_model.verify(beas)
+    assert principal is not None
+    assert (principal.role, principal.can_generate_tokens) == (ADMIN, False)
+
+
+def test_token_permission_changed_grants_and_withdraws(rig):
+    world = rig.world()
+    rig.ledger.update_person(CLI, world.member_id, can_generate_tokens=True)
+    maxs, _ = world.issue(world.member_id)
+    rig.sync()
+    assert rig.status(maxs) == "valid"
+    rig.ledger.update_person(CLI, world.member_id, can_generate_tokens=False)
+    rig.sync()
+    assert rig.status(maxs) == "refused"
+    assert rig.hash(b"p:", world.member_id)[b"g"] == b"0"
+
+
+def test_a_password_change_leaves_tokens_alone(rig):
+    world = rig.world()
+    value, _ = world.issue()
+    rig.sync()
+    before = rig.hash(b"p:", world.admin_id)
+    rig.ledger.change_password(world.as_(world.admin_id), PASSWORD, "another long passphrase")
+    rig.sync()
+    after = rig.hash(b"p:", world.admin_id)
+    assert rig.status(value) == "valid"
+    assert after == {**before, b"v": b"2"}
+    assert not any(b"argon2" in v for v in after.values())
+
+
+def test_token_issued_is_looked_up_by_its_hash_and_listed(rig):
+    world = rig.world()
+    value, info = world.issue(description="deploy", lifetime_seconds=3600)
+    rig.sync()
+    token = rig.hash(b"t:", bytes.fromhex(tokens.digest(value)))
+    assert token[b"i"] == info["token_id"].bytes
+    assert token[b"o"] == world.admin_id.bytes
+    assert token[b"d"] == b"deploy"
+    assert int(token[b"e"]) - int(token[b"c"]) == 3600 * 1000
+    assert token[b"v"] == b"1"
+    items, count = rig.read_model.list_tokens(world.admin_id, limit=10, offset=0)
+    assert count == 1
+    assert [i["token_id"] for i in items] == [info["token_id"]]
+    assert items[0]["description"] == "deploy"
+    assert items[0]["status"] == "active"
+    assert items[0]["last_used"] is None
+
+
+def test_token_deleted_is_refused_and_unlisted_and_leaves_a_tombstone(rig):
+    world = rig.world()
+    kept, kept_info = world.issue()
+    gone, gone_info = world.issue()
+    rig.ledger.delete_token(world.as_(world.admin_id), gone_info["token_id"])
+    rig.sync()
+    assert (rig.status(kept), rig.status(gone)) == ("valid", "refused")
+    items, count = rig.read_model.list_tokens(world.admin_id, limit=10, offset=0)
+    assert (count, [i["token_id"] for i in items]) == (1, [kept_info["token_id"]])
+    # Only the version stays, so that a late Issued cannot bring the token back.
+    assert rig.hash(b"t:", bytes.fromhex(tokens.digest(gone))) == {b"v": b"2"}
+
+
+def test_delete_all_tokens_refuses_every_one_of_them(rig):
+    world = rig.world()
+    values = [world.issue()[0] for _ in range(3)]
+    assert rig.ledger.delete_all_tokens(world.as_(world.admin_id)) == 3
+    rig.sync()
+    assert [rig.status(v) for v in values] == ["refused"] * 3
+    assert rig.read_model.list_tokens(world.admin_id, limit=10, offset=0) == ([], 0)
+
+
+def test_a_lockout_moves_the_position_and_nothing_else(rig):
+    world = rig.world()
+    value, _ = world.issue()
+    rig.projector.run_once()
+    before = dump(rig.redis, generation_only=True)
+    position = rig.read_model.position()
+    for _ in range(USERNAME_LIMIT.limit):
+        with pytest.raises(AuthenticationFailed):
+            rig.ledger.authenticate("max", "not the password at all", AuditContext("password"))
+    assert isinstance(rig.ledger.repository.get(rig.events()[-1].originator_id), Lockout)
+    rig.sync()
+    rig.projector.run_once()
+    after = dump(rig.redis, generation_only=True)
+    assert rig.read_model.position() == position + 1 == rig.head()
+    assert {k: v for k, v in after.items() if k != b"tl:G:pos"} == {
+        k: v for k, v in before.items() if k != b"tl:G:pos"
+    }
+    assert rig.status(value) == "valid"
+
+
+def test_a_usage_report_restores_last_used_on_a_rebuild(rig, redis_clock):
+    world = rig.world()
+    value, info = world.issue()
+    rig.projector.run_once()
+    assert rig.status(value) == "valid"
+    used_at = rig.read_model.last_used(info["token_hash"])
+    assert used_at is not None
+    assert rig.projector.flush_usage() == 1
+    rig.sync()
+    report = rig.events()[-1]
+    assert isinstance(rig.ledger.repository.get(report.originator_id), UsageReport)
+    assert report.last_used == {info["token_hash"]: int(used_at.timestamp() * 1000)}
+    rig.redis.flushall()
+    rig.projector.run_once()  # not ready: rebuilds from the store
+    assert rig.read_model.last_used(info["token_hash"]) == used_at
+    items, _ = rig.read_model.list_tokens(world.admin_id, limit=1, offset=0)
+    assert items[0]["last_used"] == used_at
+
+
+# Rule 4 in Redis is rule 4 in the domain.
+
+
+@st.composite
+def situations(draw: st.DrawFn) -> dict[str, Any]:
+    lifetime = draw(st.one_of(st.none(), st.integers(1, 3600)))
+    if lifetime is not None and draw(st.booleans()):
+        elapsed_ms = lifetime * 1000 + draw(st.integers(-2, 2))  # right at the expiry
+    else:
+        elapsed_ms = draw(st.integers(0, 4_000_000))
+    return {
+        "tokens_enabled": draw(st.booleans()),
+        "members_can_generate": draw(st.booleans()),
+        "role": draw(st.sampled_from(ROLES)),
+        "grant": draw(st.booleans()),
+        "disabled": draw(st.booleans()),
+        "deleted": draw(st.booleans()),
+        "lifetime": lifetime,
+        "elapsed_ms": max(0, elapsed_ms),
+        "path": draw(st.sampled_from(["read-your-writes", "projector"])),
+        "bystander": draw(st.booleans()),
+    }
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(situation=situations())
+def test_rule_4_in_redis_is_rule_4_in_the_domain(passwords, situation):
+    rig = Rig(passwords, situation["path"])
+    world = rig.world()
+    ledger = rig.ledger
+    owner = ledger.add_person(CLI, "owner", PASSWORD, ADMIN, world.workspace_id)
+    if situation["lifetime"] is None:
+        ledger.change_settings(CLI, {"maxTokenLifetimeDays": -1}, world.workspace_id)
+    value, info = world.issue(owner, lifetime_seconds=situation["lifetime"] or -1)
+    if situation["bystander"]:  # someone else's token, which must change nothing
+        world.issue()
+    ledger.change_settings(
+        CLI,
+        {
+            "apiAccessTokensEnabled": situation["tokens_enabled"],
+            "membersCanGenerateTokens": situation["members_can_generate"],
+        },
+        world.workspace_id,
+    )
+    ledger.update_person(
+        CLI,
+        owner,
+        disabled=situation["disabled"],
+        role=situation["role"],
+        can_generate_tokens=situation["grant"],
+    )
+    if situation["deleted"]:
+        ledger.delete_token(CLI, info["token_id"])
+    rig.sync()
+
+    token = ledger.repository.get(info["token_id"])
+    person = ledger.repository.get(owner)
+    workspace = ledger.repository.get(world.workspace_id)
+    now = token.created_on + timedelta(milliseconds=situation["elapsed_ms"])
+    with mock.patch.object(readmodel, "_now_ms", lambda: int(now.timestamp() * 1000)):
+        principal = rig.read_model.verify(value)
+    assert (principal is not None) == token_is_usable(token, person, workspace, now)
+    if principal is not None:
+        assert (principal.token_id, principal.person_id, principal.workspace_id) == (
+            token.id,
+            person.id,
+            workspace.id,
+        )
+        assert (principal.username, principal.role) == ("owner", person.role)
+        assert principal.can_generate_tokens == person.can_generate_tokens
+
+
+def test_a_token_expires_at_its_expired_at_to_the_millisecond(live, redis_clock):
+    world = live.world()
+    value, info = world.issue(lifetime_seconds=60)
+    token = live.ledger.repository.get(info["token_id"])
+    expires_ms = int(token.expires_at.timestamp() * 1000)
+    for now_ms, answer, listed in (
+        (expires_ms - 1, "valid", "active"),
+        (expires_ms, "refused", "expired"),
+        (expires_ms + 1, "refused", "expired"),
+    ):
+        redis_clock.fixed_ms = now_ms
+        assert live.status(value) == answer
+        (item,), _ = live.read_model.list_tokens(world.admin_id, limit=1, offset=0)
+        assert item["status"] == listed
+        assert live.read_model.list_tokens(world.admin_id, limit=1, offset=0, status=listed)[1] == 1
+
+
+# Rule 5: effective when the command returns, on the API path alone.
+
+
+def test_rule_5_every_command_takes_effect_before_it_returns(live):
+    world = live.world()
+    admin = world.as_(world.admin_id)
+    ledger = live.ledger
+    position = live.read_model.position()
+
+    value, info = world.issue()
+    assert live.status(value) == "valid"
+    ledger.change_settings(admin, {"apiAccessTokensEnabled": False})
+    assert live.status(value) == "refused"
+    ledger.change_settings(admin, {"apiAccessTokensEnabled": True})
+    assert live.status(value) == "valid"
+
+    ledger.update_person(CLI, world.member_id, can_generate_tokens=True)
+    maxs, maxs_info = world.issue(world.member_id)
+    assert live.status(maxs) == "valid"
+    ledger.update_person(admin, world.member_id, disabled=True)
+    assert live.status(maxs) == "refused"
+    ledger.update_person(admin, world.member_id, disabled=False)
+    assert live.status(maxs) == "valid"
+    ledger.update_person(admin, world.member_id, can_generate_tokens=False)
+    assert live.status(maxs) == "refused"
+    ledger.change_settings(admin, {"membersCanGenerateTokens": True})
+    assert live.status(maxs) == "valid"
+
+    ledger.delete_token(admin, maxs_info["token_id"])
+    assert live.status(maxs) == "refused"
+    ledger.delete_token(admin, info["token_id"])
+    assert live.status(value) == "refused"
+    # All of it without the projector: its position has not moved.
+    assert live.read_model.position() == position
+
+
+# Rule 7: listings.
+
+
+def test_rule_7_listings_newest_first_paged_and_counted(live, redis_clock):
+    world = live.world()
+    issued = []
+    for n in range(7):
+        issued.append(world.issue(description=f"t{n}", lifetime_seconds=60 * (n + 1))[1])
+        time.sleep(0.002)  # distinct milliseconds, so "newest first" is unambiguous
+    newest_first = [i["token_id"] for i in reversed(issued)]
+    rm = live.read_model
+
+    items, count = rm.list_tokens(world.admin_id, limit=100, offset=0)
+    assert count == 7
+    assert [i["token_id"] for i in items] == newest_first
+    assert [i["description"] for i in items] == [f"t{n}" for n in reversed(range(7))]
+    # The same order and fields as the store's own listing.
+    stored = live.ledger.list_tokens(world.as_(world.admin_id))
+    assert [t["token_id"] for t in stored] == newest_first
+    for item, token in zip(items, stored, strict=True):
+        assert abs(item["created_at"] - token["created_at"]) < timedelta(milliseconds=1)
+        assert abs(item["expires_at"] - token["expires_at"]) < timedelta(milliseconds=1)
+
+    pages = [rm.list_tokens(world.admin_id, limit=3, offset=o) for o in (0, 3, 6, 9)]
+    assert [c for _, c in pages] == [7, 7, 7, 7]
+    assert [i["token_id"] for page, _ in pages for i in page] == newest_first
+    assert [len(page) for page, _ in pages] == [3, 3, 1, 0]
+    assert rm.list_tokens(world.admin_id, limit=0, offset=0) == ([], 7)
+
+    # Three minutes on: the oldest three (1, 2 and 3 minutes) have expired and stay listed.
+    redis_clock.advance(minutes=3, seconds=1)
+    items, count = rm.list_tokens(world.admin_id, limit=100, offset=0)
+    assert count == 7
+    assert [i["status"] for i in items] == ["active"] * 4 + ["expired"] * 3
+    expired, n_expired = rm.list_tokens(world.admin_id, limit=2, offset=0, status="expired")
+    assert n_expired == 3
+    assert [i["token_id"] for i in expired] == newest_first[4:6]
+    expired, _ = rm.list_tokens(world.admin_id, limit=2, offset=2, status="expired")
+    assert [i["token_id"] for i in expired] == newest_first[6:]
+    active, n_active = rm.list_tokens(world.admin_id, limit=10, offset=1, status="active")
+    assert n_active == 4
+    assert [i["token_id"] for i in active] == newest_first[1:4]
+
+    # Deleted tokens are not listed, whatever the filter.
+    live.ledger.delete_token(world.as_(world.admin_id), issued[0]["token_id"])
+    live.ledger.delete_token(world.as_(world.admin_id), issued[6]["token_id"])
+    items, count = rm.list_tokens(world.admin_id, limit=100, offset=0)
+    assert (count, [i["token_id"] for i in items]) == (5, newest_first[1:6])
+    assert rm.list_tokens(world.admin_id, limit=10, offset=0, status="expired")[1] == 2
+    assert rm.list_tokens(world.admin_id, limit=10, offset=0, status="active")[1] == 3
+
+
+def test_listings_are_per_person_and_show_last_used(live, redis_clock):
+    world = live.world()
+    live.ledger.update_person(CLI, world.member_id, can_generate_tokens=True)
+    _, ada_info = world.issue()
+    maxs, maxs_info = world.issue(world.member_id)
+    redis_clock.fixed_ms = int(time.time() * 1000) + 5000
+    assert live.status(maxs) == "valid"
+    (item,), _ = live.read_model.list_tokens(world.member_id, limit=10, offset=0)
+    assert item["token_id"] == maxs_info["token_id"]
+    assert item["last_used"] == datetime.fromtimestamp(redis_clock.fixed_ms / 1000, UTC)
+    (item,), _ = live.read_model.list_tokens(world.admin_id, limit=10, offset=0)
+    assert (item["token_id"], item["last_used"]) == (ada_info["token_id"], None)
+
+
+# Exactly-once effect.
+
+
+def busy_world(rig: Rig) -> World:
+    """A store with every event type in it."""
+    world = rig.world()
+    admin = world.as_(world.admin_id)
+    ledger = rig.ledger
+    ledger.change_settings(admin, {"membersCanGenerateTokens": True, "maxTokenLifetimeDays": 9})
+    values = [world.issue(world.member_id)[0], world.issue(lifetime_seconds=60)[0]]
+    _, gone = world.issue()
+    ledger.delete_token(admin, gone["token_id"])
+    ledger.update_person(admin, world.member_id, disabled=True)
+    ledger.update_person(admin, world.member_id, disabled=False, role=VERIFIER)
+    ledger.update_person(admin, world.member_id, can_generate_tokens=True)
+    ledger.change_password(admin, PASSWORD, "another long passphrase")
+    for _ in range(USERNAME_LIMIT.limit):
+        with pytest.raises(AuthenticationFailed):
+            ledger.authenticate("nobody", "not the password at all", AuditContext("password"))
+    for value in values:
+        assert rig.status(value) in ("valid", "refused")
+    rig.projector.flush_usage()
+    ledger.change_settings(admin, {"membersCanGenerateTokens": False})
+    return world
+
+
+def test_applying_events_twice_or_late_changes_nothing(passwords):
+    rig = Rig(passwords, "projector")
+    busy_world(rig)
+    rig.projector.run_once()
+    generation = rig.read_model.generation()
+    head = rig.head()
+    assert rig.read_model.position() == head
+    expected = dump(rig.redis)
+
+    events = rig.events()
+    assert rig.read_model.apply_events(events, head, generation)
+    assert dump(rig.redis) == expected
+    for position, event in enumerate(events, start=1):  # again, one by one
+        rig.read_model.apply_events([event], position, generation)
+    assert dump(rig.redis) == expected
+    for position, event in reversed(list(enumerate(events, start=1))):  # older after newer
+        rig.read_model.apply_events([event], position, generation)
+    assert dump(rig.redis) == expected
+    # And a whole projector round over it all again, from position 0.
+    rig.redis.set(f"tl:{generation}:pos", 0)
+    rig.projector.run_once()
+    assert dump(rig.redis) == expected
+
+
+def test_the_api_path_and_the_projector_path_commute(passwords):
+    """apply_aggregates (each save's aggregates) and apply_events (the store, in order) give the
+    same keys, whichever runs first."""
+    source = Rig(passwords, "projector")
+    busy_world(source)
+    events = source.events()
+    head = source.head()
+
+    def fresh() -> ReadModel:
+        rm = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
+        generation = rm.begin_rebuild()
+        assert generation is not None and rm.finish_rebuild(generation)
+        return rm
+
+    events_only = fresh()
+    assert events_only.apply_events(events, head, 1)
+    aggregates_first = fresh()
+    for saved in source.saved:
+        aggregates_first.apply_aggregates(saved)
+    assert aggregates_first.apply_events(events, head, 1)
+    events_first = fresh()
+    assert events_first.apply_events(events, head, 1)
+    for saved in source.saved:
+        events_first.apply_aggregates(saved)
+    aggregates_reversed = fresh()
+    for saved in reversed(source.saved):  # whole states: any order, the newest wins
+        aggregates_reversed.apply_aggregates(saved)
+    assert aggregates_reversed.apply_events(events, head, 1)
+
+    expected = dump(events_only.redis)
+    assert dump(aggregates_first.redis) == expected
+    assert dump(events_first.redis) == expected
+    assert dump(aggregates_reversed.redis) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_any_interleaving_of_api_writes_with_the_projector_gives_the_same_keys(passwords, data):
+    source = Rig(passwords, "projector")
+    busy_world(source)
+    events = list(enumerate(source.events(), start=1))
+    saves = data.draw(st.permutations(source.saved), label="saves")
+    order = data.draw(
+        st.permutations(["e"] * len(events) + ["s"] * len(saves)), label="interleaving"
+    )
+
+    def fresh() -> ReadModel:
+        rm = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
+        generation = rm.begin_rebuild()
+        assert generation is not None and rm.finish_rebuild(generation)
+        return rm
+
+    expected_rm = fresh()
+    expected_rm.apply_events([e for _, e in events], len(events), 1)
+    mixed = fresh()
+    pending_events, pending_saves = iter(events), iter(saves)
+    for step in order:
+        if step == "e":
+            position, event = next(pending_events)
+            mixed.apply_events([event], position, 1)
+        else:
+            mixed.apply_aggregates(next(pending_saves))
+    assert dump(mixed.redis) == dump(expected_rm.redis)
+
+
+# Malformed values cost no I/O; a well-formed one costs one round trip.
+
+
+def mutations(value: str) -> dict[str, str]:
+    body = value[len("tlk_") :]
+    return {
+        "empty": "",
+        "other prefix": tokens.generate("ghp"),
+        "no prefix": body,
+        "prefix in capitals": "TLK_" + body,
+        "one character short": value[:-1],
+        "one character long": value + "0",
+        "surrounded by spaces": f" {value} ",
+        "a character outside base62": value[:10] + "-" + value[11:],
+        "a non-ASCII character": value[:10] + "é" + value[11:],
+        "a wrong checksum": value[:-1] + ("1" if value[-1] != "1" else "2"),
+        "a changed random part": value[:10] + ("a" if value[10] != "a" else "b") + value[11:],
+        "a newline": value + "\n",
+    }
+
+
+def test_malformed_values_are_refused_without_touching_redis(live):
+    world = live.world()
+    value, _ = world.issue()
+    assert live.status(value) == "valid"
+    live.redis.refuse = True  # any command now fails the test
+    for why, bad in mutations(value).items():
+        assert live.read_model.verify(Secret(bad)) is None, why
+    live.redis.refuse = False
+
+
+def test_a_well_formed_value_costs_exactly_one_redis_command(live):
+    world = live.world()
+    value, _ = world.issue()
+    unknown = Secret(tokens.generate("tlk"))
+    live.read_model.verify(unknown)  # loads the script once
+    for candidate, expected in ((value, "valid"), (unknown, "refused"), (value, "valid")):
+        live.redis.commands.clear()
+        assert live.status(candidate) == expected
+        assert live.redis.commands == ["EVALSHA"]
+
+
+def test_a_token_of_another_deployment_prefix_is_refused_without_io(passwords):
+    rig = Rig(passwords)
+    world = rig.world()
+    value, _ = world.issue()
+    other = ReadModel(rig.redis, "acme")
+    rig.redis.refuse = True
+    assert other.verify(value) is None
+    rig.redis.refuse = False
+
+
+# Not ready is not invalid.
+
+
+def test_a_fresh_redis_is_not_ready_until_the_projector_builds_it(passwords):
+    ledger = make_ledger("memory://", passwords)
+    workspace_id = ledger.create_workspace("acme", CLI)
+    admin_id = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace_id)
+    value, info = ledger.issue_token(AuditContext("password", actor_id=admin_id))
+    value = Secret(value)
+
+    read_model = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
+    assert not read_model.is_ready()
+    assert status(read_model, value) == "not ready"
+    assert status(read_model, tokens.generate("tlk")) == "not ready"
+    with pytest.raises(NotReady):
+        read_model.list_tokens(admin_id, limit=10, offset=0)
+    with pytest.raises(NotReady):
+        read_model.last_used(info["token_hash"])
+    # Writes from an API process while nothing is built are dropped, not half-applied.
+    read_model.apply_aggregates([ledger.repository.get(admin_id)])
+    assert dump(read_model.redis) == {}
+
+    projector = Projector(ledger, read_model)
+    assert projector.run_once() == ledger.recorder.max_notification_id()
+    assert read_model.is_ready()
+    assert status(read_model, value) == "valid"
+    assert read_model.list_tokens(admin_id, limit=10, offset=0)[1] == 1
+
+
+def test_a_flushed_redis_is_not_ready_then_rebuilds_by_itself(live):
+    world = live.world()
+    good, _ = world.issue()
+    bad, bad_info = world.issue()
+    live.ledger.delete_token(world.as_(world.admin_id), bad_info["token_id"])
+
+    live.redis.flushall()
+    assert (live.status(good), live.status(bad)) == ("not ready", "not ready")
+    with pytest.raises(NotReady):
+        live.read_model.list_tokens(world.admin_id, limit=10, offset=0)
+    # An API write while nothing is built goes nowhere; the rebuild brings it in.
+    third, _ = world.issue()
+    assert live.status(third) == "not ready"
+
+    live.projector.run_once()
+    assert (live.status(good), live.status(bad), live.status(third)) == (
+        "valid",
+        "refused",
+        "valid",
+    )
+    assert live.read_model.position() == live.head()
+    assert live.read_model.list_tokens(world.admin_id, limit=10, offset=0)[1] == 2
+    # The same keys as a model that was never flushed.
+    never_flushed = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
+    Projector(live.ledger, never_flushed).run_once()
+    assert dump(live.redis, generation_only=True, last_used=False) == dump(
+        never_flushed.redis, generation_only=True, last_used=False
+    )
+
+
+# lastUsed: at most one write a minute per token, durable through UsageReport events.
+
+
+def test_last_used_is_written_at_most_once_a_minute(live, redis_clock):
+    world = live.world()
+    value, info = world.issue()
+    sha = bytes.fromhex(info["token_hash"])
+    start = int(time.time() * 1000)
+    redis_clock.fixed_ms = start
+    assert live.read_model.last_used(info["token_hash"]) is None
+    assert live.status(value) == "valid"
+    assert live.read_model.last_used(info["token_hash"]) == readmodel._from_ms(start)
+    assert live.redis.zscore("tl:used", sha) == start
+
+    redis_clock.fixed_ms = start + LAST_USED_GRANULARITY_MS - 1
+    live.redis.commands.clear()
+    assert live.status(value) == "valid"
+    assert live.redis.commands == ["EVALSHA"]
+    assert live.read_model.last_used(info["token_hash"]) == readmodel._from_ms(start)
+    assert live.redis.zscore("tl:used", sha) == start
+
+    redis_clock.fixed_ms = start + LAST_USED_GRANULARITY_MS
+    assert live.status(value) == "valid"
+    assert live.read_model.last_used(info["token_hash"]) == readmodel._from_ms(
+        start + LAST_USED_GRANULARITY_MS
+    )
+    assert live.redis.zscore("tl:used", sha) == start + LAST_USED_GRANULARITY_MS
+    # A refused token is not "used".
+    live.ledger.change_settings(world.as_(world.admin_id), {"apiAccessTokensEnabled": False})
+    redis_clock.fixed_ms = start + 10 * LAST_USED_GRANULARITY_MS
+    assert live.status(value) == "refused"
+    assert live.redis.zscore("tl:used", sha) == start + LAST_USED_GRANULARITY_MS
+
+
+def test_last_used_reaches_the_store_through_usage_reports(live, redis_clock):
+    world = live.world()
+    a, a_info = world.issue()
+    b, b_info = world.issue()
+    _, unused_info = world.issue()
+    now_ms = redis_clock.fixed_ms = int(time.time() * 1000) + 5000
+    assert (live.status(a), live.status(b)) == ("valid", "valid")
+    head = live.head()
+    position = live.read_model.position()
+
+    assert live.projector.flush_usage() == 2
+    assert live.redis.exists("tl:used") == 0
+    (report,) = live.events()[head:]
+    assert report.last_used == {
+        a_info["token_hash"]: now_ms,
+        b_info["token_hash"]: now_ms,
+    }
+    assert report.context["method"] == "system"
+    assert live.projector.flush_usage() == 0  # nothing new: no event
+    assert live.head() == head + 1
+    assert live.read_model.position() == position  # the projector has not run
+
+    live.projector.rebuild()
+    assert live.read_model.generation() != 1
+    assert live.read_model.last_used(a_info["token_hash"]) == readmodel._from_ms(now_ms)
+    assert live.read_model.last_used(unused_info["token_hash"]) is None
+
+
+def test_last_used_that_cannot_be_made_durable_is_kept_for_the_next_flush(live, redis_clock):
+    world = live.world()
+    value, info = world.issue()
+    assert live.status(value) == "valid"
+    with (
+        mock.patch.object(Ledger, "record_token_usage", side_effect=RuntimeError("store down")),
+        pytest.raises(RuntimeError),
+    ):
+        live.projector.flush_usage()
+    assert live.redis.zcard("tl:used") == 1
+    assert live.projector.flush_usage() == 1
+    assert live.events()[-1].last_used.keys() == {info["token_hash"]}
+
+
+def test_the_projector_flushes_usage_on_its_own_often_enough(live):
+    assert USAGE_FLUSH_SECONDS <= 600  # product.md: durable at least every 10 minutes
+    world = live.world()
+    value, info = world.issue()
+    assert live.status(value) == "valid"
+    live.projector.run_once()
+    assert live.redis.zcard("tl:used") == 1  # not yet: the interval has not passed
+    eager = Projector(live.ledger, live.read_model, usage_flush_seconds=0)
+    eager.run_once()
+    assert live.redis.zcard("tl:used") == 0
+    assert live.events()[-1].last_used.keys() == {info["token_hash"]}
+
+
+# Rule 8's counters in Redis.
+
+
+def test_the_attempt_limiter_counts_within_the_window_blocks_and_clears():
+    limiter = RedisAttemptLimiter(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    now = datetime.now(UTC)
+    window = timedelta(minutes=15)
+    assert [limiter.add_failure("username:ada", window, now) for _ in range(3)] == [1, 2, 3]
+    assert limiter.add_failure("username:ada", window, now + timedelta(minutes=14)) == 4
+    # The first three are now older than the window.
+    assert limiter.add_failure("username:ada", window, now + timedelta(minutes=15, seconds=1)) == 2
+    assert limiter.add_failure("username:bob", window, now) == 1  # keys are independent
+    assert limiter.blocked_for("username:ada", now) == 0
+
+    limiter.block("username:ada", timedelta(minutes=15), now)
+    assert 899 <= limiter.blocked_for("username:ada", now) <= 900
+    assert limiter.blocked_for("username:bob", now) == 0
+    # A block forgets the failures that led to it.
+    assert limiter.add_failure("username:ada", window, now) == 1
+    limiter.clear("username:ada")
+    assert limiter.add_failure("username:ada", window, now) == 1
+    limiter.block("ip:192.0.2.1", timedelta(milliseconds=1500), now)
+    assert limiter.blocked_for("ip:192.0.2.1", now) == 2  # rounded up, never 0 while blocked
+
+
+def test_five_failed_logins_lock_the_username_across_processes(live):
+    live.world()
+    # A second API process: its own ledger, the same Redis.
+    other = make_ledger(
+        "memory://", live.ledger.passwords, attempts=RedisAttemptLimiter(live.redis)
+    )
+    ctx = AuditContext("password", ip="198.51.100.7")
+    for n in range(USERNAME_LIMIT.limit):
+        with pytest.raises(AuthenticationFailed):
+            (live.ledger if n % 2 else other).authenticate("max", "wrong password!", ctx)
+    for ledger in (live.ledger, other):
+        with pytest.raises(LockedOut) as locked:
+            ledger.authenticate("max", PASSWORD, ctx)
+        assert 890 <= locked.value.retry_after_seconds <= 900
+    # Exactly one Lockout event, written by the process whose failure reached the limit
+    # (each process has a store of its own here).
+    stored = live.events() + [
+        other.mapper.to_domain_event(n) for n in other.recorder.select_notifications(1, 100)
+    ]
+    assert sum(isinstance(e, Lockout.Started) for e in stored) == 1
+
+
+def test_a_successful_login_clears_the_failures(live):
+    live.world()
+    ctx = AuditContext("password", ip="198.51.100.8")
+    for _ in range(USERNAME_LIMIT.limit - 1):
+        with pytest.raises(AuthenticationFailed):
+            live.ledger.authenticate("max", "wrong password!", ctx)
+    live.ledger.authenticate("max", PASSWORD, ctx)
+    with pytest.raises(AuthenticationFailed):
+        live.ledger.authenticate("max", "wrong password!", ctx)
+    assert live.ledger.authenticate("max", PASSWORD, ctx)
+
+
+# Rebuilds.
+
+
+def test_a_rebuild_switches_generations_and_drops_the_old_one(live):
+    world = live.world()
+    value, _ = world.issue()
+    assert live.status(value) == "valid"
+    before = dump(live.redis, generation_only=True, last_used=False)
+    old = live.read_model.generation()
+    assert live.projector.rebuild() == live.head()
+    new = live.read_model.generation()
+    assert new is not None and old is not None and new > old
+    assert generations(live.redis) == {str(new).encode()}
+    assert live.redis.get("tl:building") is None
+    assert live.status(value) == "valid"
+    after = dump(live.redis, generation_only=True, last_used=False)
+    # The API path never writes the position; the rebuild does.
+    assert after.pop(b"tl:G:pos") == str(live.head()).encode()
+    before.pop(b"tl:G:pos", None)
+    assert after == before
+
+
+def test_a_save_between_the_rebuilds_last_read_and_its_switch_is_not_lost(live, monkeypatch):
+    """Another API process saves after the rebuild has read the store's head but before the new
+    generation goes live: its own write must reach the new generation too."""
+    world = live.world()
+    admin = world.as_(world.admin_id)
+    doomed, doomed_info = world.issue()
+    late: list[Secret] = []
+    finish = live.read_model.finish_rebuild
+
+    def save_then_finish(generation: int) -> bool:
+        late.append(world.issue()[0])
+        live.ledger.delete_token(admin, doomed_info["token_id"])
+        return finish(generation)
+
+    monkeypatch.setattr(live.read_model, "finish_rebuild", save_then_finish)
+    assert live.projector.rebuild() is not None
+    (issued_late,) = late
+    assert (live.status(issued_late), live.status(doomed)) == ("valid", "refused")
+
+
+def test_a_rebuild_that_died_leaves_nothing_behind_after_the_next_one(live):
+    world = live.world()
+    for _ in range(3):
+        world.issue()
+    dying = Projector(live.ledger, live.read_model, batch_size=2)
+
+    def die(position: int, head: int) -> None:
+        raise KeyboardInterrupt  # the process is killed mid-rebuild
+
+    with pytest.raises(KeyboardInterrupt):
+        dying.rebuild(progress=die)
+    dead = live.redis.get("tl:building")
+    assert dead is not None and dead in generations(live.redis)
+    live.redis.delete("tl:building")  # its claim runs out (BUILDING_TTL_SECONDS)
+
+    assert live.projector.rebuild() is not None
+    assert generations(live.redis) == {str(live.read_model.generation()).encode()}
+
+
+def test_a_rebuild_whose_keys_are_flushed_does_not_claim_success(live):
+    world = live.world()
+    value, _ = world.issue()
+    rebuilder = Projector(live.ledger, live.read_model, batch_size=1)
+    flushed = []
+
+    def flush(position: int, head: int) -> None:
+        if not flushed:
+            live.redis.flushall()
+            flushed.append(position)
+
+    assert rebuilder.rebuild(progress=flush) is None
+    assert not live.read_model.is_ready()
+    assert live.status(value) == "not ready"
+    live.projector.run_once()
+    assert live.status(value) == "valid"
+
+
+def test_only_one_rebuild_at_a_time(live):
+    world = live.world()
+    world.issue()
+    claimed = live.read_model.begin_rebuild()
+    assert claimed is not None
+    assert live.projector.rebuild() is None
+    assert live.read_model.finish_rebuild(claimed)
+
+
+def test_verification_answers_correctly_throughout_a_rebuild(passwords):
+    rig = Rig(passwords, "read-your-writes", batch_size=1)
+    world = rig.world()
+    admin = world.as_(world.admin_id)
+    expected: dict[Secret, str] = {}
+    infos: list[dict[str, Any]] = []
+    for n in range(6):
+        value, info = world.issue(description=f"before {n}")
+        expected[value] = "valid"
+        infos.append(info)
+    rig.ledger.delete_token(admin, infos[0]["token_id"])
+    expected[next(iter(expected))] = "refused"
+    steps = 0
+
+    def during(position: int, head: int) -> None:
+        # Each batch of the rebuild: check everything, then change something.
+        nonlocal steps
+        steps += 1
+        assert rig.redis.get("tl:building") is not None
+        for value, answer in expected.items():
+            assert rig.status(value) == answer
+        if steps > 12:
+            return  # let the rebuild reach the head: it chases every new event
+        value, info = world.issue(description=f"during {position}")
+        expected[value] = "valid"
+        assert rig.status(value) == "valid"
+        if steps % 3 == 0:
+            rig.ledger.delete_token(admin, info["token_id"])
+            expected[value] = "refused"
+            assert rig.status(value) == "refused"
+
+    old = rig.read_model.generation()
+    rig.projector.rebuild(progress=during)
+    assert steps >= 10
+    assert rig.read_model.generation() != old
+    for value, answer in expected.items():
+        assert rig.status(value) == answer
+    listed = {
+        i["token_id"] for i in rig.read_model.list_tokens(world.admin_id, limit=500, offset=0)[0]
+    }
+    assert listed == {t["token_id"] for t in rig.ledger.list_tokens(admin)}
+
+
+COMMANDS = st.one_of(
+    st.tuples(
+        st.just("issue"),
+        st.sampled_from(["ada", "max", "vic"]),
+        st.sampled_from([None, 1, 3600, -1]),
+    ),
+    st.tuples(st.just("delete"), st.integers(0, 30)),
+    st.tuples(st.just("delete all"), st.sampled_from(["ada", "max", "vic"])),
+    st.tuples(
+        st.just("setting"),
+        st.sampled_from(
+            [
+                ("apiAccessTokensEnabled", True),
+                ("apiAccessTokensEnabled", False),
+                ("membersCanGenerateTokens", True),
+                ("membersCanGenerateTokens", False),
+                ("maxTokenLifetimeDays", -1),
+                ("maxTokenLifetimeDays", 30),
+            ]
+        ),
+    ),
+    st.tuples(st.just("disabled"), st.sampled_from(["max", "vic"]), st.booleans()),
+    st.tuples(st.just("role"), st.sampled_from(["max", "vic"]), st.sampled_from(ROLES)),
+    st.tuples(st.just("grant"), st.sampled_from(["ada", "max", "vic"]), st.booleans()),
+    st.tuples(st.just("password"), st.sampled_from(["ada", "max", "vic"])),
+    st.tuples(st.just("use"), st.integers(0, 30), st.integers(0, 3)),
+    st.tuples(st.just("flush usage")),
+    st.tuples(st.just("bad login"), st.sampled_from(["max", "nobody"])),
+    st.tuples(st.just("projector round")),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(commands=st.lists(COMMANDS, max_size=30))
+def test_rebuild_equivalence(passwords, commands):
+    """After any sequence of commands, the read model built as they happened equals one
+    rebuilt from the events, key for key (lastUsed aside)."""
+    rig = Rig(passwords)
+    world = rig.world()
+    ledger = rig.ledger
+    people = {
+        "ada": world.admin_id,
+        "max": world.member_id,
+        "vic": ledger.add_person(CLI, "vic", PASSWORD, VERIFIER, world.workspace_id),
+    }
+    issued: list[tuple[Secret, dict[str, Any]]] = []
+    clock = RedisClock()
+    with mock.patch.object(readmodel, "_now_ms", clock):
+        for command in commands:
+            run_command(rig, world, people, issued, clock, command)
+        live = dump(rig.redis, generation_only=True, last_used=False)
+        rig.projector.run_once()  # the projector behind the API changes nothing but its position
+        caught_up = dump(rig.redis, generation_only=True, last_used=False)
+        assert caught_up.pop(b"tl:G:pos") == str(rig.head()).encode()
+        live.pop(b"tl:G:pos", None)
+        assert caught_up == live
+
+        assert rig.projector.rebuild() is not None
+        rebuilt = dump(rig.redis, generation_only=True, last_used=False)
+        assert rebuilt.pop(b"tl:G:pos") == str(rig.head()).encode()
+        assert rebuilt == live
+        assert len(generations(rig.redis)) == 1
+
+
+def run_command(
+    rig: Rig,
+    world: World,
+    people: dict[str, UUID],
+    issued: list[tuple[Secret, dict[str, Any]]],
+    clock: RedisClock,
+    command: tuple[Any, ...],
+) -> None:
+    ledger = rig.ledger
+    kind, *args = command
+    try:
+        if kind == "issue":
+            who, lifetime = args
+            issued.append(world.issue(people[who], lifetime_seconds=lifetime))
+        elif kind == "delete" and issued:
+            ledger.delete_token(CLI, issued[args[0] % len(issued)][1]["token_id"])
+        elif kind == "delete all":
+            ledger.delete_all_tokens(CLI, people[args[0]])
+        elif kind == "setting":
+            name, value = args[0]
+            ledger.change_settings(CLI, {name: value}, world.workspace_id)
+        elif kind == "disabled":
+            ledger.update_person(CLI, people[args[0]], disabled=args[1])
+        elif kind == "role":
+            ledger.update_person(CLI, people[args[0]], role=args[1])
+        elif kind == "grant":
+            ledger.update_person(CLI, people[args[0]], can_generate_tokens=args[1])
+        elif kind == "password":
+            ledger.set_password(CLI, people[args[0]], PASSWORD)
+        elif kind == "use" and issued:
+            clock.advance(minutes=args[1])
+            rig.status(issued[args[0] % len(issued)][0])
+        elif kind == "flush usage":
+            rig.projector.flush_usage()
+        elif kind == "bad login":
+            ledger.authenticate(args[0], "not the password at all", AuditContext("password"))
+        elif kind == "projector round":
+            rig.projector.run_once()
+    except LedgerError:
+        pass  # refused commands are part of the story too: they must change nothing
+
+
+# Embedded mode: build_services with no LEDGER_REDIS_URL.
+
+
+@contextmanager
+def embedded(tmp_path: Any) -> Iterator[Any]:
+    settings_ = Settings(database_url=f"sqlite:///{tmp_path}/ledger.sqlite", argon2=FAST_ARGON2)
+    services = build_services(settings_)
+    try:
+        yield services
+    finally:
+        services.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_build_services_wires_read_your_writes_and_the_shared_limiter(tmp_path):
+    with embedded(tmp_path) as services:
+        assert services.settings.embedded
+        assert isinstance(services.redis, fakeredis.FakeRedis)
+        assert isinstance(services.ledger.attempts, RedisAttemptLimiter)
+        assert services.ledger.attempts.redis is services.redis
+        assert services.read_model.redis is services.redis
+        services.start_background()
+        assert services.read_model.is_ready()
+        ledger = services.ledger
+        workspace_id = ledger.create_workspace("acme", CLI)
+        admin_id = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace_id)
+        value, info = ledger.issue_token(AuditContext("password", actor_id=admin_id))
+        assert status(services.read_model, Secret(value)) == "valid"
+        ledger.delete_token(CLI, info["token_id"])
+        assert status(services.read_model, Secret(value)) == "refused"
+
+
+def test_embedded_mode_rebuilds_at_start_and_follows_other_writers(tmp_path, passwords):
+    url = f"sqlite:///{tmp_path}/ledger.sqlite"
+    writer = make_ledger(url, passwords)  # e.g. the CLI: writes to the store only
+    workspace_id = writer.create_workspace("acme", CLI)
+    admin_id = writer.add_person(CLI, "ada", PASSWORD, ADMIN, workspace_id)
+    before, _ = writer.issue_token(AuditContext("password", actor_id=admin_id))
+    with embedded(tmp_path) as services:
+        assert not services.read_model.is_ready()
+        services.start_background()
+        assert status(services.read_model, Secret(before)) == "valid"
+        after, after_info = writer.issue_token(AuditContext("password", actor_id=admin_id))
+        assert wait_for(lambda: status(services.read_model, Secret(after)) == "valid")
+        writer.delete_token(CLI, after_info["token_id"])
+        assert wait_for(lambda: status(services.read_model, Secret(after)) == "refused")
+        # A second process in embedded mode has a Redis of its own: nothing is shared.
+        with embedded(tmp_path) as other:
+            assert not other.read_model.is_ready()
+
+
+def test_the_domain_topics_are_all_known_to_the_projection():
+    """Every event class the domain defines is either projected or deliberately ignored."""
+    known = set(readmodel.TOPICS.values()) | set(readmodel.PERSON_FIELD_TOPICS)
+    ignored = {"ledger:Lockout.Started.v1"}
+    defined = {
+        get_topic(attribute)
+        for aggregate in (Workspace, Person, Token, Lockout, UsageReport)
+        for attribute in vars(aggregate).values()
+        if isinstance(attribute, type) and issubclass(attribute, DomainEvent)
+    }
+    defined = {topic for topic in defined if topic.endswith(".v1")}
+    assert len(defined) == 12
+    assert defined - known == ignored
