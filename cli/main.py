@@ -134,9 +134,11 @@ def _read_password(from_stdin: bool) -> str:
 
 
 # Each command family lives in a module of its own, which imports the helpers above.
+from cli.audit import audit  # noqa: E402
 from cli.projections import projections, projector  # noqa: E402
 from cli.serve import serve  # noqa: E402
 
 cli.add_command(projector)
 cli.add_command(projections)
 cli.add_command(serve)
+cli.add_command(audit)

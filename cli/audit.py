@@ -1,0 +1,255 @@
+"""`ledger audit list|export|verify|resign`: the audit trail, for operators.
+
+Each command first catches the trail up with the event store, so it works without a running
+projector.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+from uuid import UUID
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from cli.main import Env
+from ledger.audit import EVENT_TYPES, AuditFilter, AuditTrail
+
+CATCH_UP_BATCH = 5000
+
+
+# Annotated, so that cli.main, which imports this module at its end, knows its type.
+audit: click.Group = click.Group(
+    "audit", help="Review, export and verify the audit trail (LEDGER_AUDIT_KEY signs it)."
+)
+
+
+def _trail(env: Env) -> AuditTrail:
+    trail = AuditTrail.from_settings(env.ledger, env.settings)
+    pending = (env.ledger.recorder.max_notification_id() or 0) - trail.store.head().position
+    with _progress() as progress:
+        task = progress.add_task("Catching up", total=max(pending, 0))
+        while done := trail.catch_up(CATCH_UP_BATCH):
+            progress.advance(task, done)
+    return trail
+
+
+def _progress() -> Progress:
+    console = Console(stderr=True)
+    return Progress(
+        *Progress.get_default_columns()[:1],
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+
+
+def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("expected an ISO-8601 time, e.g. 2026-01-31T12:00:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--workspace", "workspace_name", required=True, help="The workspace."),
+        click.option(
+            "--type",
+            "types",
+            multiple=True,
+            type=click.Choice(EVENT_TYPES),
+            help="Only this type of event (repeatable).",
+        ),
+        click.option("--actor", help="Only events done by this person (username or id)."),
+        click.option("--person", help="Only events about this person (username or id)."),
+        click.option("--token", type=click.UUID, help="Only events about or done with a token."),
+        click.option("--from", "since", callback=_moment, help="From this time (ISO-8601, UTC)."),
+        click.option("--to", "until", callback=_moment, help="Before this time (ISO-8601, UTC)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _filter(
+    env: Env,
+    types: tuple[str, ...],
+    actor: str | None,
+    person: str | None,
+    token: UUID | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> AuditFilter:
+    return AuditFilter(
+        types=types,
+        actor_id=_person_id(env, actor),
+        person_id=_person_id(env, person),
+        token_id=token,
+        since=since,
+        until=until,
+    )
+
+
+def _person_id(env: Env, username_or_id: str | None) -> UUID | None:
+    if username_or_id is None:
+        return None
+    try:
+        return UUID(username_or_id)
+    except ValueError:
+        return env.ledger.find_person_id(username_or_id)
+
+
+@audit.command("list")
+@filter_options
+@click.option("--limit", default=50, show_default=True, help="How many events to show.")
+@click.option("--before", type=int, help="Only events older than this position (paging).")
+@click.pass_obj
+def audit_list(
+    env: Env,
+    /,
+    workspace_name: str,
+    limit: int,
+    before: int | None,
+    **filters: Any,
+) -> None:
+    """Show a workspace's events, newest first."""
+    workspace_id = env.ledger.workspace_id(workspace_name)
+    trail = _trail(env)
+    events, next_cursor = trail.list_events(
+        workspace_id, _filter(env, **filters), cursor=before, limit=limit
+    )
+    table = Table(title=f"Audit trail of {workspace_name}")
+    for column in ("Position", "Time (UTC)", "Type"):
+        table.add_column(column, no_wrap=True)
+    for column in ("Actor", "Source", "Subject", "Details"):
+        table.add_column(column)
+    for event in events:
+        table.add_row(
+            str(event["position"]),
+            event["time"].strftime("%Y-%m-%d %H:%M:%S"),
+            event["type"],
+            _actor(event["actor"]),
+            event["source"]["ip"] or "",
+            _subject(event["subject"]),
+            ", ".join(f"{k}={v}" for k, v in event["details"].items()),
+        )
+    console = Console()
+    console.print(table)
+    if not events:
+        console.print("No events match.")
+    if next_cursor is not None:
+        console.print(f"Older events: the same command with --before {next_cursor}")
+
+
+def _actor(actor: dict[str, Any]) -> str:
+    who = actor["username"] or (str(actor["id"]) if actor["id"] else "operator")
+    how = actor["method"] or ""
+    if actor["tokenId"]:
+        how += f" {actor['tokenId']}"
+    return f"{who} ({how})" if how else who
+
+
+def _subject(subject: dict[str, Any]) -> str:
+    parts = [subject["username"] or (str(subject["personId"]) if subject["personId"] else "")]
+    if subject["tokenId"]:
+        parts.append(f"token {subject['tokenId']}")
+    return " ".join(p for p in parts if p)
+
+
+@audit.command("export")
+@filter_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl", "json"]),
+    default="jsonl",
+    show_default=True,
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: stdout.")
+@click.pass_obj
+def audit_export(
+    env: Env, /, workspace_name: str, fmt: str, output: Path | None, **filters: Any
+) -> None:
+    """Export a workspace's events, newest first, as CSV, JSON lines or JSON."""
+    workspace_id = env.ledger.workspace_id(workspace_name)
+    trail = _trail(env)
+    where = _filter(env, **filters)
+    total = trail.count_events(workspace_id, where)
+    with _progress() as progress:
+        task = progress.add_task("Exporting", total=total)
+        chunks = trail.export(
+            workspace_id, where, fmt, progress=lambda n: progress.advance(task, n)
+        )
+        if output is None:
+            _write(chunks, sys.stdout)
+        else:
+            # Written beside the target and moved into place: no half export under its name.
+            descriptor, partial = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
+            try:
+                with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
+                    _write(chunks, file)
+                os.replace(partial, output)
+            except BaseException:
+                os.unlink(partial)
+                raise
+    click.echo(f"Exported {total} events" + (f" to {output}" if output else ""), err=True)
+
+
+def _write(chunks: Iterator[str], file: TextIO) -> None:
+    for chunk in chunks:
+        file.write(chunk)
+
+
+@audit.command("verify")
+@click.pass_obj
+def audit_verify(env: Env) -> None:
+    """Check the hash chain and the signed checkpoints against the stored events.
+
+    Exits 1 when an event row was edited, deleted, inserted or reordered, or a checkpoint's
+    signature is wrong.
+    """
+    trail = _trail(env)
+    with Console(stderr=True).status("Verifying"):
+        report = trail.verify()
+    table = Table(show_header=False, title="Audit trail verification")
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # a hash is compared whole, never shortened
+    table.add_row("Result", "[green]ok[/]" if report["ok"] else "[red]FAILED[/]")
+    table.add_row("Events checked", str(report["eventsChecked"]))
+    table.add_row("Head hash", report["headHash"])
+    table.add_row("Last signed checkpoint", str(report["lastCheckpointPosition"] or "none yet"))
+    if not report["ok"]:
+        table.add_row("Problem", report["problem"])
+        table.add_row("First bad position", str(report["firstBadPosition"]))
+        table.add_row("Detail", report["detail"])
+    Console().print(table)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@audit.command("resign")
+@click.pass_obj
+def audit_resign(env: Env) -> None:
+    """Sign every checkpoint again with LEDGER_AUDIT_KEY (after a key rotation).
+
+    Verifies first, with LEDGER_AUDIT_KEY and LEDGER_AUDIT_PREVIOUS_KEYS; a trail that does not
+    verify is left as it is.
+    """
+    trail = _trail(env)
+    count = trail.resign()
+    click.echo(f"Re-signed {count} checkpoints with key {trail.keyring.current_id}")
