@@ -9,9 +9,8 @@ projector following the store (`apply_events`), or a rebuild from scratch. Token
 from __future__ import annotations
 
 import copy
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,15 +50,9 @@ from projections.projector import USAGE_FLUSH_SECONDS, Projector
 from projections.readmodel import LAST_USED_GRANULARITY_MS, NotReady, ReadModel
 from projections.wiring import build_services
 from tests.conftest import FAST_ARGON2, PASSWORD, make_ledger
+from tests.read_model_support import Secret, dump, generations, status, wait_for
 
 CLI = AuditContext.cli()
-
-
-class Secret(str):
-    """A token value that never shows itself in a repr (assertion messages, hypothesis output)."""
-
-    def __repr__(self) -> str:
-        return "<token value>"
 
 
 class CountingRedis(fakeredis.FakeRedis):
@@ -175,53 +168,6 @@ class World:
     def issue(self, person_id: UUID | None = None, **kwargs: Any) -> tuple[Secret, dict[str, Any]]:
         value, info = self.rig.ledger.issue_token(self.as_(person_id or self.admin_id), **kwargs)
         return Secret(value), info
-
-
-def status(read_model: ReadModel, value: str) -> str:
-    try:
-        principal = read_model.verify(value)
-    except NotReady:
-        return "not ready"
-    return "refused" if principal is None else "valid"
-
-
-def dump(redis: Any, *, generation_only: bool = False, last_used: bool = True) -> dict[Any, Any]:
-    """Every read-model key and its value. With `generation_only`, just the live generation's
-    keys with the generation number taken out of their names."""
-    out: dict[Any, Any] = {}
-    live = redis.get("tl:gen")
-    for key in redis.scan_iter(match=b"tl:*"):
-        if key.startswith(b"tl:attempts:"):
-            continue
-        if generation_only:
-            if live is None or not key.startswith(b"tl:" + live + b":"):
-                continue
-            name = b"tl:G:" + key[len(b"tl:" + live + b":") :]
-        else:
-            name = key
-        kind = redis.type(key)
-        if kind == b"hash":
-            value: Any = redis.hgetall(key)
-            if not last_used:
-                value.pop(b"lu", None)
-        elif kind == b"zset":
-            value = redis.zrange(key, 0, -1, withscores=True)
-        elif kind == b"string":
-            value = redis.get(key)
-        else:
-            raise AssertionError(f"unexpected {kind!r} key in the read model")
-        out[name] = value
-    return out
-
-
-def generations(redis: Any) -> set[bytes]:
-    """The generation numbers that have keys in Redis."""
-    found = set()
-    for key in redis.scan_iter(match=b"tl:*"):
-        match = re.match(rb"tl:(\d+):", key)
-        if match:
-            found.add(match.group(1))
-    return found
 
 
 PATHS = ["read-your-writes", "projector", "rebuild"]
@@ -1259,15 +1205,6 @@ def embedded(tmp_path: Any) -> Iterator[Any]:
         yield services
     finally:
         services.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_build_services_wires_read_your_writes_and_the_shared_limiter(tmp_path):

@@ -1,0 +1,77 @@
+"""Helpers for the read-model tests of every tier: secrets that never print, verification
+answers as words, and dumps of the Redis keys to compare key for key."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from projections.readmodel import NotReady, ReadModel
+
+
+class Secret(str):
+    """A token value that never shows itself in a repr (assertion messages, hypothesis output)."""
+
+    def __repr__(self) -> str:
+        return "<token value>"
+
+
+def status(read_model: ReadModel, value: str) -> str:
+    """What the API would answer: "valid" (200), "refused" (401) or "not ready" (503)."""
+    try:
+        principal = read_model.verify(value)
+    except NotReady:
+        return "not ready"
+    return "refused" if principal is None else "valid"
+
+
+def dump(redis: Any, *, generation_only: bool = False, last_used: bool = True) -> dict[Any, Any]:
+    """Every read-model key and its value (the attempt counters aside). With `generation_only`,
+    just the live generation's keys, with the generation number taken out of their names."""
+    out: dict[Any, Any] = {}
+    live = redis.get("tl:gen")
+    for key in redis.scan_iter(match=b"tl:*"):
+        if key.startswith(b"tl:attempts:"):
+            continue
+        if generation_only:
+            if live is None or not key.startswith(b"tl:" + live + b":"):
+                continue
+            name = b"tl:G:" + key[len(b"tl:" + live + b":") :]
+        else:
+            name = key
+        kind = redis.type(key)
+        if kind == b"hash":
+            value: Any = redis.hgetall(key)
+            if not last_used:
+                value.pop(b"lu", None)
+        elif kind == b"zset":
+            value = redis.zrange(key, 0, -1, withscores=True)
+        elif kind == b"string":
+            value = redis.get(key)
+        elif kind == b"none":  # deleted while we looked
+            continue
+        else:
+            raise AssertionError(f"unexpected {kind!r} key in the read model")
+        out[name] = value
+    return out
+
+
+def generations(redis: Any) -> set[bytes]:
+    """The generation numbers that have keys in Redis."""
+    found = set()
+    for key in redis.scan_iter(match=b"tl:*"):
+        match = re.match(rb"tl:(\d+):", key)
+        if match:
+            found.add(match.group(1))
+    return found
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0, every: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return condition()
