@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -123,23 +124,35 @@ class Projector:
         rebuilding: bool,
         progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        position = self.read_model.position(generation) or 0
         head = self.ledger.recorder.max_notification_id() or 0
         applied = 0
-        while True:
-            batch = self._notifications(position, self.batch_size)
-            if not batch:
-                return applied
-            events = [self.ledger.mapper.to_domain_event(n) for n in batch]
-            position = batch[-1].id
+        for events, position in self._batches(self.read_model.position(generation) or 0):
             if not self.read_model.apply_events(events, position, generation):
                 log.info("generation %d is gone; starting over", generation)
                 return applied
-            applied += len(batch)
+            applied += len(events)
             if rebuilding:
                 self.read_model.keep_building(generation)
             if progress:
                 progress(position, max(head, position))
+        return applied
+
+    def _batches(self, after: int) -> Iterator[tuple[list[Any], int]]:
+        """Decoded events in store order, with the position each batch reaches. The next batch
+        is read and decoded while the caller writes this one to Redis."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-read") as reader:
+            upcoming = reader.submit(self._read, after)
+            while True:
+                events, position = upcoming.result()
+                if not events:
+                    return
+                upcoming = reader.submit(self._read, position)
+                yield events, position
+
+    def _read(self, after: int) -> tuple[list[Any], int]:
+        batch = self._notifications(after, self.batch_size)
+        events = [self.ledger.mapper.to_domain_event(n) for n in batch]
+        return events, batch[-1].id if batch else after
 
     def _notifications(self, after: int, limit: int) -> Sequence[Any]:
         return self.ledger.recorder.select_notifications(start=after + 1, limit=limit)
