@@ -467,18 +467,35 @@ def test_verification_is_right_throughout_a_rebuild(store_url, redis_urls, passw
         rng = random.Random(5)
         scenario.churn(rng, 40)
         before = api.read_model.generation()
-        # The operator's process rebuilds, a few events a batch, taking its time over what was
-        # there when it started, then catching up with what arrived meanwhile at full speed.
+        # The operator's process rebuilds, a few events a batch; for its first ten batches it
+        # waits for the API process to complete a command between one batch and the next.
         rebuilder = Projector(operator.ledger, operator.read_model, batch_size=5)
-        start = head(api.ledger)
         results: list[int | None] = []
         commands_during = 0
 
         def rebuild_twice() -> None:
             for _ in range(2):
-                results.append(
-                    rebuilder.rebuild(progress=lambda p, h: time.sleep(0.01 if p < start else 0))
-                )
+                batches = 0
+                seen = commands_during
+
+                def interleave(position: int, head_: int) -> None:
+                    nonlocal batches, seen
+                    batches += 1
+                    if batches <= 10:
+                        wait_for(lambda: commands_during > seen, timeout=5, every=0.001)
+                        seen = commands_during
+
+                results.append(rebuilder.rebuild(progress=interleave))
+
+        # And commands that complete after its last read of the store, before its switch.
+        finish = operator.read_model.finish_rebuild
+
+        def finish_after_a_command(generation: int) -> bool:
+            seen = commands_during
+            wait_for(lambda: commands_during > seen + 1, timeout=5, every=0.001)
+            return finish(generation)
+
+        operator.read_model.finish_rebuild = finish_after_a_command  # type: ignore[method-assign]
 
         thread = threading.Thread(target=rebuild_twice)
         with Checker(api.read_model, scenario.expected) as checker:
@@ -498,7 +515,7 @@ def test_verification_is_right_throughout_a_rebuild(store_url, redis_urls, passw
             finally:
                 thread.join()
         assert None not in results and len(results) == 2
-        assert commands_during >= 10
+        assert commands_during >= 20
         assert api.read_model.generation() == before + 2
         assert generations(api.redis) == {str(before + 2).encode()}
         assert checker.wrong == [] and checker.not_ready == 0 and checker.checks > 0
