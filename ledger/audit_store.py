@@ -87,6 +87,41 @@ class AuditRecord:
 
 RECORD_COLUMNS = [f.name for f in fields(AuditRecord)]
 UUID_COLUMNS = {"workspace_id", "actor_id", "actor_token_id", "person_id", "token_id"}
+# What each table's rows hold, in order, for inserting them.
+INSERT_COLUMNS = {
+    "audit_chain": ["position", "leaf_hash", "chain_hash"],
+    "audit_events": RECORD_COLUMNS,
+    "audit_people": ["person_id", "username", "workspace_id"],
+    "audit_tokens": ["token_id", "owner_id", "workspace_id"],
+    "audit_checkpoints": ["position", "chain_hash", "events", "signed_at", "key_id", "signature"],
+}
+# The shape of `ledger.audit.as_event`, built by the database for exports.
+EXPORT_JSON = (
+    "{object}('position', position, 'type', type, 'time', {time}, 'workspaceId', workspace_id, "
+    "'actor', {object}('id', actor_id, 'username', actor_username, 'method', auth_method, "
+    "'tokenId', actor_token_id), "
+    "'source', {object}('ip', ip, 'userAgent', user_agent, 'requestId', request_id), "
+    "'subject', {object}('personId', person_id, 'username', person_username, "
+    "'tokenId', token_id), "
+    "'details', {details})"
+)
+CSV_SOURCE_COLUMNS = [
+    "position",
+    "occurred_at",
+    "type",
+    "workspace_id",
+    "actor_id",
+    "actor_username",
+    "auth_method",
+    "actor_token_id",
+    "ip",
+    "user_agent",
+    "request_id",
+    "person_id",
+    "person_username",
+    "token_id",
+    "details",
+]
 
 
 @dataclass(frozen=True)
@@ -111,7 +146,6 @@ class Dialect:
     uuid_type = "TEXT"
     time_type = "TEXT"
     json_type = "TEXT"
-    json_param = "?"
 
     def table(self, name: str) -> str:
         return name
@@ -126,7 +160,20 @@ class Dialect:
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def from_time(self, value: Any) -> datetime:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return datetime.fromisoformat(value)
+
+    # Exports are formatted by the database, so that Python only joins text: ISO-8601 UTC
+    # with milliseconds, UUIDs as text, details as stored.
+    export_time = "substr(occurred_at, 1, 23) || 'Z'"
+    json_object = "json_object"
+    details_json = "json(details)"
+    details_text = "details"
+
+    def text(self, expression: str) -> str:
+        return expression
+
+    def to_json(self, value: dict[str, Any]) -> Any:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
     def from_json(self, value: Any) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(value)
@@ -149,7 +196,6 @@ class PostgresDialect(Dialect):
     uuid_type = "uuid"
     time_type = "timestamptz"
     json_type = "jsonb"
-    json_param = "%s::jsonb"
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
@@ -170,8 +216,19 @@ class PostgresDialect(Dialect):
         assert isinstance(value, datetime)
         return value.astimezone(UTC)
 
+    def to_json(self, value: dict[str, Any]) -> Any:
+        return value  # inserted inside a JSON document (see AuditStore._insert)
+
     def from_json(self, value: Any) -> dict[str, Any]:
         return value if isinstance(value, dict) else super().from_json(value)
+
+    export_time = "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+    json_object = "json_build_object"
+    details_json = "details"
+    details_text = "details::text"
+
+    def text(self, expression: str) -> str:
+        return f"({expression})::text"
 
     lock_head = ("SELECT {head_columns} FROM {audit_head} WHERE id = 1 FOR UPDATE",)
 
@@ -209,6 +266,19 @@ class AuditStore:
             uuid=d.uuid_type,
             time=d.time_type,
             json=d.json_type,
+            export_json=d.text(
+                EXPORT_JSON.format(object=d.json_object, time=d.export_time, details=d.details_json)
+            ),
+            export_csv=", ".join(
+                d.export_time
+                if c == "occurred_at"
+                else d.details_text
+                if c == "details"
+                else d.text(c)
+                if c in UUID_COLUMNS
+                else c
+                for c in CSV_SOURCE_COLUMNS
+            ),
         )
         self._create_tables()
 
@@ -312,32 +382,19 @@ class AuditStore:
                 c.execute(self._sql(statement))
             if self._head(c.fetchone()) != expected:
                 return False
-            inserts: list[tuple[str, list[Sequence[Any]]]] = [
-                (
-                    "INSERT INTO {audit_chain} VALUES (?, ?, ?)",
-                    [(x.position, x.leaf_hash, x.chain_hash) for x in links],
-                ),
-                (
-                    "INSERT INTO {audit_events} ({record_columns}) VALUES ({values})",
-                    [self._record_params(r) for r in records],
-                ),
-                (
-                    "INSERT INTO {audit_people} VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                    [(uuid(p.person_id), p.username, uuid(p.workspace_id)) for p in people],
-                ),
-                (
-                    "INSERT INTO {audit_tokens} VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                    [(uuid(x.token_id), uuid(x.owner_id), uuid(x.workspace_id)) for x in tokens],
-                ),
-                (
-                    "INSERT INTO {audit_checkpoints} VALUES (?, ?, ?, ?, ?, ?)",
-                    [self._checkpoint_params(x) for x in checkpoints],
-                ),
-            ]
-            values = ", ".join(["?"] * (len(RECORD_COLUMNS) - 1) + [d.json_param])
-            for template, rows in inserts:
-                if rows:
-                    c.executemany(self._sql(template, values=values), rows)
+            self._insert(c, "audit_chain", [(x.position, x.leaf_hash, x.chain_hash) for x in links])
+            self._insert(c, "audit_events", [self._record_params(r) for r in records])
+            self._insert(
+                c,
+                "audit_people",
+                [(uuid(p.person_id), p.username, uuid(p.workspace_id)) for p in people],
+            )
+            self._insert(
+                c,
+                "audit_tokens",
+                [(uuid(x.token_id), uuid(x.owner_id), uuid(x.workspace_id)) for x in tokens],
+            )
+            self._insert(c, "audit_checkpoints", [self._checkpoint_params(x) for x in checkpoints])
             c.execute(
                 self._sql(
                     "UPDATE {audit_head} SET position = ?, events = ?, checkpoint_position = ?, "
@@ -353,6 +410,39 @@ class AuditStore:
             )
         return True
 
+    def _insert(self, cursor: Any, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        # The people and tokens a rebuilt trail learns again are the same.
+        conflict = " ON CONFLICT DO NOTHING" if table in ("audit_people", "audit_tokens") else ""
+        columns = INSERT_COLUMNS[table]
+        names = ", ".join(columns)
+        if isinstance(self.dialect, PostgresDialect):
+            # All rows as one JSON document, unpacked by the server: one short statement, where
+            # executemany makes a round trip a row and a multi-row VALUES list is slow to dump.
+            document = json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str)
+            cursor.execute(
+                self._sql(
+                    "INSERT INTO {table} ({names}) SELECT {names} "
+                    "FROM json_populate_recordset(NULL::{table}, ?){conflict}",
+                    table=self._names[table],
+                    names=names,
+                    conflict=conflict,
+                ),
+                [document],
+            )
+        else:
+            cursor.executemany(
+                self._sql(
+                    "INSERT INTO {table} ({names}) VALUES ({marks}){conflict}",
+                    table=self._names[table],
+                    names=names,
+                    marks=", ".join("?" * len(columns)),
+                    conflict=conflict,
+                ),
+                rows,
+            )
+
     def _record_params(self, record: AuditRecord) -> list[Any]:
         d = self.dialect
         params: list[Any] = []
@@ -363,7 +453,7 @@ class AuditStore:
             elif name == "occurred_at":
                 value = d.to_time(value)
             elif name == "details":
-                value = json.dumps(value, sort_keys=True, separators=(",", ":"))
+                value = d.to_json(value)
             params.append(value)
         return params
 
@@ -450,17 +540,51 @@ class AuditStore:
         self, workspace_id: UUID, where: AuditFilter, before: int | None, limit: int
     ) -> list[AuditRecord]:
         """Newest first, positions below `before` (keyset paging: stable while events arrive)."""
+        rows = self._select(
+            "SELECT {record_columns} FROM {audit_events} WHERE {condition} "
+            "ORDER BY position DESC LIMIT ?",
+            workspace_id,
+            where,
+            before,
+            limit,
+        )
+        return [self._record(r) for r in rows]
+
+    def json_texts(
+        self, workspace_id: UUID, where: AuditFilter, before: int | None, limit: int
+    ) -> list[tuple[int, str]]:
+        """Like `records`, as (position, the event as JSON text)."""
+        rows = self._select(
+            "SELECT position, {export_json} AS event FROM {audit_events} WHERE {condition} "
+            "ORDER BY position DESC LIMIT ?",
+            workspace_id,
+            where,
+            before,
+            limit,
+        )
+        return [(r["position"], r["event"]) for r in rows]
+
+    def csv_rows(
+        self, workspace_id: UUID, where: AuditFilter, before: int | None, limit: int
+    ) -> list[list[Any]]:
+        """Like `records`, as lists of CSV_SOURCE_COLUMNS' values as text."""
+        rows = self._select(
+            "SELECT {export_csv} FROM {audit_events} WHERE {condition} "
+            "ORDER BY position DESC LIMIT ?",
+            workspace_id,
+            where,
+            before,
+            limit,
+        )
+        return [list(r.values()) if isinstance(r, dict) else list(r) for r in rows]
+
+    def _select(
+        self, template: str, workspace_id: UUID, where: AuditFilter, before: int | None, limit: int
+    ) -> list[Any]:
         condition, params = self._where(workspace_id, where, before)
         with self._transaction(commit=False) as c:
-            c.execute(
-                self._sql(
-                    "SELECT {record_columns} FROM {audit_events} WHERE {condition} "
-                    "ORDER BY position DESC LIMIT ?",
-                    condition=condition,
-                ),
-                [*params, limit],
-            )
-            return [self._record(r) for r in c.fetchall()]
+            c.execute(self._sql(template, condition=condition), [*params, limit])
+            return list(c.fetchall())
 
     def count(self, workspace_id: UUID, where: AuditFilter, before: int | None) -> int:
         condition, params = self._where(workspace_id, where, before)

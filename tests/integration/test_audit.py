@@ -20,6 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,7 +32,7 @@ from ledger.application import Ledger
 from ledger.audit import AuditTrail
 from ledger.audit_chain import Keyring, leaf_hash, next_chain_hash
 from ledger.domainmodel import ADMIN, AuditContext, UsernameTaken
-from tests.conftest import PASSWORD, login, make_ledger
+from tests.conftest import PASSWORD, login, make_ledger, with_token
 from tests.integration.conftest import POSTGRES_URL, unavailable
 
 pytestmark = pytest.mark.integration
@@ -309,6 +310,59 @@ def test_no_export_holds_a_token_value_or_password(store_url, passwords):
         assert "person.password_changed" in text
         for secret in (*values, PASSWORD, new_password, "$argon2"):
             assert secret not in text
+    ledger.close()
+
+
+def as_exported(event: dict[str, Any]) -> dict[str, Any]:
+    """An event from `list_events` the way exports write it: ids as text, times to the ms."""
+    if isinstance(event, dict):
+        return {k: as_exported(v) for k, v in event.items()}
+    if isinstance(event, uuid.UUID):
+        return str(event)
+    if isinstance(event, datetime):
+        return event.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return event
+
+
+def test_exports_built_by_the_database_match_the_listing(store_url, passwords):
+    ledger, workspace_id, name = fresh_workspace(store_url, passwords)
+    admin = login(ledger, f"{name}-admin")
+    ctx = AuditContext(
+        "password", actor_id=admin.actor_id, ip="2001:db8::1", user_agent="+curl/8", request_id="r"
+    )
+    token_id = ledger.issue_token(ctx, lifetime_seconds=60, description='ünïcode "quoted"').info[
+        "token_id"
+    ]
+    ledger.delete_token(with_token(ledger, admin, token_id), token_id)
+    ledger.change_settings(admin, {"maxTokenLifetimeDays": 7})
+    trail = unsigned_trail(ledger)
+    trail.catch_up()
+    listed = [as_exported(e) for e in trail.list_events(workspace_id)[0]]
+    jsonl = "".join(trail.export(workspace_id, fmt="jsonl"))
+    assert [json.loads(line) for line in jsonl.splitlines()] == listed
+    assert json.loads("".join(trail.export(workspace_id, fmt="json")))["data"] == listed
+    rows = list(csv.reader(io.StringIO("".join(trail.export(workspace_id, fmt="csv")))))
+    assert rows[0][:3] == ["position", "time", "type"]
+    for row, event in zip(rows[1:], listed, strict=True):
+        actor, source, subject = event["actor"], event["source"], event["subject"]
+        expected = [
+            str(event["position"]),
+            event["time"],
+            event["type"],
+            event["workspaceId"],
+            actor["id"],
+            actor["username"],
+            actor["method"],
+            actor["tokenId"],
+            source["ip"],
+            "'" + source["userAgent"] if source["userAgent"] == "+curl/8" else source["userAgent"],
+            source["requestId"],
+            subject["personId"],
+            subject["username"],
+            subject["tokenId"],
+        ]
+        assert row[:-1] == ["" if v is None else v for v in expected]
+        assert json.loads(row[-1]) == event["details"]
     ledger.close()
 
 
