@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -459,19 +460,22 @@ class AuditTrail:
 def keyring_from_settings(settings: Settings) -> Keyring:
     """LEDGER_AUDIT_KEY; else a key file (LEDGER_AUDIT_KEY_FILE, or beside an SQLite store,
     created on first use). PostgreSQL serves many processes, which must share one key, so it
-    needs the key set explicitly."""
+    needs the key set explicitly. An in-memory store lives and dies with its process, and so
+    does the trail of it (see AuditStore): a random key of the process's own serves."""
     if settings.audit_key:
         return Keyring(settings.audit_key, settings.audit_previous_keys)
+    parts = urlsplit(settings.database_url)
     if settings.audit_key_file:
         path = Path(settings.audit_key_file)
-    else:
-        parts = urlsplit(settings.database_url)
-        if parts.scheme != "sqlite" or unquote(parts.path[1:]) == ":memory:":
-            raise ConfigError(
-                "LEDGER_AUDIT_KEY (or LEDGER_AUDIT_KEY_FILE) must be set for this event store: "
-                "every process that signs or verifies the audit trail needs the same key"
-            )
+    elif parts.scheme == "memory" or unquote(parts.path[1:]) == ":memory:":
+        return Keyring(secrets.token_bytes(32), settings.audit_previous_keys)
+    elif parts.scheme == "sqlite":
         path = Path(unquote(parts.path[1:])).parent / "audit.key"
+    else:
+        raise ConfigError(
+            "LEDGER_AUDIT_KEY (or LEDGER_AUDIT_KEY_FILE) must be set for a PostgreSQL store: "
+            "every process that signs or verifies the audit trail needs the same key"
+        )
     return Keyring(load_key_file(path), settings.audit_previous_keys)
 
 

@@ -516,6 +516,10 @@ def test_where_the_key_comes_from(tmp_path):
     assert explicit.current_id == key_id(b"explicit")
     beside_the_store = keyring_from_settings(Settings(database_url=sqlite))
     assert beside_the_store.current_id == key_id(load_key_file(tmp_path / "store" / "audit.key"))
+    in_memory = keyring_from_settings(Settings(database_url="memory://"))
+    assert (
+        in_memory.current_id != keyring_from_settings(Settings(database_url="memory://")).current_id
+    )
     postgres = Settings(database_url="postgresql://u@db.internal/ledger")
     with pytest.raises(ConfigError, match="LEDGER_AUDIT_KEY"):
         keyring_from_settings(postgres)
