@@ -9,7 +9,7 @@ from time import perf_counter
 import flask_smorest
 from flask import Flask, Response, g, request
 
-from api import errors, ops, people, tokens, workspaces
+from api import audit, errors, ops, people, tokens, workspaces
 from api.auth import trusted_networks
 from api.context import request_id
 from api.errors import LedgerApi
@@ -19,7 +19,7 @@ from ledger.config import Settings
 from projections.wiring import Services, build_services
 
 # The /v4 areas, each a flask-smorest blueprint documented in /v4/openapi.json.
-BLUEPRINTS: list[flask_smorest.Blueprint] = [tokens.blp, people.blp, workspaces.blp]
+BLUEPRINTS: list[flask_smorest.Blueprint] = [tokens.blp, people.blp, workspaces.blp, audit.blp]
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SECURITY_SCHEMES = {
     "basicAuth": {"type": "http", "scheme": "basic"},

@@ -1,0 +1,159 @@
+"""`/v4/auditEvents`: a workspace's audit trail and its tamper-evidence check (admins).
+
+Each request first catches the trail up a little, so that an admin sees their own changes at
+once; the projector does the bulk of that work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app
+from marshmallow import fields, validate
+
+from api.auth import authenticate, caller
+from api.context import services
+from api.http import Blueprint
+from api.schemas import PAGE_LIMIT_MAX, QueryInteger, Schema, Timestamp
+from ledger.audit import EVENT_TYPES, PROBLEMS, AuditFilter, AuditTrail
+
+CATCH_UP_PER_REQUEST = 2000
+CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+
+blp = Blueprint(
+    "audit", __name__, url_prefix="/v4/auditEvents", description="The audit trail (admins)"
+)
+blp.before_request(authenticate)
+
+
+def trail() -> AuditTrail:
+    """The process's audit trail, built on first use: only these endpoints need its key."""
+    extensions = current_app.extensions
+    if "audit" not in extensions:
+        found = services()
+        extensions["audit"] = AuditTrail.from_settings(found.ledger, found.settings)
+    audit: AuditTrail = extensions["audit"]
+    return audit
+
+
+class AuditQuerySchema(Schema):
+    types = fields.List(
+        fields.String(validate=validate.OneOf(EVENT_TYPES)),
+        data_key="type",
+        metadata={"description": "repeat for several types"},
+    )
+    actor_id = fields.UUID(data_key="actorId", metadata={"description": "who did it"})
+    person_id = fields.UUID(data_key="personId", metadata={"description": "whom it was about"})
+    token_id = fields.UUID(
+        data_key="tokenId", metadata={"description": "events about the token or done with it"}
+    )
+    since = fields.AwareDateTime(data_key="from", metadata={"description": "inclusive"})
+    until = fields.AwareDateTime(data_key="to", metadata={"description": "exclusive"})
+    cursor = QueryInteger(
+        validate=validate.Range(min=1),
+        metadata={"description": "the nextCursor of the previous page: older events (json only)"},
+    )
+    limit = QueryInteger(
+        load_default=100,
+        validate=validate.Range(min=1, max=PAGE_LIMIT_MAX),
+        metadata={"description": "json only"},
+    )
+    format = fields.String(
+        load_default="json",
+        validate=validate.OneOf(["json", "csv", "jsonl"]),
+        metadata={"description": "csv and jsonl stream every matching event"},
+    )
+
+
+class ActorSchema(Schema):
+    id = fields.UUID(required=True, allow_none=True)
+    username = fields.String(required=True, allow_none=True)
+    method = fields.String(required=True, allow_none=True)
+    tokenId = fields.UUID(required=True, allow_none=True)
+
+
+class SourceSchema(Schema):
+    ip = fields.String(required=True, allow_none=True)
+    userAgent = fields.String(required=True, allow_none=True)
+    requestId = fields.String(required=True, allow_none=True)
+
+
+class SubjectSchema(Schema):
+    personId = fields.UUID(required=True, allow_none=True)
+    username = fields.String(required=True, allow_none=True)
+    tokenId = fields.UUID(required=True, allow_none=True)
+
+
+class AuditEventSchema(Schema):
+    """The ledger's names are already the wire's."""
+
+    position = fields.Integer(required=True, metadata={"description": "the event's place"})
+    type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
+    time = Timestamp(required=True)
+    workspaceId = fields.UUID(required=True)
+    actor = fields.Nested(ActorSchema, required=True)
+    source = fields.Nested(SourceSchema, required=True)
+    subject = fields.Nested(SubjectSchema, required=True)
+    details = fields.Dict(required=True)
+
+
+class AuditEventListSchema(Schema):
+    data = fields.List(fields.Nested(AuditEventSchema), required=True)
+    count = fields.Integer(required=True, metadata={"description": "all matching events"})
+    nextCursor = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "null on the last page"}
+    )
+
+
+class VerificationSchema(Schema):
+    ok = fields.Boolean(required=True)
+    eventsChecked = fields.Integer(required=True)
+    headHash = fields.String(required=True, metadata={"description": "SHA-256, hex"})
+    lastCheckpointPosition = fields.Integer(required=True, allow_none=True)
+    firstBadPosition = fields.Integer(required=True, allow_none=True)
+    problem = fields.String(required=True, allow_none=True, validate=validate.OneOf(PROBLEMS))
+    detail = fields.String(required=True, allow_none=True)
+
+
+@blp.route("", methods=["GET"])
+@blp.arguments(AuditQuerySchema, location="query")
+@blp.response(200, AuditEventListSchema)
+@blp.alt_response(200, schema={"type": "string"}, content_type="text/csv", success=True)
+@blp.alt_response(200, schema={"type": "string"}, content_type="application/x-ndjson", success=True)
+def list_events(query: dict[str, Any]) -> dict[str, Any] | Response:
+    """The workspace's events, newest first (admins). `format=csv|jsonl` streams them all."""
+    workspace_id = services().ledger.audit_workspace_id(caller())
+    audit = trail()
+    audit.catch_up(CATCH_UP_PER_REQUEST)
+    filters = AuditFilter(
+        types=tuple(query.get("types", ())),
+        actor_id=query.get("actor_id"),
+        person_id=query.get("person_id"),
+        token_id=query.get("token_id"),
+        since=query.get("since"),
+        until=query.get("until"),
+    )
+    fmt = query["format"]
+    if fmt in CONTENT_TYPES:
+        chunks = audit.export(workspace_id, filters, fmt)  # checks the filters before streaming
+        return Response(
+            chunks,
+            content_type=CONTENT_TYPES[fmt],
+            headers={"Content-Disposition": f'attachment; filename="audit-events.{fmt}"'},
+        )
+    events, next_cursor = audit.list_events(
+        workspace_id, filters, query.get("cursor"), query["limit"]
+    )
+    count = audit.count_events(workspace_id, filters)
+    return {"data": events, "count": count, "nextCursor": next_cursor}
+
+
+@blp.route("/verification", methods=["GET"])
+@blp.response(200, VerificationSchema)
+def verification() -> dict[str, Any]:
+    """Recompute the hash chain from the stored events and check the signed checkpoints
+    (admins). `ok: false` names the first bad position and what was done there."""
+    services().ledger.audit_workspace_id(caller())
+    audit = trail()
+    audit.catch_up(CATCH_UP_PER_REQUEST)
+    return audit.verify()
