@@ -60,6 +60,7 @@ def test_no_5xx_and_every_response_matches_the_schema(server, e2e_env, tmp_path)
             "--report-dir",
             str(tmp_path),
         ],
+        cwd=tmp_path,  # its example database goes there, not into the work tree
         capture_output=True,
         text=True,
         timeout=400,
