@@ -34,6 +34,12 @@ def caller() -> AuditContext:
     return context
 
 
+def principal() -> Principal | None:
+    """The verified token's principal when the caller used Bearer: who they are, from Redis."""
+    found: Principal | None = g.get("principal")
+    return found
+
+
 def _from_credentials() -> AuditContext:
     scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
     scheme, credentials = scheme.lower(), credentials.strip()
@@ -46,6 +52,7 @@ def _from_credentials() -> AuditContext:
         principal = verify(credentials)
         if principal is None:
             raise AuthenticationFailed("The token is not valid")
+        g.principal = principal
         context = client_context("token")
         return replace(context, actor_id=principal.person_id, token_id=principal.token_id)
     raise AuthenticationFailed("Authenticate with Basic (username and password) or a Bearer token")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from api.auth import authenticate, caller
+from api.auth import authenticate, caller, principal
 from api.context import services
 from api.http import Blueprint
 from api.schemas import (
@@ -26,11 +26,20 @@ blp.before_request(authenticate)
 @blp.response(200, CurrentPersonSchema)
 def current_person() -> dict[str, Any]:
     """The caller, and how they authenticated (with the token's id for Bearer)."""
-    context = caller()
+    context, verified = caller(), principal()
+    if verified is not None:  # Bearer: the read model already said who this is
+        return {
+            "id": verified.person_id,
+            "username": verified.username,
+            "role": verified.role,
+            "disabled": False,  # a disabled person's tokens do not verify
+            "can_generate_tokens": verified.can_generate_tokens,
+            "workspace_id": verified.workspace_id,
+            "auth_method": context.method,
+            "token_id": verified.token_id,
+        }
     assert context.actor_id is not None  # authenticate() set it
-    person = services().ledger.get_person(context.actor_id)
-    token = {"token_id": context.token_id} if context.token_id else {}
-    return {**person, "auth_method": context.method, **token}
+    return {**services().ledger.get_person(context.actor_id), "auth_method": context.method}
 
 
 @blp.route("/current/password", methods=["POST"])

@@ -122,6 +122,7 @@ def _share_metrics_between_workers() -> None:
     that /metrics adds up. It must be set before prometheus_client is first imported."""
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
         for stale in Path(given).glob("*.db"):  # counters of an earlier run
             stale.unlink()
         return

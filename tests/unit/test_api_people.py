@@ -28,6 +28,11 @@ def test_current_person_with_a_token_names_the_token(api):
     me = api.get("/v4/people/current", bearer(value)).json
     assert me["authMethod"] == "token"
     assert me["tokenId"] == info["tokenId"]
+    # From the read model, the same person the store knows.
+    by_password = api.get("/v4/people/current", basic("ada")).json
+    assert {k: v for k, v in me.items() if k not in ("authMethod", "tokenId")} == {
+        k: v for k, v in by_password.items() if k != "authMethod"
+    }
 
 
 def test_admins_list_and_page_the_workspaces_people(api):
