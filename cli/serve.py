@@ -8,6 +8,7 @@ the workers' metrics directory.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
 import secrets
@@ -54,7 +55,7 @@ def serve(env: Env, host: str, port: int, workers: int | None) -> None:
             "use --workers 1, or set LEDGER_REDIS_URL to run more workers",
             2,
         )
-    _share_metrics_between_workers()
+    runtime = _runtime_dir()
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -73,7 +74,7 @@ def serve(env: Env, host: str, port: int, workers: int | None) -> None:
         "control_socket_disable": True,
         "proc_name": "ledger",
     }
-    Server(settings, options).run()
+    Server(settings, options, runtime / "boot.lock").run()
 
 
 def bootstrap(settings: Settings) -> None:
@@ -101,9 +102,10 @@ def bootstrap(settings: Settings) -> None:
 
 
 class Server(BaseApplication):  # type: ignore[misc]  # gunicorn has no type information
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, options: dict[str, Any], boot_lock: Path) -> None:
         self.settings = settings
         self.options = options
+        self.boot_lock = boot_lock
         super().__init__()
 
     def load_config(self) -> None:
@@ -111,23 +113,29 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn has no type inf
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        """Called in each worker, after the fork."""
+        """Called in each worker, after the fork, one worker at a time: building the app opens
+        the store, which (re)creates its tables and functions, and two workers doing that at
+        once fail on PostgreSQL ("tuple concurrently updated")."""
         from api.app import create_app  # in the worker only: nothing of it in the master
 
-        return create_app(self.settings)
+        with self.boot_lock.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return create_app(self.settings)
 
 
-def _share_metrics_between_workers() -> None:
-    """prometheus_client's multiprocess mode: each worker writes its counters into one directory
-    that /metrics adds up. It must be set before prometheus_client is first imported."""
+def _runtime_dir() -> Path:
+    """The server's directory, PROMETHEUS_MULTIPROC_DIR: there each worker writes its counters
+    and /metrics adds them up (prometheus_client's multiprocess mode, which must be set up
+    before prometheus_client is first imported); the workers' boot lock is there too."""
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
-        Path(given).mkdir(parents=True, exist_ok=True)
-        for stale in Path(given).glob("*.db"):  # counters of an earlier run
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):  # counters of an earlier run
             stale.unlink()
-        return
-    path = tempfile.mkdtemp(prefix="ledger-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        return path
+    path = Path(tempfile.mkdtemp(prefix="ledger-serve-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     master = os.getpid()
 
     def remove() -> None:
@@ -135,6 +143,7 @@ def _share_metrics_between_workers() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
     atexit.register(remove)
+    return path
 
 
 def _child_exit(server: Any, worker: Any) -> None:
