@@ -6,6 +6,7 @@ old ones keep answering, then switch over with one write (`tl:gen`). A missing `
 (16 for a UUID, 32 for a SHA-256) to keep an active token under 300 bytes of Redis.
 
     tl:gen                 current generation            tl:building   generation being rebuilt
+                                                         tl:claim      nonce of the rebuild
     tl:<g>:pos             last event position applied    tl:used       zset sha -> lastUsed ms,
     tl:<g>:w:<workspace>   hash en, mg, v                               not yet made durable
     tl:<g>:p:<person>      hash u, w, r, g, d, v
@@ -20,6 +21,7 @@ the same changes in any interleaving (docs/ARCHITECTURE.md, "Read models in Redi
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -172,12 +174,23 @@ redis.call('DEL', KEYS[1])
 return used
 """
 
-# The end of a rebuild: its generation goes live, unless another rebuild took over.
+# The start of a rebuild: claim it for a while, with a nonce that says which rebuild holds it.
+_BEGIN = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[3])
+return 1
+"""
+
+# The end of a rebuild: its generation goes live, unless another rebuild took over. The nonce
+# matters after a flush, which restarts generation numbers: a rebuild from before it may hold
+# the number of one started since, and must not make that one live half-built.
 _SWITCH = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  return -1
+end
 local old = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 return old or 0
 """
 
@@ -208,7 +221,9 @@ class ReadModel:
         self._verify = redis.register_script(_VERIFY)
         self._list = redis.register_script(_LIST)
         self._drain_usage = redis.register_script(_DRAIN_USAGE)
+        self._begin = redis.register_script(_BEGIN)
         self._switch = redis.register_script(_SWITCH)
+        self._claims: dict[int, str] = {}  # generation -> nonce, for the rebuilds begun here
 
     # Queries
 
@@ -320,8 +335,16 @@ class ReadModel:
     def begin_rebuild(self) -> int | None:
         """Claim the rebuild and a fresh generation; None when another rebuild is running."""
         generation = int(self.redis.incr(PREFIX + "generations"))
-        claimed = self.redis.set(PREFIX + "building", generation, nx=True, ex=BUILDING_TTL_SECONDS)
-        return generation if claimed else None
+        nonce = secrets.token_hex(8)
+        claimed = self._begin(
+            keys=[PREFIX + "building", PREFIX + "claim"],
+            args=[generation, BUILDING_TTL_SECONDS, nonce],
+            client=self.redis,
+        )
+        if not claimed:
+            return None
+        self._claims[generation] = nonce
+        return generation
 
     def keep_building(self, generation: int) -> None:
         self.redis.set(PREFIX + "building", generation, ex=BUILDING_TTL_SECONDS)
@@ -331,7 +354,9 @@ class ReadModel:
         and any left behind by a rebuild that died. Newer ones may belong to a rebuild that
         started since, so they stay."""
         old = self._switch(
-            keys=[PREFIX + "gen", PREFIX + "building"], args=[generation], client=self.redis
+            keys=[PREFIX + "gen", PREFIX + "building", PREFIX + "claim"],
+            args=[generation, self._claims.pop(generation, "")],
+            client=self.redis,
         )
         if old == -1:
             return False
