@@ -1257,3 +1257,45 @@ def test_the_domain_topics_are_all_known_to_the_projection():
     defined = {topic for topic in defined if topic.endswith(".v1")}
     assert len(defined) == 12
     assert defined - known == ignored
+
+
+def test_a_rebuild_from_before_a_flush_cannot_go_live_with_a_gap(live):
+    """Rebuild A is under way when Redis is flushed; rebuild B starts on the empty Redis and is
+    handed the same generation number (the counter went with the flush). A must not carry on
+    into B's keys and make them live before B has replayed what the flush took."""
+    world = live.world()
+    admin = world.as_(world.admin_id)
+    early, early_info = world.issue()  # issued before A's first batch ends ...
+    for _ in range(4):
+        world.issue()
+    live.ledger.delete_token(admin, early_info["token_id"])  # ... deleted among A's first
+    kept, _ = world.issue()
+    live.redis.flushall()
+    events = live.events()
+    issued_at, deleted_at = (
+        n for n, e in enumerate(events, start=1) if e.originator_id == early_info["token_id"]
+    )
+    b_events = events[:issued_at]  # B gets as far as early's Issued, not its Deleted
+    a = Projector(live.ledger, live.read_model, batch_size=3)
+    steps = []
+
+    def flush_then_b_begins(position: int, head: int) -> None:
+        if steps or position < deleted_at:
+            return
+        steps.append(position)  # A has applied the deletion; now Redis is flushed
+        live.redis.flushall()
+        other_process = ReadModel(live.redis, "tlk")
+        b = other_process.begin_rebuild()  # B claims, and gets A's number
+        assert b is not None
+        other_process.apply_events(b_events, len(b_events), b)  # B's first batch; B is slow
+
+    assert a.rebuild(progress=flush_then_b_begins) is None  # A did not go live
+    assert steps
+    # Whatever A did, no answer may be wrong: not ready is fine, a deleted token valid is not.
+    assert live.status(early) in ("not ready", "refused")
+    assert live.status(kept) in ("not ready", "valid")
+    # B, say, dies; once its claim runs out the projector rebuilds, and all is right.
+    live.redis.delete("tl:building")
+    live.projector.run_once()
+    assert (live.status(early), live.status(kept)) == ("refused", "valid")
+    assert generations(live.redis) == {str(live.read_model.generation()).encode()}
