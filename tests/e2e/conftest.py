@@ -37,7 +37,8 @@ FAST_ARGON2 = {
     "LEDGER_ARGON2_MEMORY_KIB": "8",
     "LEDGER_ARGON2_PARALLELISM": "1",
 }
-SECRETS: set[str] = {ADMIN_PASSWORD}
+AUDIT_KEY = "e2e audit key, signs the trail's checkpoints"
+SECRETS: set[str] = {ADMIN_PASSWORD, AUDIT_KEY}
 
 
 def remember(*secrets: str) -> None:
@@ -106,6 +107,7 @@ def e2e_env(postgres_url: str, redis_server: RedisServer) -> dict[str, str]:  # 
         LEDGER_DATABASE_URL=postgres_url,
         LEDGER_REDIS_URL=redis_server.url,
         LEDGER_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        LEDGER_AUDIT_KEY=AUDIT_KEY,
         LEDGER_TRUSTED_PROXIES="127.0.0.1",
     )
 
