@@ -34,7 +34,7 @@ def caller() -> AuditContext:
     return context
 
 
-def principal() -> Principal | None:
+def bearer_principal() -> Principal | None:
     """The verified token's principal when the caller used Bearer: who they are, from Redis."""
     found: Principal | None = g.get("principal")
     return found

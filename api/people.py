@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from api.auth import authenticate, caller, principal
+from api.auth import authenticate, bearer_principal, caller
 from api.context import services
 from api.http import Blueprint
 from api.schemas import (
@@ -26,7 +26,7 @@ blp.before_request(authenticate)
 @blp.response(200, CurrentPersonSchema)
 def current_person() -> dict[str, Any]:
     """The caller, and how they authenticated (with the token's id for Bearer)."""
-    context, verified = caller(), principal()
+    context, verified = caller(), bearer_principal()
     if verified is not None:  # Bearer: the read model already said who this is
         return {
             "id": verified.person_id,
