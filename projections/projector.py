@@ -192,5 +192,11 @@ class _Listener:
             pass
 
     def close(self) -> None:
+        if self._conn is not None:
+            # The connection goes back to the store's pool, where nothing reads notifications:
+            # still listening, it would collect one for every event written, unread, until the
+            # pool retires it (an hour), and after a few renewals every pooled one would.
+            with contextlib.suppress(Exception):
+                self._conn.execute("UNLISTEN *")
         self._held.close()
         self._conn = None
