@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -28,6 +28,7 @@ import redis
 from ledger.application import Ledger
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, MEMBER, AuditContext, TokenAlreadyDeleted
+from projections import projector as projector_module
 from projections.projector import Projector
 from projections.wiring import Services, build_services
 from tests.conftest import FAST_ARGON2, PASSWORD, make_ledger
@@ -51,6 +52,7 @@ KILLED_AFTER_K_EVENTS = """
 import os, signal, sys
 from ledger.config import Settings
 from projections import readmodel
+from projections import projector as projector_module
 from projections.projector import Projector
 from projections.wiring import build_services
 
@@ -661,3 +663,49 @@ def status_row(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
     header = [cell.strip() for cell in lines[0].replace("┃", "│").split("│")[1:-1]]
     row = [cell.strip() for cell in lines[1].split("│")[1:-1]]
     return dict(zip(header, row, strict=True))
+
+
+# LISTEN on PostgreSQL.
+
+
+def test_on_postgres_the_projector_wakes_on_notify_and_leaves_no_connection_listening(
+    postgres_url, redis_urls, passwords, monkeypatch
+):
+    url, _ = redis_urls
+    monkeypatch.setattr(projector_module, "LISTEN_RENEW_SECONDS", 0.3)  # renew often
+    writer = make_ledger(postgres_url, passwords)
+    scenario = Scenario(writer)
+    with services(postgres_url, url) as api:
+        api.ledger.on_saved = None  # only the projector brings changes in
+        api.projector.run_once()
+        stop = threading.Event()
+        follower = threading.Thread(target=api.projector.run_forever, args=(stop, 30.0))
+        follower.start()
+        try:
+            for _ in range(4):
+                time.sleep(0.4)  # past a renewal
+                started = time.monotonic()
+                value = scenario.issue()
+                # Well before the 30 s poll: NOTIFY woke it.
+                assert wait_for(
+                    lambda value=value: status(api.read_model, value) == "valid", timeout=5
+                )
+                assert time.monotonic() - started < 5
+        finally:
+            stop.set()
+            scenario.issue()  # a NOTIFY, so that it sees `stop` now
+            follower.join(timeout=35)
+        assert not follower.is_alive()
+        # Every connection the pool holds is back as it was lent: listening to nothing.
+        datastore: Any = api.ledger.recorder.datastore  # type: ignore[attr-defined]
+        with ExitStack() as lent:
+            connections = [
+                lent.enter_context(datastore.get_connection())
+                for _ in range(datastore.pool.get_stats()["pool_size"])
+            ]
+            listening = [
+                row
+                for conn in connections
+                for row in conn.execute("SELECT pg_listening_channels()").fetchall()
+            ]
+        assert listening == []
