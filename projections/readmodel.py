@@ -181,6 +181,13 @@ redis.call('SET', KEYS[2], ARGV[3])
 return 1
 """
 
+# A rebuild still under way renews its claim, as long as the claim is still its own.
+_RENEW = """
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
 # The end of a rebuild: its generation goes live, unless another rebuild took over. The nonce
 # matters after a flush, which restarts generation numbers: a rebuild from before it may hold
 # the number of one started since, and must not make that one live half-built.
@@ -222,6 +229,7 @@ class ReadModel:
         self._list = redis.register_script(_LIST)
         self._drain_usage = redis.register_script(_DRAIN_USAGE)
         self._begin = redis.register_script(_BEGIN)
+        self._renew = redis.register_script(_RENEW)
         self._switch = redis.register_script(_SWITCH)
         self._claims: dict[int, str] = {}  # generation -> nonce, for the rebuilds begun here
 
@@ -347,7 +355,12 @@ class ReadModel:
         return generation
 
     def keep_building(self, generation: int) -> None:
-        self.redis.set(PREFIX + "building", generation, ex=BUILDING_TTL_SECONDS)
+        """Renew the claim; not once it has run out and another rebuild has taken over."""
+        self._renew(
+            keys=[PREFIX + "building", PREFIX + "claim"],
+            args=[generation, BUILDING_TTL_SECONDS, self._claims.get(generation, "")],
+            client=self.redis,
+        )
 
     def finish_rebuild(self, generation: int) -> bool:
         """Make `generation` live in one write, then drop every older one: the one it replaces
