@@ -1299,3 +1299,33 @@ def test_a_rebuild_from_before_a_flush_cannot_go_live_with_a_gap(live):
     live.projector.run_once()
     assert (live.status(early), live.status(kept)) == ("refused", "valid")
     assert generations(live.redis) == {str(live.read_model.generation()).encode()}
+
+
+def test_a_rebuild_that_stalled_past_its_claim_leaves_the_rebuild_that_replaced_it_alone(
+    live, monkeypatch
+):
+    """Rebuild A stalls past BUILDING_TTL_SECONDS, so its claim runs out and rebuild B (another
+    process) claims a generation of its own. A then wakes up: B must still go live."""
+    world = live.world()
+    values = [world.issue()[0] for _ in range(6)]
+    live.redis.flushall()
+    other_process = ReadModel(live.redis, "tlk")
+    b = Projector(live.ledger, other_process, batch_size=2)
+    a_apply = live.read_model.apply_events
+    results: dict[str, int | None] = {}
+
+    def a_stalls_after_its_first_batch(*args: Any) -> bool:
+        written = a_apply(*args)
+        if "b" not in results:
+            live.redis.delete("tl:building")  # A's claim runs out while it stalls
+            results["b"] = b.rebuild()  # B claims, rebuilds and goes live meanwhile
+        return written
+
+    monkeypatch.setattr(live.read_model, "apply_events", a_stalls_after_its_first_batch)
+    a = Projector(live.ledger, live.read_model, batch_size=2)
+    results["a"] = a.rebuild()
+    assert results["b"] is not None  # B went live
+    assert results["a"] is None  # and A, which lost its claim, did not
+    assert live.redis.get("tl:building") is None
+    assert [live.status(v) for v in values] == ["valid"] * 6
+    assert generations(live.redis) == {str(live.read_model.generation()).encode()}
