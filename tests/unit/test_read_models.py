@@ -701,9 +701,9 @@ def test_any_interleaving_of_api_writes_with_the_projector_gives_the_same_keys(p
 # Malformed values cost no I/O; a well-formed one costs one round trip.
 
 
-def mutations(value: str) -> dict[str, str]:
+def mutations(value: str) -> dict[str, Secret]:
     body = value[len("tlk_") :]
-    return {
+    bad = {
         "empty": "",
         "other prefix": tokens.generate("ghp"),
         "no prefix": body,
@@ -717,6 +717,7 @@ def mutations(value: str) -> dict[str, str]:
         "a changed random part": value[:10] + ("a" if value[10] != "a" else "b") + value[11:],
         "a newline": value + "\n",
     }
+    return {why: Secret(candidate) for why, candidate in bad.items()}
 
 
 def test_malformed_values_are_refused_without_touching_redis(live):
@@ -725,7 +726,7 @@ def test_malformed_values_are_refused_without_touching_redis(live):
     assert live.status(value) == "valid"
     live.redis.refuse = True  # any command now fails the test
     for why, bad in mutations(value).items():
-        assert live.read_model.verify(Secret(bad)) is None, why
+        assert live.read_model.verify(bad) is None, why
     live.redis.refuse = False
 
 
@@ -763,7 +764,8 @@ def test_a_fresh_redis_is_not_ready_until_the_projector_builds_it(passwords):
     read_model = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
     assert not read_model.is_ready()
     assert status(read_model, value) == "not ready"
-    assert status(read_model, tokens.generate("tlk")) == "not ready"
+    unknown = Secret(tokens.generate("tlk"))
+    assert status(read_model, unknown) == "not ready"
     with pytest.raises(NotReady):
         read_model.list_tokens(admin_id, limit=10, offset=0)
     with pytest.raises(NotReady):
@@ -1219,10 +1221,11 @@ def test_build_services_wires_read_your_writes_and_the_shared_limiter(tmp_path):
         ledger = services.ledger
         workspace_id = ledger.create_workspace("acme", CLI)
         admin_id = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace_id)
-        value, info = ledger.issue_token(AuditContext("password", actor_id=admin_id))
-        assert status(services.read_model, Secret(value)) == "valid"
-        ledger.delete_token(CLI, info["token_id"])
-        assert status(services.read_model, Secret(value)) == "refused"
+        issued = ledger.issue_token(AuditContext("password", actor_id=admin_id))
+        value = Secret(issued.value)
+        assert status(services.read_model, value) == "valid"
+        ledger.delete_token(CLI, issued.info["token_id"])
+        assert status(services.read_model, value) == "refused"
 
 
 def test_embedded_mode_rebuilds_at_start_and_follows_other_writers(tmp_path, passwords):
@@ -1230,15 +1233,16 @@ def test_embedded_mode_rebuilds_at_start_and_follows_other_writers(tmp_path, pas
     writer = make_ledger(url, passwords)  # e.g. the CLI: writes to the store only
     workspace_id = writer.create_workspace("acme", CLI)
     admin_id = writer.add_person(CLI, "ada", PASSWORD, ADMIN, workspace_id)
-    before, _ = writer.issue_token(AuditContext("password", actor_id=admin_id))
+    before = Secret(writer.issue_token(AuditContext("password", actor_id=admin_id)).value)
     with embedded(tmp_path) as services:
         assert not services.read_model.is_ready()
         services.start_background()
-        assert status(services.read_model, Secret(before)) == "valid"
-        after, after_info = writer.issue_token(AuditContext("password", actor_id=admin_id))
-        assert wait_for(lambda: status(services.read_model, Secret(after)) == "valid")
-        writer.delete_token(CLI, after_info["token_id"])
-        assert wait_for(lambda: status(services.read_model, Secret(after)) == "refused")
+        assert status(services.read_model, before) == "valid"
+        issued = writer.issue_token(AuditContext("password", actor_id=admin_id))
+        after = Secret(issued.value)
+        assert wait_for(lambda: status(services.read_model, after) == "valid")
+        writer.delete_token(CLI, issued.info["token_id"])
+        assert wait_for(lambda: status(services.read_model, after) == "refused")
         # A second process in embedded mode has a Redis of its own: nothing is shared.
         with embedded(tmp_path) as other:
             assert not other.read_model.is_ready()
