@@ -517,9 +517,7 @@ def test_on_sqlite_without_a_key_the_cli_makes_a_key_file_beside_the_store(tmp_p
     assert run(url, "verify", key=None).returncode == 0
 
 
-def test_on_postgresql_without_a_key_the_cli_says_what_to_set(store_url):
-    if not store_url.startswith("postgresql"):
-        pytest.skip("SQLite has a key file")
-    result = run(store_url, "verify", key=None)
+def test_on_postgresql_without_a_key_the_cli_says_what_to_set(postgres_url):
+    result = run(postgres_url, "verify", key=None)
     assert result.returncode == 2
     assert "LEDGER_AUDIT_KEY" in result.stderr and result.stderr.count("\n") == 1
