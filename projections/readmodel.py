@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.utils import get_topic
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from ledger import tokens
 from ledger.domainmodel import ADMIN, Person, Token, UsageReport, Workspace, expiry
@@ -232,6 +234,7 @@ class ReadModel:
         self._renew = redis.register_script(_RENEW)
         self._switch = redis.register_script(_SWITCH)
         self._claims: dict[int, str] = {}  # generation -> nonce, for the rebuilds begun here
+        self._threads = threading.local()  # each thread's own connection for verify()
 
     # Queries
 
@@ -240,9 +243,7 @@ class ReadModel:
         if not tokens.is_well_formed(value, self.token_prefix):
             return None
         sha = hashlib.sha256(value.encode()).digest()
-        found = self._verify(
-            args=[PREFIX, sha, _now_ms(), LAST_USED_GRANULARITY_MS, ADMIN], client=self.redis
-        )
+        found = self._evalsha_verify(PREFIX, sha, _now_ms(), LAST_USED_GRANULARITY_MS, ADMIN)
         if found == -1:
             raise NotReady("The token read model is being rebuilt")
         if not found:
@@ -258,6 +259,27 @@ class ReadModel:
             issued_at=_from_ms(created),
             expires_at=_from_ms(expires) if expires else None,
         )
+
+    def _evalsha_verify(self, *args: Any) -> Any:
+        """The verify script on this thread's own connection, held for the thread's life.
+
+        Every API call comes here, and checking a connection out of redis-py's pool and back
+        costs as much CPU as the round trip itself. The pool still owns the connection (it is
+        checked out, never returned), so closing the client closes it; a broken one is dropped
+        and the next call reconnects, and a Redis that lost its scripts gets this one again.
+        """
+        conn: Any = getattr(self._threads, "conn", None)  # redis-py leaves it untyped
+        if conn is None:
+            conn = self._threads.conn = self.redis.connection_pool.get_connection()
+        try:
+            try:
+                conn.send_command("EVALSHA", self._verify.sha, 0, *args)
+                return conn.read_response()
+            except NoScriptError:  # Redis restarted or flushed its scripts: load it again
+                return self._verify(args=args, client=self.redis)
+        except Exception:
+            conn.disconnect()
+            raise
 
     def list_tokens(
         self, person_id: UUID, *, limit: int, offset: int, status: str | None = None

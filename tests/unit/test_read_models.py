@@ -56,18 +56,23 @@ CLI = AuditContext.cli()
 
 
 class CountingRedis(fakeredis.FakeRedis):
-    """Counts the commands sent; with `refuse` set, any command is a test failure."""
+    """Counts the commands its connections send (the verifier holds a connection of its own,
+    bypassing the client's methods); with `refuse` set, any command is a test failure."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.commands: list[str] = []
         self.refuse = False
+        client = self
 
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        if self.refuse:
-            raise AssertionError(f"unexpected Redis command {args[0]}")
-        self.commands.append(str(args[0]))
-        return super().execute_command(*args, **options)
+        class CountingConnection(self.connection_pool.connection_class):  # type: ignore[misc,name-defined]
+            def send_command(self, *args: Any, **options: Any) -> None:
+                if client.refuse:
+                    raise AssertionError(f"unexpected Redis command {args[0]}")
+                client.commands.append(str(args[0]))
+                super().send_command(*args, **options)
+
+        self.connection_pool.connection_class = CountingConnection
 
 
 class RedisClock:
@@ -739,6 +744,15 @@ def test_a_well_formed_value_costs_exactly_one_redis_command(live):
         live.redis.commands.clear()
         assert live.status(candidate) == expected
         assert live.redis.commands == ["EVALSHA"]
+
+
+def test_verification_survives_redis_losing_its_scripts(live):
+    world = live.world()
+    value, _ = world.issue()
+    assert live.status(value) == "valid"  # this thread now holds its connection
+    live.redis.script_flush()
+    assert live.status(value) == "valid"
+    assert live.status(Secret(tokens.generate("tlk"))) == "refused"
 
 
 def test_a_token_of_another_deployment_prefix_is_refused_without_io(passwords):
