@@ -4,7 +4,9 @@ is the ledger's (ledger/), reached through `Ledger` commands that take an `Audit
 from __future__ import annotations
 
 import atexit
+from functools import cache
 from time import perf_counter
+from typing import Any
 
 import flask_smorest
 from flask import Flask, Response, g, request
@@ -76,6 +78,12 @@ def _finish(response: Response) -> Response:
     # Label by route template, not path, so that ids and probes cannot explode the series.
     route = request.url_rule.rule if request.url_rule else "unmatched"
     method = request.method if request.method in KNOWN_METHODS else "other"
-    REQUESTS.labels(method, route, str(response.status_code)).inc()
-    LATENCY.labels(method, route).observe(perf_counter() - g.get("started", perf_counter()))
+    requests, latency = _request_metrics(method, route, response.status_code)
+    requests.inc()
+    latency.observe(perf_counter() - g.get("started", perf_counter()))
     return response
+
+
+@cache  # bounded: methods, route templates and statuses are few; labels() costs a lock each
+def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
+    return REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route)

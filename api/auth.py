@@ -9,6 +9,7 @@ import ipaddress
 from base64 import b64decode
 from dataclasses import replace
 from functools import cache
+from uuid import UUID
 
 from flask import g, request
 
@@ -53,8 +54,7 @@ def _from_credentials() -> AuditContext:
         if principal is None:
             raise AuthenticationFailed("The token is not valid")
         g.principal = principal
-        context = client_context("token")
-        return replace(context, actor_id=principal.person_id, token_id=principal.token_id)
+        return client_context("token", principal.person_id, principal.token_id)
     raise AuthenticationFailed("Authenticate with Basic (username and password) or a Bearer token")
 
 
@@ -69,12 +69,21 @@ def verify(value: str) -> Principal | None:
     return principal
 
 
-def client_context(method: AuthMethod) -> AuditContext:
+def client_context(
+    method: AuthMethod, actor_id: UUID | None = None, token_id: UUID | None = None
+) -> AuditContext:
     user_agent = request.headers.get("User-Agent")
-    if user_agent is not None:
+    if user_agent is not None and not (
+        user_agent.isprintable() and len(user_agent) <= USER_AGENT_MAX_LENGTH
+    ):
         user_agent = "".join(c for c in user_agent if c.isprintable())[:USER_AGENT_MAX_LENGTH]
     return AuditContext(
-        method=method, ip=client_ip(), user_agent=user_agent, request_id=request_id()
+        method=method,
+        actor_id=actor_id,
+        token_id=token_id,
+        ip=client_ip(),
+        user_agent=user_agent,
+        request_id=request_id(),
     )
 
 
@@ -83,7 +92,7 @@ def client_ip() -> str | None:
     in X-Forwarded-For (read right to left: entries left of it could be made up by anyone)."""
     peer = request.remote_addr
     trusted = trusted_networks(services().settings.trusted_proxies)
-    if peer is None or not _within(peer, trusted):
+    if peer is None or not trusted or not _within(peer, trusted):
         return peer
     forwarded = ",".join(request.headers.getlist("X-Forwarded-For"))
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]

@@ -20,8 +20,8 @@ def services() -> Services:
 
 def request_id() -> str:
     """The client's X-Request-Id when it is sane, otherwise one of our own; fixed per request."""
-    if "request_id" not in g:
+    found: str | None = g.get("request_id")
+    if found is None:
         given = request.headers.get("X-Request-Id", "")
-        g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
-    found: str = g.request_id
+        found = g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
     return found

@@ -22,13 +22,13 @@ CURL_DEFAULT = "application/x-www-form-urlencoded"
 
 def check_body() -> None:
     """Before anything reads it: refuse a body that is too big or not JSON."""
-    if (request.content_length or 0) > MAX_BODY_BYTES:
+    length = request.content_length
+    if (length or 0) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge(f"The request body must be at most {MAX_BODY_BYTES} bytes")
-    has_body = bool(request.content_length) or "chunked" in request.headers.get(
-        "Transfer-Encoding", ""
-    )
+    if not length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
+        return  # no body: most requests, and all GETs
     mimetype = request.mimetype
-    if has_body and mimetype and not _readable_as_json(mimetype):
+    if mimetype and not _readable_as_json(mimetype):
         raise UnsupportedMediaType(f"Send JSON as application/json, not {mimetype}")
 
 
