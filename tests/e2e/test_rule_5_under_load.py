@@ -1,0 +1,74 @@
+"""Rule 5 under load (issue 6): while both workers are kept busy verifying other tokens, a token
+works on every worker the moment its create call returns, and is refused on every worker the
+moment its delete call, or its owner's disabling, returns. Optimisations of the verification
+path must never trade this away."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+
+from tests.e2e.conftest import ADMIN, PASSWORD, Http
+
+LOAD_CLIENTS = 6  # keep-alive connections, spread over both workers
+ROUNDS = 8
+
+
+@contextmanager
+def busy(http: Http, token: str) -> Iterator[Counter[int]]:
+    """Clients that verify `token` over and over until the block ends; what they got."""
+    stop = threading.Event()
+    answers: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def client() -> None:
+        with requests.Session() as session:
+            session.headers["Authorization"] = f"Bearer {token}"
+            while not stop.is_set():
+                status = session.get(http.url + "/v4/people/current", timeout=30).status_code
+                with lock:
+                    answers[status] += 1
+
+    clients = [threading.Thread(target=client) for _ in range(LOAD_CLIENTS)]
+    for thread in clients:
+        thread.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+
+
+def test_tokens_are_revoked_the_moment_the_delete_returns_under_load(http: Http) -> None:
+    background, _ = http.issue(ADMIN)
+    with busy(http, background) as answers:
+        for _ in range(ROUNDS):
+            value, info = http.issue(ADMIN)
+            assert http.statuses(value, times=8) == {200}
+            deleted = http("DELETE", f"/v4/apiAccessTokens/{info['tokenId']}", ADMIN)
+            assert deleted.status_code == 204
+            assert http.statuses(value, times=8) == {401}
+    assert set(answers) == {200}, answers
+    assert answers[200] > LOAD_CLIENTS * ROUNDS  # the load was real, throughout
+
+
+def test_a_disabled_person_is_refused_the_moment_the_change_returns_under_load(
+    http: Http,
+) -> None:
+    background, _ = http.issue(ADMIN)
+    username, person_id = http.person(canGenerateTokens=True)
+    value, _ = http.issue((username, PASSWORD))
+    with busy(http, background) as answers:
+        for _ in range(ROUNDS):
+            for disabled, expected in ((True, 401), (False, 200)):
+                changed = http(
+                    "PATCH", f"/v4/people/{person_id}", ADMIN, json={"disabled": disabled}
+                )
+                assert changed.status_code == 200
+                assert http.statuses(value, times=8) == {expected}
+    assert set(answers) == {200}, answers
