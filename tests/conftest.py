@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import os
+from collections.abc import Iterable, Iterator
 
 import pytest
 
+from ledger import tokens
 from ledger.application import Ledger
 from ledger.config import Argon2Parameters, database_env
 from ledger.domainmodel import ADMIN, MEMBER, AuditContext
@@ -15,6 +18,48 @@ from ledger.passwords import Passwords
 FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_kib=8, parallelism=1)
 PASSWORD = "correct horse battery staple"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Every token value generated and every password hashed in this test process (see below).
+SECRETS_MADE: set[str] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def record_secrets() -> Iterator[set[str]]:
+    """Record every token value and password that this process's ledgers make or hash, so
+    that the at-rest checks look for all of them, not only those a test remembered to list."""
+    generate, hash_ = tokens.generate, Passwords.hash
+
+    def recorded_generate(prefix: str) -> str:
+        value = generate(prefix)
+        SECRETS_MADE.add(value)
+        return value
+
+    def recorded_hash(self: Passwords, password: str) -> str:
+        SECRETS_MADE.add(password)
+        return hash_(self, password)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokens, "generate", recorded_generate)
+        patch.setattr(Passwords, "hash", recorded_hash)
+        yield SECRETS_MADE
+
+
+def encoded_forms(text: str) -> list[bytes]:
+    """`text` as a store, a dump or a log may hold it: plain UTF-8, hex (pg_dump writes bytea
+    so), and base64 at each of the three alignments it can have inside a longer base64 run."""
+    raw = text.encode()
+    forms = [raw, raw.hex().encode(), raw.hex().upper().encode()]
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw)
+        # Only the characters that depend on `raw` alone, whatever surrounds it.
+        start = -(-shift * 4 // 3)
+        end = (shift + len(raw)) * 8 // 6
+        forms.append(encoded[start:end])
+    return forms
+
+
+def found_in(blob: bytes, texts: Iterable[str]) -> list[str]:
+    """Those of `texts` that `blob` holds in any of their encoded forms."""
+    return [text for text in texts if any(form in blob for form in encoded_forms(text))]
 
 
 @pytest.fixture(scope="session")
