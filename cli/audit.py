@@ -1,4 +1,4 @@
-"""`ledger audit list|export|verify|resign`: the audit trail, for operators.
+"""`ledger audit list|export|verify|resign|adopt`: the audit trail, for operators.
 
 Each command first catches the trail up with the event store, so it works without a running
 projector.
@@ -6,7 +6,9 @@ projector.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from cli.main import Env
-from ledger.audit import EVENT_TYPES, AuditFilter, AuditTrail
+from ledger.audit import EVENT_TYPES, AuditFilter, AuditTrail, AuditTrailRefused
 
 CATCH_UP_BATCH = 5000
 
@@ -32,14 +34,19 @@ audit: click.Group = click.Group(
 )
 
 
-def _trail(env: Env) -> AuditTrail:
+def _trail(env: Env, *, adopt: bool = False) -> AuditTrail:
     trail = AuditTrail.from_settings(env.ledger, env.settings)
+    _catch_up(env, trail, adopt=adopt)
+    return trail
+
+
+def _catch_up(env: Env, trail: AuditTrail, *, adopt: bool = False) -> None:
+    """AuditTrailRefused (one line) when the trail looks wiped, unless `adopt`."""
     pending = (env.ledger.recorder.max_notification_id() or 0) - trail.store.head().position
     with _progress() as progress:
         task = progress.add_task("Catching up", total=max(pending, 0))
-        while done := trail.catch_up(CATCH_UP_BATCH):
+        while done := trail.catch_up(CATCH_UP_BATCH, adopt=adopt):
             progress.advance(task, done)
-    return trail
 
 
 def _progress() -> Progress:
@@ -215,23 +222,42 @@ def _write(chunks: Iterator[str], file: TextIO) -> None:
         file.write(chunk)
 
 
+def _anchor(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    match = re.fullmatch(r"(\d+):([0-9a-f]{64})", value.strip().lower())
+    if match is None:
+        raise click.BadParameter("expected POSITION:HASH, the Anchor line of an earlier verify")
+    return int(match[1]), match[2]
+
+
 @audit.command("verify")
+@click.option(
+    "--expect-head",
+    "expect_head",
+    metavar="POSITION:HASH",
+    callback=_anchor,
+    help="An earlier verify's Anchor, kept outside the database: the chain must still hold it.",
+)
 @click.pass_obj
-def audit_verify(env: Env) -> None:
+def audit_verify(env: Env, expect_head: tuple[int, str] | None) -> None:
     """Check the hash chain and the signed checkpoints against the stored events.
 
-    Exits 1 when an event row was edited, deleted, inserted or reordered, or a checkpoint's
-    signature is wrong.
+    Exits 1 when an event row was edited, deleted, inserted or reordered, a checkpoint is
+    missing or its signature is wrong, the trail looks wiped, or the anchor does not match.
     """
-    trail = _trail(env)
+    trail = AuditTrail.from_settings(env.ledger, env.settings)
+    with contextlib.suppress(AuditTrailRefused):  # the report says why
+        _catch_up(env, trail)
     with Console(stderr=True).status("Verifying"):
-        report = trail.verify()
+        report = trail.verify(expect_head)
     table = Table(show_header=False, title="Audit trail verification")
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # a hash is compared whole, never shortened
     table.add_row("Result", "[green]ok[/]" if report["ok"] else "[red]FAILED[/]")
     table.add_row("Events checked", str(report["eventsChecked"]))
     table.add_row("Head hash", report["headHash"])
+    table.add_row("Anchor", f"{report['headPosition']}:{report['headHash']}")
     table.add_row("Last signed checkpoint", str(report["lastCheckpointPosition"] or "none yet"))
     if not report["ok"]:
         table.add_row("Problem", report["problem"])
@@ -253,3 +279,16 @@ def audit_resign(env: Env) -> None:
     trail = _trail(env)
     count = trail.resign()
     click.echo(f"Re-signed {count} checkpoints with key {trail.keyring.current_id}")
+
+
+@audit.command("adopt")
+@click.pass_obj
+def audit_adopt(env: Env) -> None:
+    """Chain and sign the events already stored into an empty trail.
+
+    For a store whose trail never ran, or, after an investigation, one whose audit tables were
+    wiped: catch-up refuses to do this on its own, since it signs the events as they are now.
+    """
+    trail = _trail(env, adopt=True)
+    head = trail.store.head()
+    click.echo(f"The audit trail holds {head.events} events, up to position {head.position}")

@@ -50,12 +50,17 @@ __all__ = [
     "PROBLEMS",
     "AuditFilter",
     "AuditTrail",
+    "AuditTrailBehind",
+    "AuditTrailRefused",
     "AuditVerificationFailed",
     "event_type",
 ]
 
 CHECKPOINT_EVERY = 1000  # events
 CHECKPOINT_SECONDS = 60.0
+# An empty trail starts chaining on its own only over events this recent: older ones mean its
+# tables were wiped (or it never ran on this store), and `adopt` is an operator's decision.
+GENESIS_GRACE = timedelta(hours=1)
 BATCH = 500  # events per catch-up transaction; short, because SQLite writers wait for it
 READ_BATCH = 2000
 MAX_LIMIT = 1000
@@ -91,6 +96,14 @@ EVENT_TYPES = tuple(event_type(t) for t in LISTED_TOPICS)
 
 class AuditVerificationFailed(LedgerError):
     pass
+
+
+class AuditTrailRefused(LedgerError):
+    """Catch-up will not chain from zero over a store whose trail looks wiped."""
+
+
+class AuditTrailBehind(LedgerError):
+    """The trail has not caught up with the store yet: a listing now would miss events."""
 
 
 @dataclass(frozen=True)
@@ -139,12 +152,20 @@ class AuditTrail:
 
     # Catching up
 
-    def catch_up(self, max_events: int = 10_000) -> int:
+    def catch_up(self, max_events: int = 10_000, *, adopt: bool = False) -> int:
         """Add the events stored since the last call; returns how many. Cheap when there are
-        none, safe to call from several processes at once, and exactly-once across crashes."""
+        none, safe to call from several processes at once, and exactly-once across crashes.
+
+        An empty trail over events that are not new raises AuditTrailRefused, unless `adopt`:
+        chaining them would sign whatever the store holds now (see `genesis_refusal`).
+        """
         processed = 0
         head = self.store.head()
         latest = self.ledger.recorder.max_notification_id() or 0
+        if head.position == 0 and latest and not adopt:
+            refusal = self.genesis_refusal(head)
+            if refusal is not None:
+                raise AuditTrailRefused(refusal[1])
         horizon = self.store.horizon() if latest > head.position else head.position
         while head.position < horizon and processed < max_events:
             notifications = self.ledger.recorder.select_notifications(
@@ -168,6 +189,39 @@ class AuditTrail:
                 self._checkpoint(batch)
                 self._commit(head, batch)
         return processed
+
+    def catch_up_for_reading(self, max_events: int) -> None:
+        """A bounded catch-up before a read; AuditTrailBehind when the trail still misses events
+        stored before the call (a backlog the projector is working through), so that a read is
+        never silently incomplete and never does unbounded work."""
+        stored = self.ledger.recorder.max_notification_id() or 0
+        self.catch_up(max_events)
+        if self.store.head().position < stored:
+            raise AuditTrailBehind("the audit trail is still catching up; try again shortly")
+
+    def genesis_refusal(self, head: Head) -> tuple[int, str] | None:
+        """Why an empty chain must not start over the stored events (the first one's position
+        and the reason), or None. Signed checkpoints with no chain, or a first event older
+        than GENESIS_GRACE, mean the trail's tables were emptied: chaining again from zero
+        would sign whatever history the store holds now."""
+        if head.position:
+            return None
+        first = self.ledger.recorder.select_notifications(None, 1, inclusive_of_start=False)
+        if not first:
+            return None
+        if self.store.checkpoints(-(2**63), 1):
+            return first[0].id, (
+                "the audit trail has signed checkpoints but no chain: its tables were emptied"
+            )
+        event: Any = self.ledger.mapper.to_domain_event(first[0])
+        since: datetime = event.timestamp
+        if self.clock() - since <= GENESIS_GRACE:
+            return None
+        return first[0].id, (
+            f"the event store holds events since {_iso(since)} but the audit trail has none "
+            "chained: its tables were wiped, or it never ran on this store. Investigate, then "
+            "`ledger audit adopt` chains the events as they are now"
+        )
 
     def _commit(self, head: Head, batch: _Batch) -> bool:
         return self.store.append(
@@ -411,14 +465,27 @@ class AuditTrail:
 
     # Tamper evidence
 
-    def verify(self) -> dict[str, Any]:
-        """Recompute the chain from the stored event rows and check every signed checkpoint.
+    def verify(self, expect_head: tuple[int, str] | None = None) -> dict[str, Any]:
+        """Recompute the chain from the stored event rows and check every signed checkpoint,
+        their density, and `expect_head` (position, chain hash hex) if given: an anchor kept
+        outside the database, such as an earlier report's headPosition and headHash.
 
-        Returns `{ok, eventsChecked, headHash, firstBadPosition, problem, detail,
+        Returns `{ok, eventsChecked, headPosition, headHash, firstBadPosition, problem, detail,
         lastCheckpointPosition}`; `problem` is one of PROBLEMS or None. Covers the events the
         trail has caught up with: call `catch_up` first to include the newest.
         """
-        return Verifier(self.store, self.ledger.recorder, self.keyring).run().as_dict()
+        return (
+            Verifier(
+                self.store,
+                self.ledger.recorder,
+                self.keyring,
+                self.checkpoint_every,
+                unchained=self.genesis_refusal(self.store.head()),
+                expect_head=expect_head,
+            )
+            .run()
+            .as_dict()
+        )
 
     def resign(self) -> int:
         """Sign every checkpoint again with the current key (key rotation); returns how many.

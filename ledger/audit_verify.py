@@ -3,6 +3,11 @@ the chain the trail recorded and against its signed checkpoints.
 
 Reading goes position by position through two sorted streams, the event store's rows and the
 chain's links, in constant memory; the first discrepancy is reported and ends the check.
+
+Besides the chain itself it checks that the signed checkpoints are as dense as catch-up makes
+them (one at least every N events, so a deleted checkpoint leaves a gap), that a trail with no
+chain is not hiding a wiped one, and, when the operator gives one, an anchor kept outside the
+database (a position and the chain hash there).
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ from ledger.audit_chain import (
 )
 from ledger.audit_store import AuditStore, ChainLink, Checkpoint
 
-PROBLEMS = ("edited", "deleted", "inserted", "reordered", "bad_signature")
+PROBLEMS = (
+    "edited",
+    "deleted",
+    "inserted",
+    "reordered",
+    "bad_signature",
+    "checkpoint_missing",
+    "unchained",
+    "anchor_mismatch",
+)
 READ_BATCH = 2000
 T = TypeVar("T")
 
@@ -32,6 +46,7 @@ T = TypeVar("T")
 class Report:
     ok: bool
     events_checked: int
+    head_position: int
     head_hash: str
     last_checkpoint_position: int | None
     first_bad_position: int | None = None
@@ -42,6 +57,7 @@ class Report:
         return {
             "ok": self.ok,
             "eventsChecked": self.events_checked,
+            "headPosition": self.head_position,
             "headHash": self.head_hash,
             "lastCheckpointPosition": self.last_checkpoint_position,
             "firstBadPosition": self.first_bad_position,
@@ -69,20 +85,37 @@ class Peek(Generic[T]):
 
 
 class Verifier:
-    def __init__(self, store: AuditStore, recorder: ApplicationRecorder, keyring: Keyring) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        recorder: ApplicationRecorder,
+        keyring: Keyring,
+        checkpoint_every: int,
+        *,
+        unchained: tuple[int, str] | None = None,
+        expect_head: tuple[int, str] | None = None,
+    ) -> None:
+        """`unchained`: the position and reason why an empty chain is suspect (see
+        `AuditTrail.genesis_refusal`); `expect_head`: an anchor, (position, chain hash hex)."""
         self.store = store
         self.recorder = recorder
         self.keyring = keyring
+        self.checkpoint_every = checkpoint_every
+        self.unchained = unchained
+        self.anchor = expect_head
         self.chain_hash = ZERO_HASH
         self.checked = 0
         self.last_position: int | None = None
         self.last_checkpoint: int | None = None
+        self.last_checkpoint_events = 0  # as signed
         self.segment_start: int | None = None  # the first position after the last checkpoint
 
     def run(self) -> Report:
         head = self.store.head()
         checkpoints = Peek(self._checkpoints())
         try:
+            if self.unchained is not None:
+                raise Found(self.unchained[0], "unchained", self.unchained[1])
             rows = Peek(self._rows(head.position))
             links = Peek(self._links(head.position))
             while rows.item is not None or links.item is not None:
@@ -99,7 +132,9 @@ class Verifier:
                 self._check_row(row, link, head.position)
                 rows.advance()
                 links.advance()
+                self._check_anchor(row.id)
                 self._check_checkpoints(checkpoints, row.id)
+                self._check_density(row.id)
             if head.position and self.last_position != head.position:
                 raise Found(
                     head.position,
@@ -108,17 +143,54 @@ class Verifier:
                     f"{self.last_position}: the last events are missing",
                 )
             self._check_checkpoints(checkpoints, None)
+            if self.anchor is not None:
+                position = self.anchor[0]
+                raise Found(
+                    position,
+                    "anchor_mismatch",
+                    f"the chain ends at position {self.last_position or 0}, before the "
+                    f"anchor's position {position}: the trail was cut back",
+                )
         except Found as found:
             return Report(
                 ok=False,
                 events_checked=self.checked,
+                head_position=self.last_position or 0,
                 head_hash=self.chain_hash.hex(),
                 last_checkpoint_position=self.last_checkpoint,
                 first_bad_position=found.position,
                 problem=found.problem,
                 detail=found.detail,
             )
-        return Report(True, self.checked, self.chain_hash.hex(), self.last_checkpoint)
+        return Report(
+            True, self.checked, self.last_position or 0, self.chain_hash.hex(), self.last_checkpoint
+        )
+
+    def _check_density(self, position: int) -> None:
+        # Catch-up signs as soon as N events follow the last checkpoint, in the transaction that
+        # chains the N-th: N unsigned events mean a signed checkpoint was removed. The counts
+        # compared are the signed ones, so rewriting `audit_head` does not help.
+        if self.checked - self.last_checkpoint_events >= self.checkpoint_every:
+            since = self.last_checkpoint or "the start"
+            raise Found(
+                position,
+                "checkpoint_missing",
+                f"no signed checkpoint at position {position}, {self.checkpoint_every} events "
+                f"after the last one (at {since}): checkpoints were deleted",
+            )
+
+    def _check_anchor(self, position: int) -> None:
+        if self.anchor is None or position < self.anchor[0]:
+            return
+        expected_position, expected_hash = self.anchor
+        self.anchor = None
+        if position != expected_position or self.chain_hash.hex() != expected_hash:
+            raise Found(
+                expected_position,
+                "anchor_mismatch",
+                f"the chain at position {expected_position} is not the one anchored: events "
+                f"up to it were changed and chained again",
+            )
 
     def _check_row(self, row: Notification, link: ChainLink, head: int) -> None:
         leaf = _leaf(row, row.id)
@@ -167,6 +239,7 @@ class Verifier:
                     f"from position {start} on were changed along with their chain records",
                 )
             self.last_checkpoint = cp.position
+            self.last_checkpoint_events = cp.events
             self.segment_start = None
             checkpoints.advance()
 

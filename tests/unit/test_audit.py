@@ -16,7 +16,15 @@ from uuid import UUID
 import pytest
 
 from ledger.application import Ledger
-from ledger.audit import EVENT_TYPES, AuditFilter, AuditTrail, event_type, keyring_from_settings
+from ledger.audit import (
+    EVENT_TYPES,
+    AuditFilter,
+    AuditTrail,
+    AuditTrailBehind,
+    AuditTrailRefused,
+    event_type,
+    keyring_from_settings,
+)
 from ledger.audit_chain import ZERO_HASH, Keyring, key_id, leaf_hash, load_key_file, next_chain_hash
 from ledger.audit_store import AuditStore
 from ledger.config import ConfigError, Settings
@@ -450,12 +458,92 @@ def test_verify_is_ok_on_an_untouched_trail_and_reports_its_head(world, trail):
     assert report == {
         "ok": True,
         "eventsChecked": 10,
+        "headPosition": 10,
         "headHash": trail.store.chain_hash_at(10),
         "lastCheckpointPosition": 10,
         "firstBadPosition": None,
         "problem": None,
         "detail": None,
     }
+
+
+def sql(trail: AuditTrail, statement: str, *params: object) -> None:
+    with trail.store.datastore.transaction(commit=True) as c:
+        c.execute(statement, params)
+
+
+@pytest.mark.parametrize("deleted, found_at", [((10,), 10), ((5,), 5), ((5, 10), 5)])
+def test_a_deleted_checkpoint_is_found_where_it_should_be(world, trail, deleted, found_at):
+    for _ in range(9):
+        world.ledger.issue_token(world.admin())
+    trail.catch_up()  # 12 events, checkpoints at 5 and 10
+    for position in deleted:
+        sql(trail, "DELETE FROM audit_checkpoints WHERE position = ?", position)
+    report = trail.verify()
+    assert (report["ok"], report["problem"], report["firstBadPosition"]) == (
+        False,
+        "checkpoint_missing",
+        found_at,
+    )
+
+
+def test_an_emptied_trail_over_old_events_is_refused_until_adopted(world, trail, clock):
+    clock.advance(hours=2)  # the store's first event is no longer new
+    with pytest.raises(AuditTrailRefused, match="ledger audit adopt"):
+        trail.catch_up()
+    assert trail.store.head().position == 0
+    report = trail.verify()
+    assert (report["ok"], report["problem"], report["firstBadPosition"]) == (
+        False,
+        "unchained",
+        1,
+    )
+    assert trail.catch_up(adopt=True) == 3
+    assert trail.catch_up() == 0
+    assert trail.verify()["ok"]
+
+
+def test_a_new_store_is_chained_without_adopting(world, trail, clock):
+    clock.advance(minutes=59)
+    assert trail.catch_up() == 3
+
+
+def test_signed_checkpoints_with_no_chain_are_refused_however_new_the_events(world, trail):
+    for _ in range(3):
+        world.ledger.issue_token(world.admin())
+    trail.catch_up()
+    sql(trail, "DELETE FROM audit_chain")
+    sql(trail, "UPDATE audit_head SET position = 0, events = 0")
+    with pytest.raises(AuditTrailRefused, match="signed checkpoints but no chain"):
+        trail.catch_up()
+    assert trail.verify()["problem"] == "unchained"
+
+
+def test_an_anchor_kept_outside_finds_history_chained_again(world, trail):
+    admin = world.admin()
+    for _ in range(3):
+        world.ledger.issue_token(admin)
+    trail.catch_up()
+    report = trail.verify()
+    anchor = (report["headPosition"], report["headHash"])
+    assert trail.verify(anchor)["ok"]
+    world.ledger.issue_token(admin)
+    trail.catch_up()
+    assert trail.verify(anchor)["ok"]  # the chain grew past the anchor: still holds it
+    wrong = (anchor[0], "0" * 64)
+    assert trail.verify(wrong)["problem"] == "anchor_mismatch"
+    beyond = trail.verify((100, anchor[1]))
+    assert (beyond["problem"], beyond["firstBadPosition"]) == ("anchor_mismatch", 100)
+
+
+def test_a_read_refuses_while_a_backlog_remains(world, trail):
+    for _ in range(3):
+        world.ledger.issue_token(world.admin())
+    with pytest.raises(AuditTrailBehind):
+        trail.catch_up_for_reading(2)
+    assert trail.store.head().position == 2
+    trail.catch_up_for_reading(100)
+    assert trail.store.head().position == 6
 
 
 def test_a_different_key_is_a_bad_signature_at_the_first_checkpoint(world, ledger, trail):
