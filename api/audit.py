@@ -1,11 +1,17 @@
 """`/v4/auditEvents`: a workspace's audit trail and its tamper-evidence check (admins).
 
-Each request first catches the trail up a little, so that an admin sees their own changes at
-once; the projector does the bulk of that work.
+The projector keeps the trail caught up. Each listing first catches up a little more, so that an
+admin sees their own change at once, and answers 503 rather than a partial listing while a
+backlog remains. The verification reads the whole deployment's chain, so each process runs one
+at a time and serves its report for VERIFICATION_CACHE_SECONDS.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, current_app
@@ -15,9 +21,10 @@ from api.auth import authenticate, caller
 from api.context import services
 from api.http import Blueprint
 from api.schemas import PAGE_LIMIT_MAX, QueryInteger, Schema, Timestamp
-from ledger.audit import EVENT_TYPES, PROBLEMS, AuditFilter, AuditTrail
+from ledger.audit import EVENT_TYPES, PROBLEMS, AuditFilter, AuditTrail, AuditTrailRefused
 
 CATCH_UP_PER_REQUEST = 2000
+VERIFICATION_CACHE_SECONDS = 30.0
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
 blp = Blueprint(
@@ -26,14 +33,26 @@ blp = Blueprint(
 blp.before_request(authenticate)
 
 
-def trail() -> AuditTrail:
-    """The process's audit trail, built on first use: only these endpoints need its key."""
-    extensions = current_app.extensions
-    if "audit" not in extensions:
-        found = services()
-        extensions["audit"] = AuditTrail.from_settings(found.ledger, found.settings)
-    audit: AuditTrail = extensions["audit"]
-    return audit
+class LastVerification:
+    """The process's last verification report and when it ran. Requests that arrive while one
+    runs wait for it rather than each reading every event again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._report: dict[str, Any] | None = None
+        self._ran_at = 0.0
+
+    def report(self, audit: AuditTrail) -> dict[str, Any]:
+        with self._lock:
+            if self._report is None or time.monotonic() - self._ran_at >= (
+                VERIFICATION_CACHE_SECONDS
+            ):
+                # A trail that refuses to chain is reported by verify() itself.
+                with contextlib.suppress(AuditTrailRefused):
+                    audit.catch_up(CATCH_UP_PER_REQUEST)
+                self._report = {**audit.verify(), "checkedAt": datetime.now(UTC)}
+                self._ran_at = time.monotonic()
+            return self._report
 
 
 class AuditQuerySchema(Schema):
@@ -106,13 +125,20 @@ class AuditEventListSchema(Schema):
 
 
 class VerificationSchema(Schema):
+    """Of the deployment's whole chain: counts, positions and hashes, never an event's contents."""
+
     ok = fields.Boolean(required=True)
     eventsChecked = fields.Integer(required=True)
+    headPosition = fields.Integer(required=True, metadata={"description": "the last chained"})
     headHash = fields.String(required=True, metadata={"description": "SHA-256, hex"})
     lastCheckpointPosition = fields.Integer(required=True, allow_none=True)
     firstBadPosition = fields.Integer(required=True, allow_none=True)
     problem = fields.String(required=True, allow_none=True, validate=validate.OneOf(PROBLEMS))
     detail = fields.String(required=True, allow_none=True)
+    checkedAt = Timestamp(
+        required=True,
+        metadata={"description": f"reports are reused for {VERIFICATION_CACHE_SECONDS:.0f} s"},
+    )
 
 
 @blp.route("", methods=["GET"])
@@ -122,9 +148,10 @@ class VerificationSchema(Schema):
 @blp.alt_response(200, schema={"type": "string"}, content_type="application/x-ndjson", success=True)
 def list_events(query: dict[str, Any]) -> dict[str, Any] | Response:
     """The workspace's events, newest first (admins). `format=csv|jsonl` streams them all."""
-    workspace_id = services().ledger.audit_workspace_id(caller())
-    audit = trail()
-    audit.catch_up(CATCH_UP_PER_REQUEST)
+    found = services()
+    workspace_id = found.ledger.audit_workspace_id(caller())
+    audit = found.audit
+    audit.catch_up_for_reading(CATCH_UP_PER_REQUEST)
     filters = AuditFilter(
         types=tuple(query.get("types", ())),
         actor_id=query.get("actor_id"),
@@ -152,8 +179,11 @@ def list_events(query: dict[str, Any]) -> dict[str, Any] | Response:
 @blp.response(200, VerificationSchema)
 def verification() -> dict[str, Any]:
     """Recompute the hash chain from the stored events and check the signed checkpoints
-    (admins). `ok: false` names the first bad position and what was done there."""
-    services().ledger.audit_workspace_id(caller())
-    audit = trail()
-    audit.catch_up(CATCH_UP_PER_REQUEST)
-    return audit.verify()
+    (admins). `ok: false` names the first bad position and what was done there. The chain is
+    the deployment's, so the report is too; it is at most VERIFICATION_CACHE_SECONDS old."""
+    found = services()
+    found.ledger.audit_workspace_id(caller())
+    last: LastVerification = current_app.extensions.setdefault(
+        "audit_verification", LastVerification()
+    )
+    return last.report(found.audit)

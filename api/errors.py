@@ -11,13 +11,14 @@ import logging
 from typing import Any
 
 import redis.exceptions
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import PersistenceError
 from flask import Flask, Response, jsonify
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from api.context import request_id
 from api.schemas import ErrorSchema
+from ledger.audit import AuditTrailBehind, AuditTrailRefused
 from ledger.domainmodel import (
     AuthenticationFailed,
     Conflict,
@@ -46,9 +47,10 @@ STATUS_BY_FAMILY: tuple[tuple[type[LedgerError], int], ...] = (
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
-    OperationalError,
-    InterfaceError,
+    PersistenceError,  # the event store's: connection lost, lock timeout, any database error
     NotReady,
+    AuditTrailBehind,
+    AuditTrailRefused,  # logged with its reason; an operator must act (ledger audit verify)
 )
 
 

@@ -9,7 +9,12 @@ import json
 import uuid
 
 import pytest
+from eventsourcing.persistence import DatabaseError
 
+import api.audit as endpoints
+from ledger.config import ConfigError, Settings
+from ledger.domainmodel import AuditContext
+from projections.wiring import build_services
 from tests.conftest import PASSWORD
 from tests.unit.conftest import assert_error, basic, bearer
 
@@ -175,11 +180,13 @@ def test_verification_reports_an_untouched_trail_as_ok(api):
     report = api.get("/v4/auditEvents/verification", basic("ada")).json
     assert report["ok"] is True
     assert report["eventsChecked"] == 3
+    assert report["headPosition"] == 3
     assert len(report["headHash"]) == 64
     assert report["problem"] is None and report["firstBadPosition"] is None
 
 
-def test_verification_finds_an_event_changed_in_the_store(api):
+def test_verification_finds_an_event_changed_in_the_store(api, monkeypatch):
+    monkeypatch.setattr(endpoints, "VERIFICATION_CACHE_SECONDS", 0)
     api.issue(basic("ada"), description="honest")
     assert api.get("/v4/auditEvents/verification", basic("ada")).json["ok"]
     stored = api.ledger.recorder._stored_events  # the in-memory store's rows
@@ -216,3 +223,70 @@ def test_the_openapi_document_describes_the_three_formats(api):
         "format",
     } <= names
     assert "/v4/auditEvents/verification" in spec["paths"]
+
+
+def test_a_verification_report_is_reused_for_a_while_and_holds_no_event_contents(api, monkeypatch):
+    other = api.ledger.create_workspace("secret-project-x", AuditContext.cli())
+    api.ledger.add_person(AuditContext.cli(), "olga-the-other", PASSWORD, "admin", other)
+    runs = []
+    verify = api.services.audit.verify
+    monkeypatch.setattr(api.services.audit, "verify", lambda: runs.append(1) or verify())
+    first = api.get("/v4/auditEvents/verification", basic("ada"))
+    second = api.get("/v4/auditEvents/verification", basic("ada"))
+    assert first.json == second.json
+    assert len(runs) == 1
+    assert set(first.json) == {
+        "ok",
+        "eventsChecked",
+        "headPosition",
+        "headHash",
+        "lastCheckpointPosition",
+        "firstBadPosition",
+        "problem",
+        "detail",
+        "checkedAt",
+    }
+    assert first.json["eventsChecked"] == 5  # the deployment's chain: counts, not contents
+    for text in ("secret-project-x", "olga-the-other", str(other)):
+        assert text not in first.get_data(as_text=True)
+    monkeypatch.setattr(endpoints, "VERIFICATION_CACHE_SECONDS", 0)
+    api.get("/v4/auditEvents/verification", basic("ada"))
+    assert len(runs) == 2
+
+
+def test_the_projector_chains_and_signs_the_trail_without_any_audit_read(api):
+    audit = api.services.audit
+    audit.checkpoint_every = 2
+    for _ in range(3):
+        api.issue(basic("ada"))
+    assert audit.store.head().position == 0
+    api.services.projector.run_once()
+    head = api.ledger.recorder.max_notification_id()
+    assert audit.store.head().position == head == 6
+    assert [c.position for c in audit.store.checkpoints(0, 10)] == [2, 4, 6]
+
+
+def test_a_listing_with_a_backlog_is_503_until_the_projector_catches_up(api, monkeypatch):
+    monkeypatch.setattr(endpoints, "CATCH_UP_PER_REQUEST", 1)
+    response = api.get("/v4/auditEvents", basic("ada"))
+    assert_error(response, 503, "ServiceUnavailable")
+    assert response.headers["Retry-After"]
+    api.services.projector.run_once()
+    assert events(api)["count"] == 3
+
+
+def test_a_database_error_is_503_with_retry_after(api, monkeypatch):
+    def broken(*args, **kwargs):
+        raise DatabaseError("the database said no")
+
+    monkeypatch.setattr(api.services.audit.store, "count", broken)
+    response = api.get("/v4/auditEvents", basic("ada"))
+    assert_error(response, 503, "ServiceUnavailable")
+    assert response.headers["Retry-After"]
+    assert "said no" not in response.get_data(as_text=True)
+
+
+def test_postgresql_without_an_audit_key_fails_when_the_services_are_built():
+    settings = Settings(database_url="postgresql://u@db.invalid/ledger")  # never connected to
+    with pytest.raises(ConfigError, match="LEDGER_AUDIT_KEY"):
+        build_services(settings)
