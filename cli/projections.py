@@ -32,8 +32,9 @@ def projector(env: Env, poll: float) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    services = env.services  # a missing audit key stops it here, before it claims to follow
     click.echo(f"projector following {env.settings.database_url.split('@')[-1]}", err=True)
-    env.services.projector.run_forever(stop, poll_seconds=poll)
+    services.projector.run_forever(stop, poll_seconds=poll)
 
 
 @click.group()

@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -29,7 +29,7 @@ import psycopg
 import pytest
 
 from ledger.application import Ledger
-from ledger.audit import AuditTrail
+from ledger.audit import AuditTrail, AuditTrailRefused
 from ledger.audit_chain import Keyring, leaf_hash, next_chain_hash
 from ledger.domainmodel import ADMIN, AuditContext, UsernameTaken
 from tests.conftest import PASSWORD, login, make_ledger, with_token
@@ -78,9 +78,10 @@ class RawStore:
             self.table, self.id, self.mark = self.schema + table, "notification_id", "%s"
 
     def sql(self, statement: str, *params: Any) -> list[Any]:
-        """`statement` names {table} (the events), {chain} (the audit's links) and {id}."""
+        """`statement` names {table} (the events), {chain} (the audit's links), {id}, and
+        {schema} to prefix the other audit tables with."""
         statement = statement.format(
-            table=self.table, chain=self.schema + "audit_chain", id=self.id
+            table=self.table, chain=self.schema + "audit_chain", id=self.id, schema=self.schema
         ).replace("?", self.mark)
         cursor = self.conn.execute(statement, params)
         return list(cursor.fetchall()) if cursor.description else []
@@ -239,6 +240,75 @@ def test_an_edit_covered_up_in_the_chain_records_is_caught_by_the_signed_checkpo
     assert (ok, problem) == (False, "edited")
     assert first_bad == positions[positions.index(segment_start) + 1]
     assert first_bad <= position
+
+
+def rechain_from(scenario: Scenario, position: int) -> None:
+    """Rewrite the chain records from `position` on to match the rows as they are now."""
+    positions = scenario.raw.positions()
+    previous = bytes.fromhex(
+        scenario.trail.store.chain_hash_at(positions[positions.index(position) - 1])
+    )
+    for p in positions[positions.index(position) :]:
+        leaf = leaf_hash(p, *scenario.raw.row(p))
+        previous = next_chain_hash(previous, leaf)
+        scenario.raw.sql(
+            "UPDATE {chain} SET leaf_hash = ?, chain_hash = ? WHERE position = ?",
+            leaf.hex(),
+            previous.hex(),
+            p,
+        )
+
+
+def test_an_edit_covered_up_by_deleting_the_checkpoints_after_it_is_found(scenario):
+    position = scenario.position_of("token 6")
+    oid, version, topic, state = scenario.raw.row(position)
+    scenario.raw.set_row(position, (oid, version, topic, state.replace(b"token 6", b"token X")))
+    rechain_from(scenario, position)
+    checkpoints = [c.position for c in scenario.trail.store.checkpoints(0, 100)]
+    scenario.raw.sql("DELETE FROM {schema}audit_checkpoints WHERE position >= ?", position)
+    scenario.trail.catch_up()  # what the next reader does: it must not make this good
+    first_missing = min(c for c in checkpoints if c >= position)
+    assert scenario.verify() == (False, "checkpoint_missing", first_missing)
+
+
+def test_wiped_audit_tables_are_not_chained_again_over_old_events(scenario):
+    before = scenario.trail.verify()
+    anchor = (before["headPosition"], before["headHash"])
+    for statement in (
+        "DELETE FROM {schema}audit_chain",
+        "DELETE FROM {schema}audit_checkpoints",
+        "DELETE FROM {schema}audit_events",
+        "DELETE FROM {schema}audit_people",
+        "DELETE FROM {schema}audit_tokens",
+    ):
+        scenario.raw.sql(statement)
+    scenario.raw.sql(
+        "UPDATE {schema}audit_head SET position = 0, events = 0, checkpoint_position = 0, "
+        "checkpoint_events = 0"
+    )
+    deleted = scenario.position_of("token 4")
+    scenario.raw.sql("DELETE FROM {table} WHERE {id} = ?", deleted)
+    # A process started two hours into the store's life, as the projector after the wipe.
+    later = AuditTrail(
+        scenario.ledger,
+        Keyring(KEY),
+        checkpoint_every=4,
+        clock=lambda: datetime.now(UTC) + timedelta(hours=2),
+    )
+    with pytest.raises(AuditTrailRefused, match="wiped"):
+        later.catch_up()
+    report = later.verify()
+    first = scenario.raw.positions()[0]
+    assert (report["ok"], report["problem"], report["firstBadPosition"]) == (
+        False,
+        "unchained",
+        first,
+    )
+    # An operator who adopts it anyway still finds the change with the anchor they kept.
+    assert later.catch_up(adopt=True) == 19
+    assert later.verify()["ok"]
+    mismatch = later.verify(anchor)
+    assert (mismatch["ok"], mismatch["problem"]) == (False, "anchor_mismatch")
 
 
 # Paging, exports, concurrency (on the shared test stores)
@@ -474,6 +544,41 @@ def test_audit_verify_exits_non_zero_when_the_store_was_tampered_with(cli_store)
     assert failed.returncode == 1
     assert "edited" in failed.stdout and str(position) in failed.stdout
     assert "Traceback" not in failed.stdout + failed.stderr
+
+
+def test_audit_verify_checks_the_anchor_of_an_earlier_run(cli_store):
+    url, _ = cli_store
+    ok = run(url, "verify")
+    anchor = next(line for line in ok.stdout.splitlines() if "Anchor" in line).split()[-2]
+    assert run(url, "verify", "--expect-head", anchor).returncode == 0
+    position = anchor.split(":")[0]
+    wrong = run(url, "verify", "--expect-head", f"{position}:{'0' * 64}")
+    assert wrong.returncode == 1
+    assert "anchor_mismatch" in wrong.stdout
+    malformed = run(url, "verify", "--expect-head", "nonsense")
+    assert malformed.returncode == 2
+    assert "POSITION:HASH" in malformed.stderr
+
+
+def test_audit_adopt_chains_a_store_whose_trail_never_ran(tmp_path, passwords):
+    url = f"sqlite:///{tmp_path}/ledger.sqlite"
+    ledger = make_ledger(url, passwords)
+    ledger.create_workspace("acme", AuditContext.cli())
+    ledger.close()
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as conn:  # made long ago, never audited
+        (state,) = conn.execute("SELECT state FROM stored_events").fetchone()
+        year = datetime.now(UTC).year
+        old = state.replace(str(year).encode(), str(year - 1).encode(), 1)
+        conn.execute("UPDATE stored_events SET state = ?", (old,))
+    listed = run(url, "list", "--workspace", "acme")
+    assert listed.returncode == 1
+    assert "ledger audit adopt" in listed.stderr and listed.stderr.count("\n") == 1
+    refused = run(url, "verify")
+    assert refused.returncode == 1 and "unchained" in refused.stdout
+    adopted = run(url, "adopt")
+    assert adopted.returncode == 0, adopted.stderr
+    assert "1 events" in adopted.stdout
+    assert run(url, "verify").returncode == 0
 
 
 def test_audit_verify_with_another_key_fails_and_resign_rotates(cli_store):

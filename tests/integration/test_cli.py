@@ -120,3 +120,13 @@ def test_every_command_has_help(command, tmp_path):
     result = run(f"sqlite:///{tmp_path}/x.sqlite", *command, "--help")
     assert result.returncode == 0
     assert "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["projector"], ["serve", "--port", "1"]])
+def test_postgresql_without_an_audit_key_stops_the_projector_and_server_at_start(
+    command, postgres_url, monkeypatch
+):
+    for name in ("LEDGER_AUDIT_KEY", "LEDGER_AUDIT_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LEDGER_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
+    assert_one_line_error(run(postgres_url, *command), 2, "LEDGER_AUDIT_KEY")
