@@ -1,19 +1,26 @@
 """The real server as a process: `ledger serve --workers 2` on PostgreSQL (a schema of the
 session's own) and a redis-server of the tests' own, with `ledger projector` beside it.
 
-Every token value and password the tests use is recorded in SECRETS, so that the last test can
-look for them in the database dump, in Redis and in the processes' logs.
+Every token value and password the tests use is recorded in SECRETS, and every Basic credential
+in BASIC_CREDENTIALS, so that the last test (test_secrets_at_rest.py, run last whatever the
+order of collection) can look for them in the database dump, in Redis and in the processes' logs.
+
+`http` is the tests' client: each request on a connection of its own (so that either worker may
+answer it), and every answer checked for what holds of all of them: an `X-Request-Id`, no 5xx but
+503, and a 503 always in the error shape with `Retry-After`.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +33,39 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures shared with in
     postgres_url,
     redis_server,
 )
+from tests.read_model_support import Secret
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 # The README's password for the first admin, so that its curl lines run here as written.
 README = (ROOT / "README.md").read_text()
-ADMIN_PASSWORD = re.search(r"LEDGER_ADMIN_PASSWORD='([^']+)'", README).group(1)  # type: ignore[union-attr]
+# Secrets are Secret strings, which never show in an assertion message.
+ADMIN_PASSWORD = Secret(re.search(r"LEDGER_ADMIN_PASSWORD='([^']+)'", README).group(1))  # type: ignore[union-attr]
 FAST_ARGON2 = {
     "LEDGER_ARGON2_TIME_COST": "1",
     "LEDGER_ARGON2_MEMORY_KIB": "8",
     "LEDGER_ARGON2_PARALLELISM": "1",
 }
 AUDIT_KEY = "e2e audit key, signs the trail's checkpoints"
-SECRETS: set[str] = {ADMIN_PASSWORD, AUDIT_KEY}
+SECRETS: set[str] = {ADMIN_PASSWORD, Secret(AUDIT_KEY)}
+BASIC_CREDENTIALS: set[str] = set()  # base64 of `username:password`, as an Authorization header
+PASSWORD = Secret("an e2e passphrase, long enough")  # every person the tests add has it
+ADMIN = ("admin", ADMIN_PASSWORD)  # the default workspace's first admin
+SECRETS.add(PASSWORD)
 
 
 def remember(*secrets: str) -> None:
-    SECRETS.update(secrets)
+    SECRETS.update(Secret(secret) for secret in secrets)
+
+
+def remember_login(username: str, password: str) -> None:
+    remember(password)
+    BASIC_CREDENTIALS.add(Secret(base64.b64encode(f"{username}:{password}".encode()).decode()))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The secrets check runs after every other test, so that it sees all they used."""
+    items.sort(key=lambda item: item.path.name == "test_secrets_at_rest.py")
 
 
 class Process:
@@ -133,6 +156,97 @@ def server(e2e_env: dict[str, str], logs: Path) -> Iterator[Server]:
     finally:
         served.stop()
         projector.stop()
+
+
+class Http:
+    """requests against a server, a new connection each time (so any worker may answer)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __call__(self, method: str, path: str, auth: Any = None, **kwargs: Any) -> Any:
+        if isinstance(auth, str):
+            kwargs.setdefault("headers", {})["Authorization"] = f"Bearer {auth}"
+            auth = None
+        elif auth is not None:
+            remember_login(*auth)
+        response = requests.request(method, self.url + path, auth=auth, timeout=30, **kwargs)
+        # 503 is a dependency being down (tested); any other 5xx is a bug.
+        assert response.status_code < 500 or response.status_code == 503, response.text
+        assert response.headers["X-Request-Id"]
+        if response.status_code == 503:
+            assert int(response.headers["Retry-After"]) > 0
+            assert error_name(response) == "ServiceUnavailable"
+        return response
+
+    def person(
+        self, role: str = "member", admin: tuple[str, str] = ADMIN, **grants: bool
+    ) -> tuple[str, str]:
+        """A new person in `admin`'s workspace, with PASSWORD: (username, person id)."""
+        username = f"e2e-{uuid.uuid4().hex[:10]}"
+        body = {"username": username, "password": PASSWORD, "role": role}
+        created = self("POST", "/v4/people", admin, json=body)
+        assert created.status_code == 201, created.text
+        if grants:
+            path = f"/v4/people/{created.json()['id']}"
+            assert self("PATCH", path, admin, json=grants).status_code == 200
+        return username, created.json()["id"]
+
+    def issue(self, auth: Any, **body: Any) -> tuple[str, dict[str, Any]]:
+        """A new token for `auth`: (its value, as a Secret; its tokenInfo)."""
+        response = self("POST", "/v4/apiAccessTokens", auth, json=body)
+        assert response.status_code == 201, response.text
+        value = Secret(response.json()["tokenValue"])
+        remember(value)
+        return value, response.json()["tokenInfo"]
+
+    def settings(self, admin: tuple[str, str], **changes: Any) -> dict[str, Any]:
+        response = self("PATCH", "/v4/workspaces/current/settings", admin, json=changes)
+        assert response.status_code == 200, response.text
+        settings: dict[str, Any] = response.json()
+        return settings
+
+    def introspect(self, auth: Any, token: str) -> Any:
+        return self("POST", "/v4/apiAccessTokens/introspect", auth, json={"token": token})
+
+    def status(self, token: str, path: str = "/v4/people/current") -> int:
+        """What a request with this Bearer token gets: 200, 401, 503..."""
+        code: int = self("GET", path, token).status_code
+        return code
+
+    def statuses(self, token: str, times: int = 30) -> set[int]:
+        """What `times` requests with this token get, each on a new connection, so that both
+        workers answer some of them."""
+        return {self.status(token) for _ in range(times)}
+
+
+def error_name(response: Any) -> str:
+    name: str = response.json()["exception"]["name"]
+    return name
+
+
+@pytest.fixture(scope="session")
+def http(server: Server) -> Http:
+    return Http(server.url)
+
+
+@pytest.fixture(scope="session")
+def new_workspace(e2e_env: dict[str, str]) -> Callable[[], tuple[str, str]]:
+    """Make a workspace of the test's own (so that its settings touch no other test), with an
+    admin added by the CLI; returns the admin's Basic credentials."""
+
+    def make() -> tuple[str, str]:
+        name = f"e2e-ws-{uuid.uuid4().hex[:8]}"
+        admin = f"{name}-admin"
+        ledger_cli(e2e_env, "workspaces", "create", name)
+        ledger_cli(
+            e2e_env,
+            *("users", "add", admin, "--workspace", name, "--admin", "--password-stdin"),
+            stdin=PASSWORD + "\n",
+        )
+        return admin, PASSWORD
+
+    return make
 
 
 def ledger_cli(env: dict[str, str], *args: str, stdin: str = "") -> str:

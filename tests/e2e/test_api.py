@@ -7,64 +7,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 import pytest
 import redis
-import requests
 
-from tests.e2e.conftest import ADMIN_PASSWORD, remember
+from ledger import tokens
+from tests.e2e.conftest import ADMIN, PASSWORD, error_name, remember
 from tests.e2e.readme import check_curl_flow
+from tests.read_model_support import Secret
 
 pytestmark = pytest.mark.e2e
-
-PASSWORD = "an e2e passphrase, long enough"
-ADMIN = ("admin", ADMIN_PASSWORD)
-remember(PASSWORD)
-
-
-class Http:
-    """requests against the server, a new connection each time (so any worker may answer)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def __call__(self, method: str, path: str, auth: Any = None, **kwargs: Any) -> Any:
-        if isinstance(auth, str):
-            kwargs.setdefault("headers", {})["Authorization"] = f"Bearer {auth}"
-            auth = None
-        response = requests.request(method, self.url + path, auth=auth, timeout=30, **kwargs)
-        # 503 is a dependency being down (tested below); any other 5xx is a bug.
-        assert response.status_code < 500 or response.status_code == 503, response.text
-        assert response.headers["X-Request-Id"]
-        return response
-
-    def person(self, role: str = "member", **grants: bool) -> tuple[str, str]:
-        """A new person in the default workspace: (username, person id)."""
-        username = f"e2e-{uuid.uuid4().hex[:10]}"
-        body = {"username": username, "password": PASSWORD, "role": role}
-        created = self("POST", "/v4/people", ADMIN, json=body)
-        assert created.status_code == 201, created.text
-        if grants:
-            path = f"/v4/people/{created.json()['id']}"
-            assert self("PATCH", path, ADMIN, json=grants).status_code == 200
-        return username, created.json()["id"]
-
-    def issue(self, auth: Any, **body: Any) -> tuple[str, dict[str, Any]]:
-        response = self("POST", "/v4/apiAccessTokens", auth, json=body)
-        assert response.status_code == 201, response.text
-        remember(response.json()["tokenValue"])
-        return response.json()["tokenValue"], response.json()["tokenInfo"]
-
-
-@pytest.fixture(scope="module")
-def http(server) -> Http:
-    return Http(server.url)
-
-
-def error_name(response: Any) -> str:
-    name: str = response.json()["exception"]["name"]
-    return name
 
 
 def test_the_readmes_curl_flow(server):
@@ -103,6 +55,119 @@ def test_tokens_issue_list_show_introspect_and_delete(http):
     assert http("GET", "/v4/apiAccessTokens", child).status_code == 401
 
 
+def test_listing_pages_by_limit_and_offset_and_admins_list_anyones_by_user_id(http):
+    username, person_id = http.person(canGenerateTokens=True)
+    me = (username, PASSWORD)
+    issued = [http.issue(me, description=f"t{i}")[1]["tokenId"] for i in range(3)]
+    newest_first = issued[::-1]
+    page = http("GET", "/v4/apiAccessTokens?limit=2&offset=1", me).json()
+    assert page["count"] == 3
+    assert [t["tokenId"] for t in page["data"]] == newest_first[1:3]
+    assert http("GET", "/v4/apiAccessTokens?offset=3", me).json() == {"data": [], "count": 3}
+    theirs = http("GET", f"/v4/apiAccessTokens?userId={person_id}", ADMIN).json()
+    assert [t["tokenId"] for t in theirs["data"]] == newest_first
+    assert {t["status"] for t in theirs["data"]} == {"active"}
+    mine = http("GET", "/v4/apiAccessTokens?status=active", ADMIN).json()["data"]
+    assert not set(issued) & {t["tokenId"] for t in mine}  # the admin's own, by default
+
+    _, other_id = http.person(canGenerateTokens=True)
+    refused = http("GET", f"/v4/apiAccessTokens?userId={other_id}", me)
+    assert refused.status_code == 403  # a member lists only their own
+    unknown = http("GET", f"/v4/apiAccessTokens?userId={uuid.uuid4()}", ADMIN)
+    assert unknown.status_code == 404
+
+
+def test_show_and_delete_are_for_the_owner_and_admins_rule_6(http):
+    owner, _ = http.person(canGenerateTokens=True)
+    stranger, _ = http.person(canGenerateTokens=True)
+    value, info = http.issue((owner, PASSWORD), description="owned")
+    path = f"/v4/apiAccessTokens/{info['tokenId']}"
+    assert http("GET", path, ADMIN).json()["description"] == "owned"
+    # Someone else's token, and one that does not exist, are both simply not found.
+    for foreign in [
+        http("GET", path, (stranger, PASSWORD)),
+        http("DELETE", path, (stranger, PASSWORD)),
+        http("GET", f"/v4/apiAccessTokens/{uuid.uuid4()}", ADMIN),
+        http("DELETE", f"/v4/apiAccessTokens/{uuid.uuid4()}", (owner, PASSWORD)),
+    ]:
+        assert foreign.status_code == 404, foreign.text
+        assert set(foreign.json()["exception"]) == {"name", "message", "details"}
+    assert http.status(value) == 200  # the stranger's attempt changed nothing
+
+    assert http("DELETE", path, ADMIN).status_code == 204  # an admin deletes anyone's
+    assert http.statuses(value) == {401}
+    for again in [http("DELETE", path, ADMIN), http("DELETE", path, (owner, PASSWORD))]:
+        assert again.status_code == 410, again.text
+    listed = http("GET", "/v4/apiAccessTokens", (owner, PASSWORD)).json()
+    assert listed == {"data": [], "count": 0}  # deleted tokens are not listed (rule 7)
+
+
+def test_an_admin_of_another_workspace_finds_nothing_of_this_one(http, new_workspace):
+    other_admin = new_workspace()
+    value, info = http.issue(ADMIN)
+    path = f"/v4/apiAccessTokens/{info['tokenId']}"
+    assert http("GET", path, other_admin).status_code == 404
+    assert http("DELETE", path, other_admin).status_code == 404
+    introspected = http(
+        "POST", "/v4/apiAccessTokens/introspect", other_admin, json={"token": value}
+    )
+    assert introspected.json() == {"active": False}  # a token works only in its workspace
+    assert http.status(value) == 200
+
+
+def test_delete_all_deletes_ones_own_and_admins_delete_anyones(http):
+    username, _ = http.person(canGenerateTokens=True)
+    me = (username, PASSWORD)
+    values = [http.issue(me)[0] for _ in range(2)]
+    other, other_id = http.person(canGenerateTokens=True)
+    kept, _ = http.issue((other, PASSWORD))
+    refused = http("POST", "/v4/apiAccessTokens/deleteAll", me, json={"userId": other_id})
+    assert refused.status_code == 403
+    assert http("POST", "/v4/apiAccessTokens/deleteAll", me, json={}).json() == {"deleted": 2}
+    assert [http.status(v) for v in values] == [401, 401]
+    assert http.status(kept) == 200
+    assert http("POST", "/v4/apiAccessTokens/deleteAll", me, json={}).json() == {"deleted": 0}
+    by_admin = http("POST", "/v4/apiAccessTokens/deleteAll", ADMIN, json={"userId": other_id})
+    assert by_admin.json() == {"deleted": 1}
+    assert http.status(kept) == 401
+
+
+def test_introspection_is_for_admins_and_verifiers_and_says_only_inactive_for_bad_tokens(http):
+    member, _ = http.person(canGenerateTokens=True)
+    value, _ = http.issue((member, PASSWORD))
+    refused = http(
+        "POST", "/v4/apiAccessTokens/introspect", (member, PASSWORD), json={"token": value}
+    )
+    assert refused.status_code == 403
+    assert error_name(refused) != "AuthenticationFailed"
+
+    verifier = (http.person("verifier")[0], PASSWORD)
+    assert http("POST", "/v4/apiAccessTokens", verifier).status_code == 403
+    deleted, deleted_info = http.issue((member, PASSWORD))
+    http("DELETE", f"/v4/apiAccessTokens/{deleted_info['tokenId']}", ADMIN)
+    bad_tokens = {
+        "deleted": deleted,
+        "a mistyped character": value[:10] + ("A" if value[10] != "A" else "B") + value[11:],
+        "well formed, never issued": tokens.generate("tlk"),
+        "another prefix": tokens.generate("xyz"),
+        "no token at all": "not a token",
+    }
+    for why, bad in bad_tokens.items():
+        response = http.introspect(verifier, bad)
+        assert (response.status_code, response.json()) == (200, {"active": False}), why
+    claims = http.introspect(verifier, value).json()
+    assert set(claims) == {"active", "tokenId", "userId", "username", "workspaceId", "exp", "iat"}
+    assert claims["username"] == member
+
+
+def test_people_current_says_how_the_caller_authenticated(http):
+    username, person_id = http.person()
+    me = http("GET", "/v4/people/current", (username, PASSWORD)).json()
+    assert me["id"] == person_id
+    assert me["authMethod"] == "password"
+    assert "tokenId" not in me or me["tokenId"] is None
+
+
 def test_people_settings_and_rules_2_and_4(http):
     username, person_id = http.person()
     me = (username, PASSWORD)
@@ -117,7 +182,7 @@ def test_people_settings_and_rules_2_and_4(http):
     http("PATCH", f"/v4/people/{person_id}", ADMIN, json={"disabled": False})
     assert http("GET", "/v4/people/current", value).status_code == 200
 
-    new_password = "a changed e2e passphrase"
+    new_password = Secret("a changed e2e passphrase")
     remember(new_password)
     body = {"currentPassword": PASSWORD, "newPassword": new_password}
     assert http("POST", "/v4/people/current/password", value, json=body).status_code == 204

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import BIN, Server, free_port, ledger_env, remember
+from tests.read_model_support import Secret
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +49,7 @@ def test_the_first_start_creates_an_admin_and_shows_the_password_once(tmp_path):
     try:
         found = re.search(r"shown this once: (\S+)", first.output())
         assert found, first.output()
-        password = found.group(1)
+        password = Secret(found.group(1))
         remember(password)
         me = requests.get(f"{first.url}/v4/people/current", auth=("admin", password), timeout=10)
         assert me.json()["role"] == "admin"
