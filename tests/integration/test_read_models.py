@@ -39,6 +39,8 @@ pytestmark = pytest.mark.integration
 
 LEDGER = str(Path(sys.executable).with_name("ledger"))
 CLI = AuditContext.cli()
+# Every process on one PostgreSQL store signs the audit trail with the same key.
+AUDIT_KEY = "the read-model tests' own audit key"
 FAST_ARGON2_ENV = {
     "LEDGER_ARGON2_TIME_COST": str(FAST_ARGON2.time_cost),
     "LEDGER_ARGON2_MEMORY_KIB": str(FAST_ARGON2.memory_kib),
@@ -112,6 +114,7 @@ def environment(store_url: str, redis_url: str) -> dict[str, str]:
         **FAST_ARGON2_ENV,
         "LEDGER_DATABASE_URL": store_url,
         "LEDGER_REDIS_URL": redis_url,
+        "LEDGER_AUDIT_KEY": AUDIT_KEY,
         "COLUMNS": "200",  # rich tables on one line
     }
 
@@ -120,7 +123,12 @@ def environment(store_url: str, redis_url: str) -> dict[str, str]:
 def services(store_url: str, redis_url: str) -> Iterator[Services]:
     """What one process builds: its own Ledger, Redis client, ReadModel and Projector."""
     built = build_services(
-        Settings(database_url=store_url, redis_url=redis_url, argon2=FAST_ARGON2)
+        Settings(
+            database_url=store_url,
+            redis_url=redis_url,
+            argon2=FAST_ARGON2,
+            audit_key=AUDIT_KEY.encode(),
+        )
     )
     try:
         yield built
