@@ -94,7 +94,7 @@ class Ledger(Application[UUID]):
         attempts: AttemptLimiter | None = None,
         token_prefix: str = "tlk",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        on_saved: Callable[[Sequence[Aggregate]], None] | None = None,
+        on_saved: Callable[[Sequence[tuple[Aggregate, int]]], None] | None = None,
     ) -> None:
         super().__init__(env)
         self.passwords = passwords or Passwords()
@@ -108,12 +108,16 @@ class Ledger(Application[UUID]):
 
         They get the saved aggregates, not the events: an aggregate's whole state at its new
         version can be applied in any order, so two processes saving the same aggregate at
-        once cannot leave a read model with a gap. The composition root sets `on_saved`; the
-        ledger itself knows nothing of Redis.
+        once cannot leave a read model with a gap. Each comes with the position (notification
+        id) of its last saved event, so that a read model that has got further already can
+        leave it. The composition root sets `on_saved`; the ledger itself knows nothing of Redis.
         """
         recordings = super().save(*objs, **kwargs)
         if self.on_saved is not None:
-            self.on_saved([obj for obj in objs if isinstance(obj, Aggregate)])
+            at = {r.domain_event.originator_id: r.notification.id for r in recordings}
+            self.on_saved(
+                [(obj, at[obj.id]) for obj in objs if isinstance(obj, Aggregate) and obj.id in at]
+            )
         return recordings
 
     @classmethod

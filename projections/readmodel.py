@@ -1,21 +1,34 @@
 """The Redis read models: what verification and listings read, built from the events.
 
-Every key lives under a generation, `tl:<gen>:`, so that a rebuild can fill fresh keys while the
-old ones keep answering, then switch over with one write (`tl:gen`). A missing `tl:gen` means
-"not ready" (Redis flushed or new), never "no tokens". Ids and hashes are stored as raw bytes
-(16 for a UUID, 32 for a SHA-256) to keep an active token under 300 bytes of Redis.
+Every key lives under a generation, `{tl}:<gen>:`, so that a rebuild can fill fresh keys while
+the old ones keep answering, then switch over with one write (`{tl}:gen`). A missing `{tl}:gen`
+means "not ready" (Redis flushed or new), never "no tokens". Ids and hashes are stored as raw
+bytes (16 for a UUID, 32 for a SHA-256) to keep an active token under 300 bytes of Redis. Every
+key carries the hash tag `{tl}`, so that on Redis Cluster the whole read model is one slot and
+each script, which declares `{tl}:gen` as KEYS[1], runs where all its keys are.
 
-    tl:gen                 current generation            tl:building   generation being rebuilt
-                                                         tl:claim      nonce of the rebuild
-    tl:<g>:pos             last event position applied    tl:used       zset sha -> lastUsed ms,
-    tl:<g>:w:<workspace>   hash en, mg, v                               not yet made durable
-    tl:<g>:p:<person>      hash u, w, r, g, d, v
-    tl:<g>:t:<sha256>      hash i, o, c, e, d, lu, v      (a deleted token keeps only v)
-    tl:<g>:l:<person>      zset sha -> created ms         (the person's listing)
+    {tl}:gen               live generation               {tl}:building  generation being rebuilt
+    {tl}:generations       last generation handed out    {tl}:claim     nonce of the rebuild
+    {tl}:used              zset sha -> lastUsed ms not yet made durable
+    {tl}:<g>:pos           last event position applied
+    {tl}:<g>:w:<workspace> hash en, mg, v
+    {tl}:<g>:p:<person>    hash u, w, r, g, d, v
+    {tl}:<g>:t:<sha256>    string: 1 active (Redis expiry at expiredAt); 0 deleted, until the
+                           projector passes the deletion
+    {tl}:<g>:k:<s[:2]>     hash s[2:] -> owner id, token id, expires ms or '' (while listed)
+    {tl}:<g>:l:<person>    zset s -> created ms (the person's listing)
+    {tl}:<g>:m:<person>    hash s -> "<lastUsed ms or ''> <description>", for tokens used or
+                           described
 
-Each write is applied only when it carries a newer aggregate version than the key holds, so an
-event applied twice, or late, changes nothing: the projector and every API process may apply
-the same changes in any interleaving (docs/ARCHITECTURE.md, "Read models in Redis").
+`s` is the first 16 bytes of the token's SHA-256: 128 bits name a token as surely as its id (a
+collision among a billion tokens has odds of about 1e-21), and only the lookup needs all 32.
+The lookup `t:` answers verification and expires with the token; what rule 7 lists after that
+(`k:`, `l:`, `m:`) stays until the token is deleted. Every write carries the position of its
+event and applies only to a generation that has not got that far yet; on top of that, hashes
+apply only at a newer aggregate version, and a token's issue only where neither its lookup nor
+its listing is there. So an event applied twice, or late, changes nothing: the projector and
+every API process may apply the same changes in any interleaving (docs/ARCHITECTURE.md, "Read
+models in Redis").
 """
 
 from __future__ import annotations
@@ -37,19 +50,53 @@ from redis.exceptions import NoScriptError
 from ledger import tokens
 from ledger.domainmodel import ADMIN, Person, Token, UsageReport, Workspace, expiry
 
-PREFIX = "tl:"
+PREFIX = "{tl}:"
+GENERATION = PREFIX + "gen"  # read first by every script: the key that routes it on a cluster
 LAST_USED_GRANULARITY_MS = 60_000  # product.md: lastUsed is kept to within a minute
 BUILDING_TTL_SECONDS = 60  # a rebuilder that dies stops claiming the rebuild after this
 
 Op = list[bytes | str | int]
 
+# Shared by the scripts below: Redis's own clock, so that every API process agrees on when a
+# token expires (and Redis expires its lookup by the same clock); and a token's listed part.
+_LUA_COMMON = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- the token a SHA-256 names: s, its owner's id, its own id and its expiry ('' for never);
+-- nothing once it is deleted
+local function token_ref(g, sha)
+  local s = string.sub(sha, 1, 16)
+  local ref = redis.call('HGET', g .. 'k:' .. string.sub(s, 1, 2), string.sub(s, 3))
+  if ref then
+    return s, string.sub(ref, 1, 16), string.sub(ref, 17, 32), string.sub(ref, 33)
+  end
+end
+-- lastUsed ('' for never) and description of a token
+local function extra(records, s)
+  local value = redis.call('HGET', records, s)
+  if not value then return '', '' end
+  local space = string.find(value, ' ', 1, true)
+  return string.sub(value, 1, space - 1), string.sub(value, space + 1)
+end
+local function set_extra(records, s, used, description)
+  if used == '' and description == '' then return end
+  redis.call('HSET', records, s, used .. ' ' .. description)
+end
+"""
+
 # Generations the write goes to: ARGV[2] '*' (the live one and the one being rebuilt, for the
-# API's read-your-writes) or one number (the projector's own). Returns how many it wrote to;
-# 0 tells the projector its generation is gone (flushed, or replaced by a rebuild).
-_APPLY = """
+# API's read-your-writes) or one number (the projector's own, with ARGV[3] the position its
+# batch reaches). Each op starts with its kind and the position of its event; a generation
+# whose position is already there has it. Returns how many generations it wrote to; 0 tells the
+# projector its generation is gone (flushed, or replaced by a rebuild).
+_APPLY = (
+    _LUA_COMMON
+    + """
 local unpack = unpack or table.unpack
 local prefix, target, position = ARGV[1], ARGV[2], ARGV[3]
-local current = redis.call('GET', prefix .. 'gen')
+local current = redis.call('GET', KEYS[1])
 local building = redis.call('GET', prefix .. 'building')
 local gens = {}
 if target == '*' then
@@ -60,114 +107,168 @@ elseif target == current or target == building then
 end
 for _, gen in ipairs(gens) do
   local g = prefix .. gen .. ':'
+  local reached = tonumber(redis.call('GET', g .. 'pos')) or 0
   local i = 4
   while i <= #ARGV do
-    local op = ARGV[i]
+    local op, new = ARGV[i], tonumber(ARGV[i + 1]) > reached
     if op == 'F' or op == 'P' then
       -- upsert hash fields at a version; a partial upsert needs the earlier versions there
-      local key, v, n = g .. ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-      local stored = tonumber(redis.call('HGET', key, 'v'))
-      if (stored and stored < v) or (not stored and op == 'F') then
-        local args = {key, 'v', ARGV[i + 2]}
-        for j = 1, 2 * n do args[#args + 1] = ARGV[i + 3 + j] end
+      local key, v, n = g .. ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+      local stored = new and tonumber(redis.call('HGET', key, 'v'))
+      if new and ((stored and stored < v) or (not stored and op == 'F')) then
+        local args = {key, 'v', ARGV[i + 3]}
+        for j = 1, 2 * n do args[#args + 1] = ARGV[i + 4 + j] end
         redis.call('HSET', unpack(args))
       end
-      i = i + 4 + 2 * n
+      i = i + 5 + 2 * n
     elseif op == 'T' then
-      -- token issued: sha, version, id, owner, created ms, expires ms or '', description
-      local sha, owner, created = ARGV[i + 1], ARGV[i + 4], ARGV[i + 5]
-      local key = g .. 't:' .. sha
-      if not redis.call('HGET', key, 'v') then
-        redis.call('HSET', key, 'v', ARGV[i + 2], 'i', ARGV[i + 3], 'o', owner,
-                   'c', created, 'e', ARGV[i + 6], 'd', ARGV[i + 7])
-        redis.call('ZADD', g .. 'l:' .. owner, created, sha)
+      -- token issued: sha, id, owner, created ms, expires ms or '', description. Not where it
+      -- is already listed, nor where its lookup (active, or a deletion's tombstone) is.
+      local sha, owner, expires = ARGV[i + 2], ARGV[i + 4], ARGV[i + 6]
+      local lookup = g .. 't:' .. sha
+      if new and not token_ref(g, sha) and redis.call('EXISTS', lookup) == 0 then
+        local s = string.sub(sha, 1, 16)
+        redis.call('HSET', g .. 'k:' .. string.sub(s, 1, 2), string.sub(s, 3),
+                   owner .. ARGV[i + 3] .. expires)
+        redis.call('ZADD', g .. 'l:' .. owner, ARGV[i + 5], s)
+        set_extra(g .. 'm:' .. owner, s, '', ARGV[i + 7])
+        if expires == '' then
+          redis.call('SET', lookup, '1')
+        else
+          redis.call('SET', lookup, '1', 'PXAT', expires)  -- already past: no lookup at all
+        end
       end
       i = i + 8
     elseif op == 'X' then
-      -- token deleted: sha, version; a tombstone keeps the version so Issued cannot revive it
-      local sha, v = ARGV[i + 1], tonumber(ARGV[i + 2])
-      local key = g .. 't:' .. sha
-      local token = redis.call('HMGET', key, 'v', 'o')
-      if not token[1] or tonumber(token[1]) < v then
-        if token[2] then redis.call('ZREM', g .. 'l:' .. token[2], sha) end
-        redis.call('DEL', key)
-        redis.call('HSET', key, 'v', ARGV[i + 2])
+      -- token deleted: sha. From the API, ahead of the projector, a tombstone stays so that
+      -- the issue, still to come from the projector (or late from another API process), finds
+      -- it; the projector's own deletion clears it, as nothing older can reach this generation
+      -- after that (docs/ARCHITECTURE.md, "Exactly-once effect").
+      local sha = ARGV[i + 2]
+      if new then
+        local s, owner = token_ref(g, sha)
+        if s then
+          redis.call('HDEL', g .. 'k:' .. string.sub(s, 1, 2), string.sub(s, 3))
+          redis.call('ZREM', g .. 'l:' .. owner, s)
+          redis.call('HDEL', g .. 'm:' .. owner, s)
+        end
+        if position == '' then
+          redis.call('SET', g .. 't:' .. sha, '0')
+        else
+          redis.call('DEL', g .. 't:' .. sha)
+        end
       end
       i = i + 3
     elseif op == 'U' then
       -- lastUsed made durable earlier, restored on a rebuild: sha, ms
-      local key = g .. 't:' .. ARGV[i + 1]
-      local token = redis.call('HMGET', key, 'i', 'lu')
-      if token[1] and (not token[2] or tonumber(token[2]) < tonumber(ARGV[i + 2])) then
-        redis.call('HSET', key, 'lu', ARGV[i + 2])
+      local s, owner = nil, nil
+      if new then s, owner = token_ref(g, ARGV[i + 2]) end
+      if s then
+        local records = g .. 'm:' .. owner
+        local used, description = extra(records, s)
+        if used == '' or tonumber(used) < tonumber(ARGV[i + 3]) then
+          set_extra(records, s, ARGV[i + 3], description)
+        end
       end
-      i = i + 3
+      i = i + 4
     else
       return redis.error_reply('unknown read-model op ' .. tostring(op))
     end
   end
-  if position ~= '' then
-    local pos = tonumber(redis.call('GET', g .. 'pos'))
-    if not pos or pos < tonumber(position) then redis.call('SET', g .. 'pos', position) end
+  if position ~= '' and reached < tonumber(position) then
+    redis.call('SET', g .. 'pos', position)
   end
 end
 return #gens
 """
+)
 
 # Rule 4, evaluated in Redis in one round trip; `token_is_usable` in ledger/domainmodel.py is
 # the same rule on the write model, and tests hold the two together. -1: not ready; 0: refused.
-_VERIFY = """
-local prefix, sha, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local gen = redis.call('GET', prefix .. 'gen')
+# The lookup is gone once Redis's clock passes expiredAt; at expiredAt itself Redis still has
+# it, so the expiry is also compared here, by the same clock.
+_VERIFY = (
+    _LUA_COMMON
+    + """
+local gen = redis.call('GET', KEYS[1])
 if not gen then return -1 end
+local prefix, sha = ARGV[1], ARGV[2]
 local g = prefix .. gen .. ':'
-local key = g .. 't:' .. sha
-local t = redis.call('HMGET', key, 'i', 'o', 'c', 'e', 'lu')
-if not t[1] then return 0 end
-if t[4] ~= '' and tonumber(t[4]) <= now then return 0 end
-local p = redis.call('HMGET', g .. 'p:' .. t[2], 'u', 'w', 'r', 'g', 'd')
+if redis.call('GET', g .. 't:' .. sha) ~= '1' then return 0 end
+local s, owner, id, expires = token_ref(g, sha)
+if not s then return 0 end
+local now = now_ms()
+if expires ~= '' and tonumber(expires) <= now then return 0 end
+local p = redis.call('HMGET', g .. 'p:' .. owner, 'u', 'w', 'r', 'g', 'd')
 if not p[1] or p[5] == '1' then return 0 end
 local w = redis.call('HMGET', g .. 'w:' .. p[2], 'en', 'mg')
 if w[1] ~= '1' then return 0 end
-if not (p[3] == ARGV[5] or w[2] == '1' or p[4] == '1') then return 0 end
-if not t[5] or now - tonumber(t[5]) >= tonumber(ARGV[4]) then
-  redis.call('HSET', key, 'lu', ARGV[3])
-  redis.call('ZADD', prefix .. 'used', ARGV[3], sha)
+if not (p[3] == ARGV[4] or w[2] == '1' or p[4] == '1') then return 0 end
+local records = g .. 'm:' .. owner
+local used, description = extra(records, s)
+if used == '' or now - tonumber(used) >= tonumber(ARGV[3]) then
+  set_extra(records, s, string.format('%d', now), description)
+  redis.call('ZADD', prefix .. 'used', now, sha)
 end
-return {t[1], t[2], p[1], p[2], p[3], p[4], t[3], t[4]}
+local created = redis.call('ZSCORE', g .. 'l:' .. owner, s)
+return {id, owner, p[1], p[2], p[3], p[4], created, expires}
 """
+)
 
-# A person's tokens, newest first: {count, sha, i, c, e, d, lu, sha, ...}. Without a status
-# filter this is O(log n + limit); a filter has to look at every token of the person.
-_LIST = """
-local prefix, owner, offset, limit, status, now =
-  ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local gen = redis.call('GET', prefix .. 'gen')
+# A person's tokens, newest first: {count, now, id, created, expires, description, lastUsed,
+# id, ...}. Without a status filter this is O(log n + limit); a filter has to look at every
+# token of the person.
+_LIST = (
+    _LUA_COMMON
+    + """
+local gen = redis.call('GET', KEYS[1])
 if not gen then return -1 end
+local prefix, owner, offset, limit, status =
+  ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local g = prefix .. gen .. ':'
-local listing = g .. 'l:' .. owner
-local page, count = {}, 0
+local listing, records = g .. 'l:' .. owner, g .. 'm:' .. owner
+local now = now_ms()
+local out = {0, now}
+local function add(s, created)
+  local _, _, id, expires = token_ref(g, s)
+  local used, description = extra(records, s)
+  out[#out + 1] = id; out[#out + 1] = created; out[#out + 1] = expires
+  out[#out + 1] = description; out[#out + 1] = used
+end
 if status == '' then
-  count = redis.call('ZCARD', listing)
-  if limit > 0 then page = redis.call('ZREVRANGE', listing, offset, offset + limit - 1) end
+  out[1] = redis.call('ZCARD', listing)
+  if limit > 0 then
+    local page = redis.call('ZREVRANGE', listing, offset, offset + limit - 1, 'WITHSCORES')
+    for n = 1, #page, 2 do add(page[n], page[n + 1]) end
+  end
 else
-  for _, sha in ipairs(redis.call('ZREVRANGE', listing, 0, -1)) do
-    local e = redis.call('HGET', g .. 't:' .. sha, 'e')
-    local expired = e ~= '' and tonumber(e) <= now
+  local all, count = redis.call('ZREVRANGE', listing, 0, -1, 'WITHSCORES'), 0
+  for n = 1, #all, 2 do
+    local _, _, _, expires = token_ref(g, all[n])
+    local expired = expires ~= '' and tonumber(expires) <= now
     if expired == (status == 'expired') then
-      if count >= offset and #page < limit then page[#page + 1] = sha end
+      if count >= offset and count < offset + limit then add(all[n], all[n + 1]) end
       count = count + 1
     end
   end
-end
-local out = {count}
-for _, sha in ipairs(page) do
-  local t = redis.call('HMGET', g .. 't:' .. sha, 'i', 'c', 'e', 'd', 'lu')
-  out[#out + 1] = t[1]; out[#out + 1] = t[2]; out[#out + 1] = t[3]
-  out[#out + 1] = t[4]; out[#out + 1] = t[5] or ''
+  out[1] = count
 end
 return out
 """
+)
+
+# One token's lastUsed ms, or '' (never used, or not listed).
+_LAST_USED = (
+    _LUA_COMMON
+    + """
+local gen = redis.call('GET', KEYS[1])
+if not gen then return -1 end
+local g = ARGV[1] .. gen .. ':'
+local s, owner = token_ref(g, ARGV[2])
+if not s then return '' end
+return (extra(g .. 'm:' .. owner, s))
+"""
+)
 
 # The lastUsed times not yet made durable, taken atomically so none is reported twice or lost.
 _DRAIN_USAGE = """
@@ -229,6 +330,7 @@ class ReadModel:
         self._apply = redis.register_script(_APPLY)
         self._verify = redis.register_script(_VERIFY)
         self._list = redis.register_script(_LIST)
+        self._last_used = redis.register_script(_LAST_USED)
         self._drain_usage = redis.register_script(_DRAIN_USAGE)
         self._begin = redis.register_script(_BEGIN)
         self._renew = redis.register_script(_RENEW)
@@ -243,7 +345,7 @@ class ReadModel:
         if not tokens.is_well_formed(value, self.token_prefix):
             return None
         sha = hashlib.sha256(value.encode()).digest()
-        found = self._evalsha_verify(PREFIX, sha, _now_ms(), LAST_USED_GRANULARITY_MS, ADMIN)
+        found = self._evalsha_verify(GENERATION, PREFIX, sha, LAST_USED_GRANULARITY_MS, ADMIN)
         if found == -1:
             raise NotReady("The token read model is being rebuilt")
         if not found:
@@ -273,10 +375,10 @@ class ReadModel:
             conn = self._threads.conn = self.redis.connection_pool.get_connection()
         try:
             try:
-                conn.send_command("EVALSHA", self._verify.sha, 0, *args)
+                conn.send_command("EVALSHA", self._verify.sha, 1, *args)
                 return conn.read_response()
             except NoScriptError:  # Redis restarted or flushed its scripts: load it again
-                return self._verify(args=args, client=self.redis)
+                return self._verify(keys=args[:1], args=args[1:], client=self.redis)
         except Exception:
             conn.disconnect()
             raise
@@ -285,13 +387,14 @@ class ReadModel:
         self, person_id: UUID, *, limit: int, offset: int, status: str | None = None
     ) -> tuple[list[dict[str, Any]], int]:
         """Rule 7: newest first, expired included (unless filtered), deleted left out."""
-        now = _now_ms()
         found = self._list(
-            args=[PREFIX, person_id.bytes, offset, limit, status or "", now], client=self.redis
+            keys=[GENERATION],
+            args=[PREFIX, person_id.bytes, offset, limit, status or ""],
+            client=self.redis,
         )
         if found == -1:
             raise NotReady("The token read model is being rebuilt")
-        count, rest = found[0], found[1:]
+        count, now, rest = found[0], found[1], found[2:]
         items = []
         for n in range(0, len(rest), 5):
             token_id, created, expires, description, last_used = rest[n : n + 5]
@@ -308,14 +411,15 @@ class ReadModel:
         return items, int(count)
 
     def last_used(self, token_hash: str) -> datetime | None:
-        generation = self.generation()
-        if generation is None:
+        found = self._last_used(
+            keys=[GENERATION], args=[PREFIX, bytes.fromhex(token_hash)], client=self.redis
+        )
+        if found == -1:
             raise NotReady("The token read model is being rebuilt")
-        found = self.redis.hget(_key(generation, b"t:", bytes.fromhex(token_hash)), "lu")
-        return _from_ms(cast(bytes, found)) if found else None
+        return _from_ms(found) if found else None
 
     def generation(self) -> int | None:
-        found = self.redis.get(PREFIX + "gen")
+        found = self.redis.get(GENERATION)
         return int(cast(bytes, found)) if found else None
 
     def is_ready(self) -> bool:
@@ -331,11 +435,14 @@ class ReadModel:
 
     # Writes
 
-    def apply_aggregates(self, aggregates: Sequence[Aggregate]) -> None:
-        """Read-your-writes: whole states at their new versions, to every live generation."""
-        ops = [op for aggregate in aggregates for op in ops_for_aggregate(aggregate)]
+    def apply_aggregates(self, saved: Sequence[tuple[Aggregate, int]]) -> None:
+        """Read-your-writes: whole states at their new versions, to every live generation,
+        each with the position of its last event (`Ledger.save`)."""
+        ops = [op for aggregate, at in saved for op in ops_for_aggregate(aggregate, at)]
         if ops:
-            self._apply(args=[PREFIX, "*", "", *_flatten(ops)], client=self.redis)
+            self._apply(
+                keys=[GENERATION], args=[PREFIX, "*", "", *_flatten(ops)], client=self.redis
+            )
 
     def apply_events(
         self, events: Iterable[DomainEventProtocol[UUID]], position: int, generation: int
@@ -344,9 +451,11 @@ class ReadModel:
 
         False when `generation` is no longer live or being built (flushed, or replaced).
         """
-        ops = [op for event in events for op in ops_for_event(event)]
+        ops = [op for event in events for op in ops_for_event(event, position)]
         written = self._apply(
-            args=[PREFIX, generation, position, *_flatten(ops)], client=self.redis
+            keys=[GENERATION],
+            args=[PREFIX, generation, position, *_flatten(ops)],
+            client=self.redis,
         )
         return bool(written)
 
@@ -389,7 +498,7 @@ class ReadModel:
         and any left behind by a rebuild that died. Newer ones may belong to a rebuild that
         started since, so they stay."""
         old = self._switch(
-            keys=[PREFIX + "gen", PREFIX + "building", PREFIX + "claim"],
+            keys=[GENERATION, PREFIX + "building", PREFIX + "claim"],
             args=[generation, self._claims.pop(generation, "")],
             client=self.redis,
         )
@@ -410,48 +519,54 @@ class ReadModel:
             self.redis.unlink(*batch)
 
 
-def ops_for_event(event: DomainEventProtocol[UUID]) -> list[Op]:
-    """What one stored event changes in the read model (the projector's path)."""
+def ops_for_event(event: DomainEventProtocol[UUID], at: int) -> list[Op]:
+    """What one stored event changes in the read model (the projector's path); `at` is the
+    position of the batch it comes in."""
     topic = get_topic(type(event))
     e: Any = event
     version = event.originator_version
     subject = event.originator_id.bytes
     if topic == TOPICS["workspace_created"]:
-        return [_full(b"w:", subject, version, workspace_fields(Workspace.DEFAULT_SETTINGS))]
+        return [
+            _hash("F", at, b"w:" + subject, version, workspace_fields(Workspace.DEFAULT_SETTINGS))
+        ]
     if topic == TOPICS["setting_changed"]:
-        return [_partial(b"w:", subject, version, workspace_fields({e.name: e.value}))]
+        return [_hash("P", at, b"w:" + subject, version, workspace_fields({e.name: e.value}))]
     if topic == TOPICS["person_added"]:
-        return [_full(b"p:", subject, version, person_fields(e, workspace_id=e.workspace_id))]
+        fields = person_fields(e, workspace_id=e.workspace_id)
+        return [_hash("F", at, b"p:" + subject, version, fields)]
     if topic in PERSON_FIELD_TOPICS:
         field, value = PERSON_FIELD_TOPICS[topic](e)
-        return [_partial(b"p:", subject, version, {field: value})]
+        return [_hash("P", at, b"p:" + subject, version, {field: value})]
     if topic == TOPICS["person_password_changed"]:
-        return [_partial(b"p:", subject, version, {})]
+        return [_hash("P", at, b"p:" + subject, version, {})]
     if topic == TOPICS["token_issued"]:
         expires = expiry(e.timestamp, e.lifetime_seconds)
-        return [_token_issued(e.token_hash, version, event.originator_id, e, e.timestamp, expires)]
+        return [_token_issued(at, e.token_hash, event.originator_id, e, e.timestamp, expires)]
     if topic == TOPICS["token_deleted"]:
-        return [["X", bytes.fromhex(e.token_hash), version]]
+        return [["X", at, bytes.fromhex(e.token_hash)]]
     if topic == TOPICS["usage_recorded"]:
-        return [["U", bytes.fromhex(h), ms] for h, ms in e.last_used.items()]
+        return [["U", at, bytes.fromhex(h), ms] for h, ms in e.last_used.items()]
     return []  # lockouts and anything newer: nothing to show, but the position moves on
 
 
-def ops_for_aggregate(aggregate: Aggregate) -> list[Op]:
-    """An aggregate's whole state at its current version (the API's read-your-writes path)."""
+def ops_for_aggregate(aggregate: Aggregate, at: int) -> list[Op]:
+    """An aggregate's whole state at its current version (the API's read-your-writes path);
+    `at` is the position of its last saved event."""
     version = aggregate.version
+    subject = aggregate.id.bytes
     if isinstance(aggregate, Workspace):
-        return [_full(b"w:", aggregate.id.bytes, version, workspace_fields(aggregate.settings))]
+        return [_hash("F", at, b"w:" + subject, version, workspace_fields(aggregate.settings))]
     if isinstance(aggregate, Person):
         fields = person_fields(aggregate, workspace_id=aggregate.workspace_id)
-        return [_full(b"p:", aggregate.id.bytes, version, fields)]
+        return [_hash("F", at, b"p:" + subject, version, fields)]
     if isinstance(aggregate, Token):
         if aggregate.deleted:
-            return [["X", bytes.fromhex(aggregate.token_hash), version]]
+            return [["X", at, bytes.fromhex(aggregate.token_hash)]]
         return [
             _token_issued(
+                at,
                 aggregate.token_hash,
-                version,
                 aggregate.id,
                 aggregate,
                 aggregate.created_on,
@@ -459,7 +574,7 @@ def ops_for_aggregate(aggregate: Aggregate) -> list[Op]:
             )
         ]
     if isinstance(aggregate, UsageReport):
-        return [["U", bytes.fromhex(h), ms] for h, ms in aggregate.last_used.items()]
+        return [["U", at, bytes.fromhex(h), ms] for h, ms in aggregate.last_used.items()]
     return []
 
 
@@ -499,8 +614,8 @@ def person_fields(person: Any, workspace_id: UUID) -> dict[str, str | bytes]:
 
 
 def _token_issued(
+    at: int,
     token_hash: str,
-    version: int,
     token_id: UUID,
     issued: Any,
     created: datetime,
@@ -508,8 +623,8 @@ def _token_issued(
 ) -> Op:
     return [
         "T",
+        at,
         bytes.fromhex(token_hash),
-        version,
         token_id.bytes,
         issued.owner_id.bytes,
         _to_ms(created),
@@ -518,12 +633,9 @@ def _token_issued(
     ]
 
 
-def _full(kind: bytes, subject: bytes, version: int, fields: dict[str, Any]) -> Op:
-    return ["F", kind + subject, version, len(fields), *_flatten(fields.items())]
-
-
-def _partial(kind: bytes, subject: bytes, version: int, fields: dict[str, Any]) -> Op:
-    return ["P", kind + subject, version, len(fields), *_flatten(fields.items())]
+def _hash(op: str, at: int, key: bytes, version: int, fields: dict[str, Any]) -> Op:
+    """A full ('F') or partial ('P') upsert of a hash at an aggregate version."""
+    return [op, at, key, version, len(fields), *_flatten(fields.items())]
 
 
 def _flatten(items: Iterable[Sequence[Any]]) -> list[Any]:
@@ -549,13 +661,9 @@ def _batched(iterable: Iterable[Any], size: int) -> Iterable[list[Any]]:
         yield batch
 
 
-def _now_ms() -> int:
-    return int(datetime.now(UTC).timestamp() * 1000)
-
-
 def _to_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
 def _from_ms(ms: bytes | int) -> datetime:
-    return datetime.fromtimestamp(int(ms) / 1000, UTC)
+    return datetime.fromtimestamp(int(float(ms)) / 1000, UTC)  # a zset score may read "1.0"

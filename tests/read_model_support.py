@@ -28,29 +28,31 @@ def status(read_model: ReadModel, value: str) -> str:
 
 
 def dump(redis: Any, *, generation_only: bool = False, last_used: bool = True) -> dict[Any, Any]:
-    """Every read-model key and its value (the attempt counters aside). With `generation_only`,
-    just the live generation's keys, with the generation number taken out of their names."""
+    """Every read-model key and its value. With `generation_only`, just the live generation's
+    keys, with the generation number taken out of their names (`{tl}:G:...`); without
+    `last_used`, the listing records without their lastUsed."""
     out: dict[Any, Any] = {}
-    live = redis.get("tl:gen")
-    for key in redis.scan_iter(match=b"tl:*"):
-        if key.startswith(b"tl:attempts:"):
-            continue
+    live = redis.get("{tl}:gen")
+    for key in redis.scan_iter(match=b"{tl}:*"):
         if generation_only:
-            if live is None or not key.startswith(b"tl:" + live + b":"):
+            if live is None or not key.startswith(b"{tl}:" + live + b":"):
                 continue
-            name = b"tl:G:" + key[len(b"tl:" + live + b":") :]
+            name = b"{tl}:G:" + key[len(b"{tl}:" + live + b":") :]
         else:
             name = key
         kind = redis.type(key)
         if kind == b"hash":
             value: Any = redis.hgetall(key)
-            if not last_used:
-                value.pop(b"lu", None)
+            if not last_used and re.match(rb"\{tl\}:\d+:m:", key):
+                # lastUsed and description: what is left is the description, if any
+                value = {k: d for k, v in value.items() if (d := v.split(b" ", 1)[1])}
+                if not value:
+                    continue
         elif kind == b"zset":
             value = redis.zrange(key, 0, -1, withscores=True)
         elif kind == b"string":
             value = redis.get(key)
-        elif kind == b"none":  # deleted while we looked
+        elif kind == b"none":  # deleted, or expired, while we looked
             continue
         else:
             raise AssertionError(f"unexpected {kind!r} key in the read model")
@@ -58,11 +60,27 @@ def dump(redis: Any, *, generation_only: bool = False, last_used: bool = True) -
     return out
 
 
+def mentions(redis: Any, needle: bytes) -> list[bytes]:
+    """The read-model keys whose name, fields, members or values contain `needle`."""
+    found = []
+    for key, value in dump(redis).items():
+        parts = [key]
+        if isinstance(value, dict):
+            parts += [*value, *value.values()]
+        elif isinstance(value, list):
+            parts += [member for member, _ in value]
+        else:
+            parts.append(value)
+        if any(needle in part for part in parts):
+            found.append(key)
+    return found
+
+
 def generations(redis: Any) -> set[bytes]:
     """The generation numbers that have keys in Redis."""
     found = set()
-    for key in redis.scan_iter(match=b"tl:*"):
-        match = re.match(rb"tl:(\d+):", key)
+    for key in redis.scan_iter(match=b"{tl}:*"):
+        match = re.match(rb"\{tl\}:(\d+):", key)
         if match:
             found.add(match.group(1))
     return found

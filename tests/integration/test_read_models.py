@@ -383,7 +383,7 @@ def test_a_projector_killed_during_its_rebuild_is_replaced_cleanly(
             )
             assert killed.returncode == -signal.SIGKILL
             assert not api.read_model.is_ready()
-            assert api.redis.get("tl:building") is not None  # its claim outlives it for now
+            assert api.redis.get("{tl}:building") is not None  # its claim outlives it for now
             assert answers(api, scenario) == {
                 f"{a} answered not ready": n
                 for a, n in _count(scenario.expected.snapshot()).items()
@@ -393,7 +393,7 @@ def test_a_projector_killed_during_its_rebuild_is_replaced_cleanly(
                 assert wait_for(lambda: caught_up(api, writer), timeout=30)
             assert restarted.returncode == 0
             # Nothing of the dead rebuild is left: one generation, equal to a clean run's.
-            assert generations(api.redis) == {api.redis.get("tl:gen")}
+            assert generations(api.redis) == {api.redis.get("{tl}:gen")}
             # lastUsed aside: checking the answers below marks tokens used.
             assert dump(api.redis, generation_only=True, last_used=False) == reference_dump(
                 store_url, reference_url, last_used=False
