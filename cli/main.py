@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import Any, NoReturn
 
 import click
+import psycopg
 import redis
 from eventsourcing.persistence import OperationalError
 
@@ -50,7 +51,8 @@ class LedgerGroup(click.Group):
             fail(str(error), code=2)
         except LedgerError as error:
             fail(str(error))
-        except OperationalError as error:
+        # psycopg's own: the projector's LISTEN connection is not behind the store's recorder
+        except (OperationalError, psycopg.OperationalError) as error:
             fail(f"cannot reach the event store: {str(error).splitlines()[0]}")
         except redis.exceptions.ConnectionError as error:
             fail(f"cannot reach Redis: {error}")

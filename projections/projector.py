@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 500
 USAGE_FLUSH_SECONDS = 300.0  # product.md: lastUsed reaches durable storage within 10 minutes
 LISTEN_RENEW_SECONDS = 300.0  # a lost NOTIFY or a stale LISTEN never stalls us for long
+# `status` counts the events not yet applied up to this many, so that a scrape stays cheap when
+# the projector is far behind (lagSeconds still tells how far).
+LAG_COUNT_LIMIT = 1000
 
 
 class Projector:
@@ -91,21 +94,24 @@ class Projector:
         return len(usage)
 
     def status(self) -> dict[str, Any]:
-        """Position, head, and the lag in events and in seconds (age of the oldest unapplied)."""
+        """Position, head, and the lag in events (counted, up to LAG_COUNT_LIMIT: PostgreSQL
+        leaves gaps in the ids, so `head - position` would overcount) and in seconds (the age
+        of the oldest event not yet applied)."""
         position = self.read_model.position()
         head = self.ledger.recorder.max_notification_id() or 0
-        lag_seconds = 0.0
+        behind: Sequence[Any] = []
         if position is not None and position < head:
-            oldest = self._notifications(position, 1)
-            if oldest:
-                event: Any = self.ledger.mapper.to_domain_event(oldest[0])
-                lag_seconds = (datetime.now(UTC) - event.timestamp).total_seconds()
+            behind = self._notifications(position, LAG_COUNT_LIMIT)
+        lag_seconds = 0.0
+        if behind:
+            event: Any = self.ledger.mapper.to_domain_event(behind[0])
+            lag_seconds = (datetime.now(UTC) - event.timestamp).total_seconds()
         return {
             "ready": position is not None,
             "generation": self.read_model.generation(),
             "position": position,
             "head": head,
-            "lagEvents": None if position is None else max(0, head - position),
+            "lagEvents": None if position is None else len(behind),
             "lagSeconds": round(max(0.0, lag_seconds), 3),
         }
 

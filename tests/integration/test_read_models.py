@@ -22,17 +22,18 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 import pytest
 import redis
 
 from ledger.application import Ledger
 from ledger.config import Settings
-from ledger.domainmodel import ADMIN, MEMBER, AuditContext, TokenAlreadyDeleted
+from ledger.domainmodel import ADMIN, MEMBER, AuditContext, TokenAlreadyDeleted, WorkspaceExists
 from projections import projector as projector_module
 from projections.projector import Projector
 from projections.wiring import Services, build_services
 from tests.conftest import FAST_ARGON2, PASSWORD, make_ledger
-from tests.integration.conftest import RedisServer
+from tests.integration.conftest import POSTGRES_URL, RedisServer
 from tests.read_model_support import Secret, dump, generations, status, wait_for
 
 pytestmark = pytest.mark.integration
@@ -201,7 +202,7 @@ class Scenario:
     admin and a member who may generate tokens, and what each of their tokens should answer."""
 
     def __init__(self, ledger: Ledger) -> None:
-        name = f"ws{uuid4().hex[:10]}"
+        name = self.name = f"ws{uuid4().hex[:10]}"
         self.ledger = ledger
         self.workspace_id = ledger.create_workspace(name, CLI)
         self.admin_id = ledger.add_person(CLI, f"{name}-a", PASSWORD, ADMIN, self.workspace_id)
@@ -643,6 +644,9 @@ def test_the_projector_exits_non_zero_when_redis_goes_away(store_url, passwords)
             try:
                 for _ in range(3):
                     scenario.issue()
+                    # A save that fails: on PostgreSQL it leaves a gap in the ids.
+                    with suppress(WorkspaceExists):
+                        writer.create_workspace(scenario.name, CLI)
                 time.sleep(0.2)
                 row = status_row(ledger_cli(env, "projections", "status"))
                 assert row["head"] == str(head(writer))
@@ -662,6 +666,40 @@ def test_the_projector_exits_non_zero_when_redis_goes_away(store_url, passwords)
         assert "Redis" in gone.stderr and "Traceback" not in gone.stderr
     finally:
         own.stop()
+
+
+def test_the_projector_exits_non_zero_when_postgresql_goes_away(
+    postgres_url, redis_urls, passwords
+):
+    """The server ends the projector's connections (its LISTEN one among them): it exits with
+    one line and no traceback, for its supervisor to start a fresh one."""
+    url, _ = redis_urls
+    name = f"projector-{uuid4().hex[:8]}"  # libpq's application_name: only its connections
+    env = {**environment(postgres_url, url), "PGAPPNAME": name}
+    writer = make_ledger(postgres_url, passwords)
+    Scenario(writer).issue()
+    with services(postgres_url, url) as api, projector_process(env) as projector:
+        assert wait_for(lambda: caught_up(api, writer), timeout=30)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            assert wait_for(lambda: listening(admin, name), timeout=10)
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                [name],
+            )
+        assert projector.wait(timeout=60) == 1
+        err = projector.stderr.read() if projector.stderr else ""
+        assert "Traceback" not in err
+        errors = [line for line in err.splitlines() if not line.startswith("projector following")]
+        assert len(errors) == 1 and errors[0].startswith("Error: cannot reach the event store")
+
+
+def listening(admin: psycopg.Connection[Any], name: str) -> bool:
+    """Whether the connections named `name` include one waiting in LISTEN."""
+    rows = admin.execute(
+        "SELECT query FROM pg_stat_activity WHERE application_name = %s", [name]
+    ).fetchall()
+    return any(query.startswith("LISTEN") for (query,) in rows)
 
 
 def status_row(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
