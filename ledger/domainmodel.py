@@ -355,7 +355,8 @@ def person_id_for(username: str) -> UUID:
 
 
 def token_is_usable(token: Token, owner: Person, workspace: Workspace, now: datetime) -> bool:
-    """Rule 4. The Redis verifier (projections/verifier.py) evaluates the same conditions."""
+    """Rule 4. The Redis verifier (`_VERIFY` in projections/readmodel.py) evaluates the same
+    conditions."""
     return (
         not token.deleted
         and not token.is_expired(now)
