@@ -123,20 +123,23 @@ for _, gen in ipairs(gens) do
       i = i + 5 + 2 * n
     elseif op == 'T' then
       -- token issued: sha, id, owner, created ms, expires ms or '', description. Not where it
-      -- is already listed, nor where its lookup (active, or a deletion's tombstone) is.
+      -- is already listed, nor where its lookup (active, or a deletion's tombstone) is: NX.
+      -- An expiry already past sets no lookup at all, and the listing still gets the token.
       local sha, owner, expires = ARGV[i + 2], ARGV[i + 4], ARGV[i + 6]
-      local lookup = g .. 't:' .. sha
-      if new and not token_ref(g, sha) and redis.call('EXISTS', lookup) == 0 then
+      local set = false
+      if new and not token_ref(g, sha) then
+        if expires == '' then
+          set = redis.call('SET', g .. 't:' .. sha, '1', 'NX')
+        else
+          set = redis.call('SET', g .. 't:' .. sha, '1', 'NX', 'PXAT', expires)
+        end
+      end
+      if set then
         local s = string.sub(sha, 1, 16)
         redis.call('HSET', g .. 'k:' .. string.sub(s, 1, 2), string.sub(s, 3),
                    owner .. ARGV[i + 3] .. expires)
         redis.call('ZADD', g .. 'l:' .. owner, ARGV[i + 5], s)
         set_extra(g .. 'm:' .. owner, s, '', ARGV[i + 7])
-        if expires == '' then
-          redis.call('SET', lookup, '1')
-        else
-          redis.call('SET', lookup, '1', 'PXAT', expires)  -- already past: no lookup at all
-        end
       end
       i = i + 8
     elseif op == 'X' then
