@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -97,6 +98,34 @@ class Process:
         return self.log.read_text(errors="replace")
 
 
+class Supervised:
+    """A process started again whenever it exits, as docker compose's `restart: on-failure`
+    and the README ("restart it if it exits") have it: `ledger projector` exits by design when
+    it loses Redis or its store, and may lose a race to create the tables on a fresh store."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args, self.env, self.log = args, env, log
+        self.current = Process(args, env, log)
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                if not self._stopping.is_set() and self.current.process.poll() is not None:
+                    self.current = Process(self.args, self.env, self.log)
+                    self.restarts += 1
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            self.current.stop()
+        self._thread.join()
+
+
 class Server(Process):
     def __init__(self, args: list[str], env: dict[str, str], log: Path, port: int, **kw: Any):
         super().__init__(args, env, log, **kw)
@@ -149,7 +178,7 @@ def server(e2e_env: dict[str, str], logs: Path) -> Iterator[Server]:
         logs / "serve.log",
         port,
     )
-    projector = Process([str(BIN / "ledger"), "projector"], e2e_env, logs / "projector.log")
+    projector = Supervised([str(BIN / "ledger"), "projector"], e2e_env, logs / "projector.log")
     try:
         served.wait_ready()
         yield served

@@ -3,7 +3,7 @@
 
 It has a server of its own (`ledger serve --workers 2` on the session's PostgreSQL schema, and
 its own redis-server and projector), so that stopping Redis disturbs no other test. The projector
-exits when it loses Redis, by design; this test restarts it as its supervisor would.
+exits when it loses Redis, by design, and is restarted as its supervisor would (Supervised).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ADMIN, BIN, Http, Process, Server, free_port
+from tests.e2e.conftest import ADMIN, BIN, Http, Server, Supervised, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -72,17 +72,9 @@ class Deployment:
             logs / "outage-serve.log",
             port,
         )
-        self.projector = self.start_projector()
-
-    def start_projector(self) -> Process:
-        return Process(
+        self.projector = Supervised(
             [str(BIN / "ledger"), "projector"], self.env, self.logs / "outage-projector.log"
         )
-
-    def supervise(self) -> None:
-        """What a supervisor does: start the projector again if it exited."""
-        if self.projector.process.poll() is not None:
-            self.projector = self.start_projector()
 
     def stop(self) -> None:
         self.server.stop()
@@ -123,7 +115,6 @@ def test_redis_down_is_503_with_retry_after_and_the_service_recovers(deployment)
     seen: list[int] = []
     deadline = time.monotonic() + 60
     while seen[-20:] != [200] * 20 and time.monotonic() < deadline:
-        deployment.supervise()
         seen.append(http.status(value))
         if seen[-1] != 200:
             time.sleep(0.2)
