@@ -2,7 +2,8 @@
 workspace's events, newest first, with who did what, how and from where; filters; cursor
 paging; csv and jsonl exports; the tamper-evidence check; and Rule 8's lockout as an event.
 
-Each test reads a workspace of its own, so that the events it expects are all it finds.
+The tests read a workspace of their own (`story`, which they only read), so that the events
+they expect are all they find.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def events(http, admin, query: str = "") -> dict[str, Any]:
     return listed
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def story(http, new_workspace) -> dict[str, Any]:
     """A workspace where its admin adds a member, lets members generate tokens, and the
     member issues a token with a password, another with that token, and deletes the first."""

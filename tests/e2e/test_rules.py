@@ -1,4 +1,4 @@
-"""product.md's Rules 2 to 8 over HTTP, against the real server.
+"""product.md's Rules 1 to 8 over HTTP, against the real server.
 
 Tests that change workspace settings do so in a workspace of their own (`new_workspace`), so
 that no other test sees the change. Rule 5 ("refused as soon as the call returns, on every API
@@ -21,12 +21,29 @@ pytestmark = pytest.mark.e2e
 DAY = 86400
 
 
-def lifetime(info: dict) -> float:
+def lifetime(info: dict) -> float | None:
     """expiredAt - createdAt of a tokenInfo, in seconds; None for a token that never expires."""
     if info["expiredAt"] is None:
         return None
     parse = datetime.fromisoformat
     return (parse(info["expiredAt"]) - parse(info["createdAt"])).total_seconds()
+
+
+def test_rule_1_a_token_is_issued_only_to_the_person_who_authenticates(http):
+    member, member_id = http.person(canGenerateTokens=True)
+    # An admin cannot name someone else: the body has no such field.
+    for field in ("userId", "owner", "username"):
+        response = http("POST", "/v4/apiAccessTokens", ADMIN, json={field: member_id})
+        assert response.status_code == 400, field
+    assert http("GET", f"/v4/apiAccessTokens?userId={member_id}", ADMIN).json()["count"] == 0
+
+    # A token issues tokens for its own owner, and only while it is valid.
+    parent, parent_info = http.issue((member, PASSWORD))
+    _, child_info = http.issue(parent)
+    owned = http("GET", "/v4/apiAccessTokens", (member, PASSWORD)).json()["data"]
+    assert {t["tokenId"] for t in owned} == {parent_info["tokenId"], child_info["tokenId"]}
+    http("DELETE", f"/v4/apiAccessTokens/{parent_info['tokenId']}", ADMIN)
+    assert http("POST", "/v4/apiAccessTokens", parent, json={}).status_code == 401
 
 
 def test_rule_2_who_may_generate_tokens(http, new_workspace):
