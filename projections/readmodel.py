@@ -13,9 +13,10 @@ each script, which declares `{tl}:gen` as KEYS[1], runs where all its keys are.
     {tl}:<g>:pos           last event position applied
     {tl}:<g>:w:<workspace> hash en, mg, v
     {tl}:<g>:p:<person>    hash u, w, r, g, d, v
-    {tl}:<g>:t:<sha256>    string: 1 active (Redis expiry at expiredAt); 0 deleted, until the
-                           projector passes the deletion
-    {tl}:<g>:k:<s[:2]>     hash s[2:] -> owner id, token id, expires ms or '' (while listed)
+    {tl}:<g>:t:<sha256>    string: active (Redis expiry at expiredAt), 1 or its lastUsed ms;
+                           0 deleted, until the projector passes the deletion
+    {tl}:<g>:k:<s[:2]>     hash s[2:] -> owner id, token id, created ms (13 digits), expires
+                           ms or '' (while listed)
     {tl}:<g>:l:<person>    zset s -> created ms (the person's listing)
     {tl}:<g>:m:<person>    hash s -> "<lastUsed ms or ''> <description>", for tokens used or
                            described
@@ -57,20 +58,22 @@ BUILDING_TTL_SECONDS = 60  # a rebuilder that dies stops claiming the rebuild af
 
 Op = list[bytes | str | int]
 
-# Shared by the scripts below: Redis's own clock, so that every API process agrees on when a
-# token expires (and Redis expires its lookup by the same clock); and a token's listed part.
+# Shared by the scripts below: Redis's own clock, by which it also expires the lookups, so that
+# a listing calls a token expired exactly when verification starts refusing it; and a token's
+# listed part.
 _LUA_COMMON = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- the token a SHA-256 names: s, its owner's id, its own id and its expiry ('' for never);
--- nothing once it is deleted
+-- the token a SHA-256 names: s, its owner's id, its own id, created and expires ms (''
+-- for never); nothing once it is deleted
 local function token_ref(g, sha)
   local s = string.sub(sha, 1, 16)
   local ref = redis.call('HGET', g .. 'k:' .. string.sub(s, 1, 2), string.sub(s, 3))
   if ref then
-    return s, string.sub(ref, 1, 16), string.sub(ref, 17, 32), string.sub(ref, 33)
+    return s, string.sub(ref, 1, 16), string.sub(ref, 17, 32), string.sub(ref, 33, 45),
+      string.sub(ref, 46)
   end
 end
 -- lastUsed ('' for never) and description of a token
@@ -83,6 +86,16 @@ end
 local function set_extra(records, s, used, description)
   if used == '' and description == '' then return end
   redis.call('HSET', records, s, used .. ' ' .. description)
+end
+-- lastUsed, kept with the listing (which outlives the lookup) and in the lookup, where
+-- verification reads it
+local function set_used(g, owner, s, sha, ms)
+  local records = g .. 'm:' .. owner
+  local _, description = extra(records, s)
+  set_extra(records, s, ms, description)
+  local lookup = g .. 't:' .. sha
+  local state = redis.call('GET', lookup)
+  if state and state ~= '0' then redis.call('SET', lookup, ms, 'KEEPTTL') end
 end
 """
 
@@ -131,13 +144,14 @@ for _, gen in ipairs(gens) do
         if expires == '' then
           set = redis.call('SET', g .. 't:' .. sha, '1', 'NX')
         else
-          set = redis.call('SET', g .. 't:' .. sha, '1', 'NX', 'PXAT', expires)
+          -- Redis drops a key once its time is past: gone from expiredAt on, to the ms
+          set = redis.call('SET', g .. 't:' .. sha, '1', 'NX', 'PXAT', tonumber(expires) - 1)
         end
       end
       if set then
         local s = string.sub(sha, 1, 16)
         redis.call('HSET', g .. 'k:' .. string.sub(s, 1, 2), string.sub(s, 3),
-                   owner .. ARGV[i + 3] .. expires)
+                   owner .. ARGV[i + 3] .. ARGV[i + 5] .. expires)
         redis.call('ZADD', g .. 'l:' .. owner, ARGV[i + 5], s)
         set_extra(g .. 'm:' .. owner, s, '', ARGV[i + 7])
       end
@@ -167,10 +181,9 @@ for _, gen in ipairs(gens) do
       local s, owner = nil, nil
       if new then s, owner = token_ref(g, ARGV[i + 2]) end
       if s then
-        local records = g .. 'm:' .. owner
-        local used, description = extra(records, s)
+        local used = extra(g .. 'm:' .. owner, s)
         if used == '' or tonumber(used) < tonumber(ARGV[i + 3]) then
-          set_extra(records, s, ARGV[i + 3], description)
+          set_used(g, owner, s, ARGV[i + 2], ARGV[i + 3])
         end
       end
       i = i + 4
@@ -188,32 +201,28 @@ return #gens
 
 # Rule 4, evaluated in Redis in one round trip; `token_is_usable` in ledger/domainmodel.py is
 # the same rule on the write model, and tests hold the two together. -1: not ready; 0: refused.
-# The lookup is gone once Redis's clock passes expiredAt; at expiredAt itself Redis still has
-# it, so the expiry is also compared here, by the same clock.
+# Expiry needs no clock here: Redis has dropped the lookup from expiredAt on, by its own clock.
+# ARGV[3], the caller's time, only stamps lastUsed, as to the minute as any host's clock is.
 _VERIFY = (
     _LUA_COMMON
     + """
 local gen = redis.call('GET', KEYS[1])
 if not gen then return -1 end
-local prefix, sha = ARGV[1], ARGV[2]
+local prefix, sha, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local g = prefix .. gen .. ':'
-if redis.call('GET', g .. 't:' .. sha) ~= '1' then return 0 end
-local s, owner, id, expires = token_ref(g, sha)
+local state = redis.call('GET', g .. 't:' .. sha)
+if not state or state == '0' then return 0 end
+local s, owner, id, created, expires = token_ref(g, sha)
 if not s then return 0 end
-local now = now_ms()
-if expires ~= '' and tonumber(expires) <= now then return 0 end
 local p = redis.call('HMGET', g .. 'p:' .. owner, 'u', 'w', 'r', 'g', 'd')
 if not p[1] or p[5] == '1' then return 0 end
 local w = redis.call('HMGET', g .. 'w:' .. p[2], 'en', 'mg')
 if w[1] ~= '1' then return 0 end
-if not (p[3] == ARGV[4] or w[2] == '1' or p[4] == '1') then return 0 end
-local records = g .. 'm:' .. owner
-local used, description = extra(records, s)
-if used == '' or now - tonumber(used) >= tonumber(ARGV[3]) then
-  set_extra(records, s, string.format('%d', now), description)
+if not (p[3] == ARGV[5] or w[2] == '1' or p[4] == '1') then return 0 end
+if state == '1' or now - tonumber(state) >= tonumber(ARGV[4]) then
+  set_used(g, owner, s, sha, ARGV[3])
   redis.call('ZADD', prefix .. 'used', now, sha)
 end
-local created = redis.call('ZSCORE', g .. 'l:' .. owner, s)
 return {id, owner, p[1], p[2], p[3], p[4], created, expires}
 """
 )
@@ -233,7 +242,7 @@ local listing, records = g .. 'l:' .. owner, g .. 'm:' .. owner
 local now = now_ms()
 local out = {0, now}
 local function add(s, created)
-  local _, _, id, expires = token_ref(g, s)
+  local _, _, id, _, expires = token_ref(g, s)
   local used, description = extra(records, s)
   out[#out + 1] = id; out[#out + 1] = created; out[#out + 1] = expires
   out[#out + 1] = description; out[#out + 1] = used
@@ -247,7 +256,7 @@ if status == '' then
 else
   local all, count = redis.call('ZREVRANGE', listing, 0, -1, 'WITHSCORES'), 0
   for n = 1, #all, 2 do
-    local _, _, _, expires = token_ref(g, all[n])
+    local _, _, _, _, expires = token_ref(g, all[n])
     local expired = expires ~= '' and tonumber(expires) <= now
     if expired == (status == 'expired') then
       if count >= offset and count < offset + limit then add(all[n], all[n + 1]) end
@@ -348,7 +357,9 @@ class ReadModel:
         if not tokens.is_well_formed(value, self.token_prefix):
             return None
         sha = hashlib.sha256(value.encode()).digest()
-        found = self._evalsha_verify(GENERATION, PREFIX, sha, LAST_USED_GRANULARITY_MS, ADMIN)
+        found = self._evalsha_verify(
+            GENERATION, PREFIX, sha, _now_ms(), LAST_USED_GRANULARITY_MS, ADMIN
+        )
         if found == -1:
             raise NotReady("The token read model is being rebuilt")
         if not found:
@@ -630,7 +641,7 @@ def _token_issued(
         bytes.fromhex(token_hash),
         token_id.bytes,
         issued.owner_id.bytes,
-        _to_ms(created),
+        f"{_to_ms(created):013d}",  # fixed width in the k: entry
         _to_ms(expires) if expires else "",
         issued.description,
     ]
@@ -662,6 +673,10 @@ def _batched(iterable: Iterable[Any], size: int) -> Iterable[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def _now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
 
 
 def _to_ms(moment: datetime) -> int:

@@ -30,7 +30,7 @@ def status(read_model: ReadModel, value: str) -> str:
 def dump(redis: Any, *, generation_only: bool = False, last_used: bool = True) -> dict[Any, Any]:
     """Every read-model key and its value. With `generation_only`, just the live generation's
     keys, with the generation number taken out of their names (`{tl}:G:...`); without
-    `last_used`, the listing records without their lastUsed."""
+    `last_used`, lookups and listing records without their lastUsed."""
     out: dict[Any, Any] = {}
     live = redis.get("{tl}:gen")
     for key in redis.scan_iter(match=b"{tl}:*"):
@@ -52,6 +52,8 @@ def dump(redis: Any, *, generation_only: bool = False, last_used: bool = True) -
             value = redis.zrange(key, 0, -1, withscores=True)
         elif kind == b"string":
             value = redis.get(key)
+            if not last_used and re.match(rb"\{tl\}:\d+:t:", key) and value != b"0":
+                value = b"1"  # an active token's lookup holds its lastUsed, if any
         elif kind == b"none":  # deleted, or expired, while we looked
             continue
         else:

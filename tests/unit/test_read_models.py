@@ -79,9 +79,9 @@ class CountingRedis(fakeredis.FakeRedis):
 
 
 class RedisClock:
-    """Redis's clock as fakeredis keeps it (the scripts' TIME, and when keys expire): real time
-    plus an offset the test moves, or a fixed moment. The host's clock is left alone, so that
-    a script that read it instead would be caught."""
+    """The time as the read model sees it: Redis's clock as fakeredis keeps it (the scripts'
+    TIME, and when keys expire) and the API host's (lastUsed stamps): real time plus an offset
+    the test moves, or a fixed moment."""
 
     def __init__(self) -> None:
         self.offset_ms = 0
@@ -103,6 +103,7 @@ class RedisClock:
         with (
             mock.patch.object(fakeredis_socket, "time", self),
             mock.patch.object(fakeredis_server, "time", self),
+            mock.patch.object(readmodel, "_now_ms", self),
         ):
             yield self
 
@@ -343,9 +344,12 @@ def test_token_issued_is_looked_up_by_its_hash_and_listed(rig):
     expires_ms = created_ms + 3600 * 1000
     lookup = key(rig, b"t:", sha)
     assert rig.redis.get(lookup) == b"1"
-    assert rig.redis.pexpiretime(lookup) == expires_ms  # Redis drops it when the token expires
+    # Redis drops it once its time is past: from expiredAt on, to the millisecond.
+    assert rig.redis.pexpiretime(lookup) == expires_ms - 1
     s = sha[:16]  # what the listing knows the token by
-    assert rig.hash(b"k:", s[:2]) == {s[2:]: owner.bytes + token_id.bytes + b"%d" % expires_ms}
+    assert rig.hash(b"k:", s[:2]) == {
+        s[2:]: owner.bytes + token_id.bytes + b"%d%d" % (created_ms, expires_ms)
+    }
     assert rig.redis.zrange(key(rig, b"l:", owner.bytes), 0, -1, withscores=True) == [
         (s, created_ms)
     ]
