@@ -8,7 +8,6 @@ the workers' metrics directory.
 from __future__ import annotations
 
 import atexit
-import fcntl
 import logging
 import os
 import secrets
@@ -55,7 +54,7 @@ def serve(env: Env, host: str, port: int, workers: int | None) -> None:
             "use --workers 1, or set LEDGER_REDIS_URL to run more workers",
             2,
         )
-    runtime = _runtime_dir()
+    _use_metrics_dir()
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -74,7 +73,7 @@ def serve(env: Env, host: str, port: int, workers: int | None) -> None:
         "control_socket_disable": True,
         "proc_name": "ledger",
     }
-    Server(settings, options, runtime / "boot.lock").run()
+    Server(settings, options).run()
 
 
 def bootstrap(settings: Settings) -> None:
@@ -102,10 +101,9 @@ def bootstrap(settings: Settings) -> None:
 
 
 class Server(BaseApplication):  # type: ignore[misc]  # gunicorn has no type information
-    def __init__(self, settings: Settings, options: dict[str, Any], boot_lock: Path) -> None:
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
         self.settings = settings
         self.options = options
-        self.boot_lock = boot_lock
         super().__init__()
 
     def load_config(self) -> None:
@@ -113,27 +111,24 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn has no type inf
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        """Called in each worker, after the fork, one worker at a time: building the app opens
-        the store, which (re)creates its tables and functions, and two workers doing that at
-        once fail on PostgreSQL ("tuple concurrently updated")."""
+        """Called in each worker, after the fork (Ledger.from_settings makes workers that open
+        a PostgreSQL store at once take turns creating its tables)."""
         from api.app import create_app  # in the worker only: nothing of it in the master
 
-        with self.boot_lock.open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            return create_app(self.settings)
+        return create_app(self.settings)
 
 
-def _runtime_dir() -> Path:
-    """The server's directory, PROMETHEUS_MULTIPROC_DIR: there each worker writes its counters
+def _use_metrics_dir() -> None:
+    """PROMETHEUS_MULTIPROC_DIR, given or a fresh one: there each worker writes its counters
     and /metrics adds them up (prometheus_client's multiprocess mode, which must be set up
-    before prometheus_client is first imported); the workers' boot lock is there too."""
+    before prometheus_client is first imported)."""
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
         path = Path(given)
         path.mkdir(parents=True, exist_ok=True)
         for stale in path.glob("*.db"):  # counters of an earlier run
             stale.unlink()
-        return path
+        return
     path = Path(tempfile.mkdtemp(prefix="ledger-serve-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     master = os.getpid()
@@ -143,7 +138,6 @@ def _runtime_dir() -> Path:
             shutil.rmtree(path, ignore_errors=True)
 
     atexit.register(remove)
-    return path
 
 
 def _child_exit(server: Any, worker: Any) -> None:

@@ -7,6 +7,7 @@ only authenticates and translates.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
+from psycopg import connect as postgres_connect
 
 from ledger import tokens
 from ledger.attempts import AttemptLimiter, InMemoryAttemptLimiter
@@ -55,6 +57,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 CONFLICT_RETRIES = 5
 USAGE_REPORT_SIZE = 1000  # tokens per UsageReport event, to keep each stored event small
+TABLE_CREATION_LOCK = 7386213900  # a PostgreSQL advisory lock id of our own
 
 
 def retry_on_conflict(command: Callable[P, R]) -> Callable[P, R]:
@@ -122,12 +125,14 @@ class Ledger(Application[UUID]):
 
     @classmethod
     def from_settings(cls, settings: Settings, attempts: AttemptLimiter | None = None) -> Ledger:
-        return cls(
-            settings.eventsourcing_env(),
-            passwords=Passwords(settings.argon2),
-            attempts=attempts,
-            token_prefix=settings.token_prefix,
-        )
+        env = settings.eventsourcing_env()
+        with _one_process_at_a_time_creating_tables(env):
+            return cls(
+                env,
+                passwords=Passwords(settings.argon2),
+                attempts=attempts,
+                token_prefix=settings.token_prefix,
+            )
 
     # Workspaces
 
@@ -507,6 +512,27 @@ def token_as_dict(token: Token, now: datetime) -> dict[str, Any]:
         "status": token.status(now),
         "token_hash": token.token_hash,  # the read model's key, e.g. for lastUsed; not secret
     }
+
+
+@contextlib.contextmanager
+def _one_process_at_a_time_creating_tables(env: dict[str, str]) -> Iterator[None]:
+    """Opening the store creates its tables and functions when missing; on PostgreSQL, processes
+    doing that at once (workers, the projector, other hosts, on a new database) collide in the
+    catalog ("tuple concurrently updated", duplicate pg_type rows), so they take turns."""
+    if env["PERSISTENCE_MODULE"] != "eventsourcing.postgres":
+        yield
+        return
+    with postgres_connect(
+        host=env["POSTGRES_HOST"],
+        port=env["POSTGRES_PORT"],
+        dbname=env["POSTGRES_DBNAME"],
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"],
+        connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
+        autocommit=True,
+    ) as lock:
+        lock.execute("SELECT pg_advisory_lock(%s)", (TABLE_CREATION_LOCK,))
+        yield  # released when the connection closes
 
 
 def _failure_limits(username: str, ctx: AuditContext) -> list[tuple[FailureLimit, str]]:

@@ -5,6 +5,7 @@ Outside CI a missing server skips these tests with the reason; under CI=true it 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -33,15 +34,24 @@ def unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh schema for this test session; only that schema is dropped afterwards."""
+    with fresh_postgres_schema() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_postgres_schema() -> Iterator[str]:
+    """The URL of a new, empty schema, dropped afterwards (the shared ones are never touched)."""
     schema = f"ledger_test_{uuid.uuid4().hex[:12]}"
     try:
         with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
     except psycopg.OperationalError as error:
         unavailable(f"PostgreSQL unreachable at {POSTGRES_URL}: {error}")
-    yield f"{POSTGRES_URL}?schema={schema}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    try:
+        yield f"{POSTGRES_URL}?schema={schema}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def free_port() -> int:

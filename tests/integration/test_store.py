@@ -4,6 +4,7 @@ concurrency, and no secret at rest."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -13,6 +14,7 @@ import pytest
 
 from ledger.domainmodel import MEMBER, AuditContext, UsernameTaken
 from tests.conftest import PASSWORD, SECRETS_MADE, found_in, login, make_ledger
+from tests.integration.conftest import fresh_postgres_schema
 from tests.read_model_support import Secret
 
 pytestmark = pytest.mark.integration
@@ -72,6 +74,23 @@ def test_fifty_concurrent_issues_for_one_person_are_all_persisted(store_url, pas
     assert len(ids) == 50
     listed = make_ledger(store_url, passwords).list_tokens(ctx)
     assert {t["token_id"] for t in listed} == ids
+
+
+def test_processes_opening_a_new_postgresql_store_at_once_all_succeed():
+    """Workers, the projector and other hosts starting together on a new database each create
+    the tables; PostgreSQL's catalog makes concurrent creation fail unless they take turns."""
+    opener = (
+        "import sys; from ledger.application import Ledger; from ledger.config import Settings; "
+        "Ledger.from_settings(Settings(database_url=sys.argv[1])).close()"
+    )
+    for _ in range(3):
+        with fresh_postgres_schema() as url:
+            openers = [
+                subprocess.Popen([sys.executable, "-c", opener, url], stderr=subprocess.PIPE)
+                for _ in range(4)
+            ]
+            failures = [p.stderr.read().decode() for p in openers if p.wait(timeout=60) != 0]
+            assert failures == []
 
 
 def test_no_token_value_or_password_is_at_rest(store_url, passwords, tmp_path):
