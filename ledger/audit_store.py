@@ -8,6 +8,7 @@ catch it up at the same time.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -15,9 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.persistence import ApplicationRecorder, OperationalError
 from eventsourcing.postgres import PostgresDatastore
-from eventsourcing.sqlite import SQLiteDatastore
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTransaction
 
 HEAD_COLUMNS = "position, events, checkpoint_position, checkpoint_events, checkpoint_at"
 
@@ -287,7 +288,18 @@ class AuditStore:
 
     @contextmanager
     def _transaction(self, *, commit: bool) -> Iterator[Any]:
-        with self.datastore.transaction(commit=commit) as cursor:
+        if not (commit and isinstance(self.datastore, SQLiteDatastore)):
+            with self.datastore.transaction(commit=commit) as cursor:
+                yield cursor
+            return
+        # The store's own SQLite transactions begin deferred, and one that reads before it
+        # writes (as these do) fails at once, whatever the busy timeout, when another
+        # connection (the API's, the CLI's) writes in between: so these take the lock first.
+        with (
+            self.datastore.get_connection(commit=True) as connection,
+            _ImmediateTransaction(connection, commit=True) as cursor,
+            cursor,
+        ):
             yield cursor
 
     def _create_tables(self) -> None:
@@ -641,3 +653,15 @@ class AuditStore:
                 value = d.from_json(value)
             values[name] = value
         return AuditRecord(**values)
+
+
+class _ImmediateTransaction(SQLiteTransaction):
+    """eventsourcing's SQLite transaction, begun IMMEDIATE: with SQLite's write lock taken."""
+
+    def __enter__(self) -> Any:
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:  # still locked when the busy timeout ran out
+            raise OperationalError(error) from error
+        return cursor
