@@ -46,6 +46,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.utils import get_topic
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from ledger import tokens
@@ -388,13 +389,20 @@ class ReadModel:
         if conn is None:
             conn = self._threads.conn = self.redis.connection_pool.get_connection()
         try:
-            try:
-                conn.send_command("EVALSHA", self._verify.sha, 1, *args)
-                return conn.read_response()
-            except NoScriptError:  # Redis restarted or flushed its scripts: load it again
-                return self._verify(keys=args[:1], args=args[1:], client=self.redis)
+            return self._send_verify(conn, args)
+        except RedisConnectionError:
+            # A connection left idle across a Redis restart fails at its first use; redis-py's
+            # own client retries that once, and so does this, on a fresh connection.
+            return self._send_verify(conn, args)
+
+    def _send_verify(self, conn: Any, args: tuple[Any, ...]) -> Any:
+        try:
+            conn.send_command("EVALSHA", self._verify.sha, 1, *args)
+            return conn.read_response()
+        except NoScriptError:  # Redis restarted or flushed its scripts: load it again
+            return self._verify(keys=args[:1], args=args[1:], client=self.redis)
         except Exception:
-            conn.disconnect()
+            conn.disconnect()  # in an unknown state: the next use connects afresh
             raise
 
     def list_tokens(

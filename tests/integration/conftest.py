@@ -61,29 +61,23 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server of the tests' own on a free port, which tests may flush or kill."""
+    """A redis-server of the tests' own on a free port, which tests may flush, kill and start
+    again (on the same port, empty, as after a crash: it keeps nothing on disk)."""
 
     def __init__(self) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             unavailable("redis-server is not installed")
+        self.executable = str(executable)
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="ledger-redis-")
+        self.start()
+
+    def start(self) -> None:
+        options = {"port": self.port, "bind": "127.0.0.1", "save": "", "appendonly": "no"}
+        args = [arg for name, value in options.items() for arg in (f"--{name}", str(value))]
         self.process = subprocess.Popen(
-            [
-                executable,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
+            [self.executable, *args, "--dir", self.dir], stdout=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -99,9 +93,13 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """Down, as in an outage; start() brings it back."""
         self.process.kill()
         self.process.wait()
+
+    def stop(self) -> None:
+        self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -467,6 +467,25 @@ def test_a_flushed_redis_answers_not_ready_then_recovers_by_itself(
     )
 
 
+def test_the_first_verification_after_a_redis_restart_is_answered_not_failed(store_url, passwords):
+    """Each API thread holds a connection for its verifications; one left idle across a restart
+    is replaced at its first use, so that call says "not ready" (Redis came back empty) rather
+    than failing with a broken connection, and the rebuild brings the token back."""
+    own = RedisServer()  # a server of this test's own, since it is restarted
+    try:
+        with services(store_url, own.url) as api:
+            api.projector.run_once()
+            value = Scenario(api.ledger).issue()
+            assert status(api.read_model, value) == "valid"
+            own.kill()
+            own.start()
+            assert status(api.read_model, value) == "not ready"
+            api.projector.run_once()
+            assert status(api.read_model, value) == "valid"
+    finally:
+        own.stop()
+
+
 # Rebuilds while serving.
 
 
