@@ -51,16 +51,24 @@ class Projector:
         self._last_usage_flush = time.monotonic()
 
     def run_once(self) -> int:
-        """Bring the read models up to the store's head; how many events were applied."""
+        """Bring the read models, then the followers, up to the store's head; how many events
+        were applied to the read models."""
+        applied = self._project()
+        self._follow()
+        return applied
+
+    def _project(self) -> int:
         generation = self.read_model.generation()
         if generation is None:
             return self.rebuild() or 0
         applied = self._catch_up(generation, rebuilding=False)
-        for follow in self.followers:
-            follow()
         if time.monotonic() - self._last_usage_flush >= self.usage_flush_seconds:
             self.flush_usage()
         return applied
+
+    def _follow(self) -> None:
+        for follow in self.followers:
+            follow()
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int | None:
         """Replay every event into a fresh generation, then switch to it in one write.
@@ -116,12 +124,33 @@ class Projector:
         }
 
     def run_forever(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
-        """Apply new events as they arrive until `stop` is set. Errors propagate: a projector
-        that lost its store or Redis exits, and its supervisor starts a fresh one."""
-        with self._waiter() as wait:
-            while not stop.is_set():
-                if not self.run_once():
-                    wait(poll_seconds)
+        """Apply new events as they arrive until `stop` is set. The followers keep up on a
+        thread of their own, every `poll_seconds`, so that a slow round of theirs (the audit
+        trail's transaction) never holds the read models back. Errors propagate, from either:
+        a projector that lost its store or Redis exits, and its supervisor starts a fresh one."""
+        halt = threading.Event()
+        failed: list[Exception] = []
+
+        def follow() -> None:
+            try:
+                while not halt.is_set():
+                    self._follow()
+                    halt.wait(poll_seconds)
+            except Exception as error:
+                failed.append(error)
+
+        follower = threading.Thread(target=follow, name="projector-followers", daemon=True)
+        follower.start()
+        try:
+            with self._waiter() as wait:
+                while not stop.is_set() and not failed:
+                    if not self._project():
+                        wait(poll_seconds)
+        finally:
+            halt.set()
+            follower.join()
+        if failed:
+            raise failed[0]
 
     def _catch_up(
         self,

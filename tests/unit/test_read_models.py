@@ -9,6 +9,7 @@ projector following the store (`apply_events`), or a rebuild from scratch. Token
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -880,6 +881,49 @@ def test_a_token_of_another_deployment_prefix_is_refused_without_io(passwords):
     rig.redis.refuse = True
     assert other.verify(value) is None
     rig.redis.refuse = False
+
+
+# The projector's followers (the audit trail) keep up on a thread of their own.
+
+
+def following(passwords: Any, follower: Any) -> tuple[Ledger, ReadModel, Projector]:
+    ledger = make_ledger("memory://", passwords)  # only the projector writes to Redis
+    read_model = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
+    return ledger, read_model, Projector(ledger, read_model, followers=[follower])
+
+
+def test_a_slow_follower_does_not_hold_the_read_models_back(passwords):
+    stuck, released = threading.Event(), threading.Event()
+
+    def slow() -> int:
+        stuck.set()
+        released.wait(10)  # an audit catch-up stuck in a long transaction
+        return 0
+
+    ledger, read_model, projector = following(passwords, slow)
+    workspace_id = ledger.create_workspace("acme", CLI)
+    admin_id = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace_id)
+    stop = threading.Event()
+    runner = threading.Thread(target=projector.run_forever, args=(stop, 0.02))
+    runner.start()
+    try:
+        assert stuck.wait(10)
+        value = Secret(ledger.issue_token(AuditContext("password", actor_id=admin_id)).value)
+        assert wait_for(lambda: status(read_model, value) == "valid")
+    finally:
+        released.set()
+        stop.set()
+        runner.join(timeout=10)
+    assert not runner.is_alive()
+
+
+def test_a_failing_follower_stops_the_projector_with_its_error(passwords):
+    def failing() -> int:
+        raise RuntimeError("the audit trail's database went away")
+
+    _, _, projector = following(passwords, failing)
+    with pytest.raises(RuntimeError, match="went away"):
+        projector.run_forever(threading.Event(), poll_seconds=0.02)
 
 
 # Not ready is not invalid.
