@@ -248,6 +248,14 @@ class Http:
         workers answer some of them."""
         return {self.status(token) for _ in range(times)}
 
+    def lock_out(self, username: str, address: str) -> Any:
+        """Rule 8: five wrong passwords from `address`; the answer to the right one then."""
+        headers = {"X-Forwarded-For": address}
+        for _ in range(5):
+            wrong = self("GET", "/v4/people/current", (username, "wrong guess"), headers=headers)
+            assert wrong.status_code == 401
+        return self("GET", "/v4/people/current", (username, PASSWORD), headers=headers)
+
 
 def error_name(response: Any) -> str:
     name: str = response.json()["exception"]["name"]

@@ -222,18 +222,7 @@ def test_an_edit_covered_up_in_the_chain_records_is_caught_by_the_signed_checkpo
     position = scenario.position_of("token 9")
     oid, version, topic, state = scenario.raw.row(position)
     scenario.raw.set_row(position, (oid, version, topic, state.replace(b"token 9", b"token X")))
-    previous = bytes.fromhex(
-        scenario.trail.store.chain_hash_at(positions[positions.index(position) - 1])
-    )
-    for p in positions[positions.index(position) :]:
-        leaf = leaf_hash(p, *scenario.raw.row(p))
-        previous = next_chain_hash(previous, leaf)
-        scenario.raw.sql(
-            "UPDATE {chain} SET leaf_hash = ?, chain_hash = ? WHERE position = ?",
-            leaf.hex(),
-            previous.hex(),
-            p,
-        )
+    rechain_from(scenario, position)
     checkpoints = [c.position for c in scenario.trail.store.checkpoints(0, 100)]
     segment_start = max(c for c in checkpoints if c < position)
     ok, problem, first_bad = scenario.verify()
