@@ -180,12 +180,8 @@ class Dialect:
         loaded: dict[str, Any] = json.loads(value)
         return loaded
 
-    # A write first: the transaction takes SQLite's write lock now (waiting its turn) rather
-    # than failing to upgrade its read snapshot later.
-    lock_head: tuple[str, ...] = (
-        "UPDATE {audit_head} SET position = position WHERE id = 1",
-        "SELECT {head_columns} FROM {audit_head} WHERE id = 1",
-    )
+    # The head, read under the write lock: SQLite's is the transaction's (BEGIN IMMEDIATE).
+    lock_head = "SELECT {head_columns} FROM {audit_head} WHERE id = 1"
 
     def sql(self, statement: str) -> str:
         return statement
@@ -231,7 +227,7 @@ class PostgresDialect(Dialect):
     def text(self, expression: str) -> str:
         return f"({expression})::text"
 
-    lock_head = ("SELECT {head_columns} FROM {audit_head} WHERE id = 1 FOR UPDATE",)
+    lock_head = "SELECT {head_columns} FROM {audit_head} WHERE id = 1 FOR UPDATE"
 
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
@@ -390,8 +386,7 @@ class AuditStore:
         d = self.dialect
         uuid = d.to_uuid
         with self._transaction(commit=True) as c:
-            for statement in d.lock_head:
-                c.execute(self._sql(statement))
+            c.execute(self._sql(d.lock_head))
             if self._head(c.fetchone()) != expected:
                 return False
             self._insert(c, "audit_chain", [(x.position, x.leaf_hash, x.chain_hash) for x in links])
