@@ -9,7 +9,8 @@ from time import perf_counter
 from typing import Any
 
 import flask_smorest
-from flask import Flask, Response, g, request
+from flask import Blueprint, Flask, Response, g, request
+from swagger_ui_bundle import swagger_ui_path
 
 from api import audit, errors, ops, people, tokens, workspaces
 from api.auth import trusted_networks
@@ -22,6 +23,7 @@ from projections.wiring import Services, build_services
 
 # The /v4 areas, each a flask-smorest blueprint documented in /v4/openapi.json.
 BLUEPRINTS: list[flask_smorest.Blueprint] = [tokens.blp, people.blp, workspaces.blp, audit.blp]
+DOCS_ASSETS = "/docs/assets"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SECURITY_SCHEMES = {
     "basicAuth": {"type": "http", "scheme": "basic"},
@@ -49,7 +51,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="v4/openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=DOCS_ASSETS + "/",
         API_SPEC_OPTIONS={"security": [{name: []} for name in SECURITY_SCHEMES]},
     )
     app.extensions["ledger"] = services
@@ -59,6 +61,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     app.register_blueprint(ops.blp)
+    # Swagger UI's files from the package, not a CDN: /docs works where the browser is offline.
+    app.register_blueprint(
+        Blueprint("docs", __name__, static_folder=swagger_ui_path, static_url_path=DOCS_ASSETS)
+    )
     errors.register(app)
     app.before_request(_start)
     app.after_request(_finish)

@@ -287,10 +287,15 @@ def test_openapi_documents_every_v4_row_with_camel_case_fields(api):
     assert set(spec["components"]["securitySchemes"]) == {"basicAuth", "bearerAuth"}
 
 
-def test_docs_page_serves(api):
+def test_docs_page_serves_with_its_assets_from_the_service_itself(api):
     response = api.get("/docs")
     assert response.status_code == 200
     assert b"/v4/openapi.json" in response.data
+    assets = re.findall(rb'(?:src|href)="([^"]+)"', response.data)
+    assert len(assets) == 3  # the stylesheet, the preset and the bundle
+    for asset in assets:
+        assert asset.startswith(b"/docs/assets/"), asset
+        assert api.get(asset.decode()).status_code == 200
 
 
 def test_no_secret_reaches_a_log_line(api, caplog):
