@@ -4,9 +4,7 @@ is the ledger's (ledger/), reached through `Ledger` commands that take an `Audit
 from __future__ import annotations
 
 import atexit
-from functools import cache
 from time import perf_counter
-from typing import Any
 
 import flask_smorest
 from flask import Blueprint, Flask, Response, g, request
@@ -17,7 +15,7 @@ from api.auth import trusted_networks
 from api.context import request_id
 from api.errors import LedgerApi
 from api.http import MAX_BODY_BYTES, check_body
-from api.metrics import LATENCY, REQUESTS
+from api.metrics import LATENCY, REQUESTS, labelled
 from ledger.config import Settings
 from projections.wiring import Services, build_services
 
@@ -84,12 +82,6 @@ def _finish(response: Response) -> Response:
     # Label by route template, not path, so that ids and probes cannot explode the series.
     route = request.url_rule.rule if request.url_rule else "unmatched"
     method = request.method if request.method in KNOWN_METHODS else "other"
-    requests, latency = _request_metrics(method, route, response.status_code)
-    requests.inc()
-    latency.observe(perf_counter() - g.get("started", perf_counter()))
+    labelled(REQUESTS, method, route, str(response.status_code)).inc()
+    labelled(LATENCY, method, route).observe(perf_counter() - g.get("started", perf_counter()))
     return response
-
-
-@cache  # bounded: methods, route templates and statuses are few; labels() costs a lock each
-def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
-    return REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route)

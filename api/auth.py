@@ -14,7 +14,7 @@ from uuid import UUID
 from flask import g, request
 
 from api.context import request_id, services
-from api.metrics import VERIFICATIONS
+from api.metrics import VERIFICATIONS, labelled
 from ledger.config import ConfigError
 from ledger.domainmodel import AuditContext, AuthenticationFailed, AuthMethod
 from projections.readmodel import NotReady, Principal
@@ -63,9 +63,9 @@ def verify(value: str) -> Principal | None:
     try:
         principal = services().read_model.verify(value)
     except NotReady:
-        VERIFICATIONS.labels("not_ready").inc()
+        labelled(VERIFICATIONS, "not_ready").inc()
         raise
-    VERIFICATIONS.labels("invalid" if principal is None else "valid").inc()
+    labelled(VERIFICATIONS, "invalid" if principal is None else "valid").inc()
     return principal
 
 

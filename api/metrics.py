@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from functools import cache
 from typing import Any
 
 from prometheus_client import (
@@ -34,6 +35,12 @@ VERIFICATIONS = Counter(
     "Bearer tokens verified, by outcome (valid, invalid, not_ready)",
     ["outcome"],
 )
+
+
+@cache  # bounded: label values here are few (outcomes, methods, route templates, statuses)
+def labelled(metric: Any, *values: str) -> Any:
+    """The child of `metric` for these label values; labels() takes a lock on every call."""
+    return metric.labels(*values)
 
 
 class ProjectionLag(Collector):
