@@ -1,6 +1,6 @@
 """The read models' goals (issue 3), each a ratio to a baseline in the same run:
 
-- verify() calls/s / raw redis-py GET calls/s on the same connection (goal >= 0.8);
+- verify() calls/s / raw redis-py GET calls/s, each on one connection held open (>= 0.8);
 - rebuild events/s / raw pipelined HSET/s (goal >= 0.5);
 - verification latency at 1M active tokens / at 1k (goal <= 1.1);
 - Redis bytes per active token, listings and people included (goal <= 300).
@@ -39,6 +39,7 @@ REBUILD_TOKENS = int(os.environ.get("BENCH_REBUILD_TOKENS", "20000"))
 SCALE_TOKENS = int(os.environ.get("BENCH_SCALE_TOKENS", "1000000"))
 TOKENS_PER_PERSON = 10
 ROUNDS = 3
+VERIFY_ROUNDS = 5
 
 
 def run() -> str:
@@ -56,8 +57,7 @@ def run() -> str:
         (f"verify latency, {SCALE_TOKENS:,} / 1,000 active tokens", *scale[:3], "<= 1.1"),
         ("Redis bytes per active token", "", "", f"{scale[3]:.0f}", "<= 300"),
     ]
-    store_us = profile["store: select_notifications"] + profile["store: mapper.to_domain_event"]
-    budget_us = 2 * profile["pipelined HSET (the baseline)"]
+    rebuild_ratio = float(rebuild[2])
     lines = [
         "## Read models (issue 3)",
         "",
@@ -74,28 +74,52 @@ def run() -> str:
         "|---|---|",
         *(f"| {part} | {us:.1f} |" for part, us in profile.items()),
         "",
-        "Why the rebuild stays under 0.5: reading the store and decoding with the library's",
-        f"mapper cost {store_us:.1f} µs per event before anything is sent to Redis, against the",
-        f"{budget_us:.1f} µs all told that 0.5 allows; building the ops and packing the calls",
-        "come on top, on the same core under the GIL (the reader thread decodes the next batch",
-        "while the main thread writes, and the script's time inside Redis overlaps on the other",
-        "core). Going past it would mean decoding outside eventsourcing's mapper, or in another",
-        "process: not done.",
+        *_why_rebuild_misses(rebuild_ratio, profile),
         "",
     ]
     print("\n".join(lines))
     return "\n".join(lines)
 
 
-def best_rate(calls: int, action: Callable[[], None]) -> float:
-    """Calls per second of the best of a few rounds: the least disturbed by the machine."""
-    best = float("inf")
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for _ in range(calls):
-            action()
-        best = min(best, time.perf_counter() - start)
-    return calls / best
+def _why_rebuild_misses(ratio: float, profile: dict[str, float]) -> list[str]:
+    """The CPU argument: what a rebuild costs per event, in every process, against what 0.5
+    allows on this machine's cores."""
+    if ratio >= 0.5:
+        return []
+    cores = os.cpu_count() or 1
+    budget = 2 * profile["pipelined HSET (the baseline)"]
+    own = profile["CPU: the projector's process, both threads"]
+    inside_redis = profile["CPU: redis-server"]
+    store = profile["store: select_notifications"] + profile["store: mapper.to_domain_event"]
+    floor = (own + inside_redis) / cores
+    lines = [
+        f"Why the rebuild stays under 0.5: 0.5 allows {budget:.1f} µs per event. A rebuild costs",
+        f"{own + inside_redis:.1f} µs of CPU per event: {own:.1f} in the projector's process",
+        f"(of which reading the store and decoding with eventsourcing's mapper, {store:.1f})",
+        f"and {inside_redis:.1f} inside redis-server. On {cores} cores that takes at least",
+        f"{floor:.1f} µs per event, however the work is spread over threads or processes",
+    ]
+    if floor >= budget:
+        lines += [
+            "(here the reader thread already decodes the next batch while the writer waits on",
+            "Redis). Getting there needs less CPU per event, not more parallelism: decoding",
+            "outside the library's mapper, or a write script that checks less, when its checks",
+            "are what make an event applied twice change nothing.",
+        ]
+    else:
+        lines += [
+            "(here one reader thread decodes while the writer waits on Redis, under one GIL):",
+            "decoding in another process could close the rest of the gap.",
+        ]
+    return lines
+
+
+def rate(calls: int, action: Callable[[], None]) -> float:
+    """Calls per second of `action`, called `calls` times in a row."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        action()
+    return calls / (time.perf_counter() - start)
 
 
 def bench_verify(redis: Redis) -> tuple[str, str, str]:
@@ -107,8 +131,16 @@ def bench_verify(redis: Redis) -> tuple[str, str, str]:
     Projector(ledger, read_model).rebuild()
     assert read_model.verify(value) is not None
     redis.set("bench:plain", b"x" * 16)
-    ours = best_rate(CALLS, lambda: read_model.verify(value))
-    raw = best_rate(CALLS, lambda: redis.get("bench:plain"))
+    # verify() keeps a connection of its own open; so does the baseline, which then pays no
+    # pool checkout per call either.
+    plain = Redis(connection_pool=redis.connection_pool, single_connection_client=True)
+    # The best of rounds that alternate: a burst of noise on this shared machine then spoils
+    # one round of one side, not every round of it.
+    ours = raw = 0.0
+    for _ in range(VERIFY_ROUNDS):
+        ours = max(ours, rate(CALLS, lambda: read_model.verify(value)))
+        raw = max(raw, rate(CALLS, lambda: plain.get("bench:plain")))
+    plain.close()
     return f"{ours:,.0f}", f"{raw:,.0f}", f"{ours / raw:.2f}"
 
 
@@ -125,13 +157,18 @@ def bench_rebuild(redis: Redis) -> tuple[tuple[str, str, str], dict[str, float]]
             ledger.save(*(_token(people[n % len(people)], ctx) for n in range(start, start + 500)))
         events = ledger.recorder.max_notification_id() or 0
         projector = Projector(ledger, read_model)
-        ours = 0.0
+        ours, cpu = 0.0, (0.0, 0.0)
         for _ in range(ROUNDS):
             redis.flushall()
-            started = time.perf_counter()
+            started, ours_cpu, redis_cpu = time.perf_counter(), time.process_time(), _cpu(redis)
             assert projector.rebuild() == events
-            ours = max(ours, events / (time.perf_counter() - started))
+            rate = events / (time.perf_counter() - started)
+            if rate > ours:
+                ours = rate
+                cpu = (time.process_time() - ours_cpu, _cpu(redis) - redis_cpu)
         profile = rebuild_profile(ledger, redis, events)
+        profile["CPU: the projector's process, both threads"] = cpu[0] * 1e6 / events
+        profile["CPU: redis-server"] = cpu[1] * 1e6 / events
         ledger.close()
     fields = {"v": 1, "i": b"x" * 16, "o": b"y" * 16, "c": 1, "e": 2, "d": ""}
     raw = 0.0
@@ -147,6 +184,12 @@ def bench_rebuild(redis: Redis) -> tuple[tuple[str, str, str], dict[str, float]]
     profile["rebuild, all told"] = 1e6 / ours
     profile["pipelined HSET (the baseline)"] = 1e6 / raw
     return (f"{ours:,.0f}", f"{raw:,.0f}", f"{ours / raw:.2f}"), profile
+
+
+def _cpu(redis: Redis) -> float:
+    """Seconds of CPU redis-server has used, all its threads."""
+    info = redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def rebuild_profile(ledger: Ledger, redis: Redis, events: int) -> dict[str, float]:
