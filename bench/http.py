@@ -203,7 +203,7 @@ def run() -> str:
         f"{gunicorn_share:.0%} of our worker's Python time); what we add is Flask's hooks around a",
         "blueprint, the verification round trip (the script inside redis-server, the client's",
         "packing and parsing, and the thread switch while it waits), the response schema and the",
-        "metrics, where the plain app returns a constant. The round trip alone costs about what",
+        "metrics, where the plain app returns a constant. The round trip alone costs more than",
         "0.85 allows. Caching verifications in the process would get under it, and would break",
         "Rule 5 (a deleted token refused on every process as the delete returns): not done. At",
         "half the plain app's maximum we run near our own, so the p99 follows.",
