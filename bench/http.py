@@ -42,7 +42,7 @@ import psycopg
 import requests
 
 import cli.main  # noqa: F401  # registers the commands before cli.serve is imported
-from cli.serve import ACCESS_LOG_FORMAT, THREADS
+from cli.serve import ACCESS_LOG_FORMAT
 from ledger import tokens
 from ledger.application import Ledger
 from ledger.config import Argon2Parameters, Settings
@@ -55,6 +55,7 @@ SECONDS = int(os.environ.get("BENCH_HTTP_SECONDS", "4"))
 ROUNDS = int(os.environ.get("BENCH_HTTP_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_HTTP_CONNECTIONS", "16"))
 WORKERS = 2
+THREADS = int(os.environ.get("BENCH_HTTP_THREADS", "4"))  # per worker, in both servers
 PASSWORD = "bench password, long enough"
 LISTED_TOKENS = 10_000
 PAGE = 50
@@ -480,6 +481,8 @@ def stack() -> Iterator[Stack]:
             "serve",
             "--workers",
             str(WORKERS),
+            "--threads",
+            str(THREADS),
             "--port",
             str(port),
         ],

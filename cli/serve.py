@@ -28,7 +28,7 @@ from projections.wiring import build_services
 
 DEFAULT_WORKSPACE = "default"
 DEFAULT_ADMIN = "admin"
-THREADS = 4  # per worker: requests waiting on argon2 or Redis do not hold up the others
+THREADS = 4  # per worker, by default: requests waiting on argon2 do not hold up the others
 # Method, path without query string, status, bytes, milliseconds, request id, user agent:
 # no Authorization, no query string, no user name (gunicorn's %(u)s decodes Basic auth).
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s "%(a)s"'
@@ -44,8 +44,16 @@ ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s
     type=click.IntRange(min=1),
     help="Worker processes. Default: 1 in embedded mode, otherwise 2 x CPUs + 1.",
 )
+@click.option(
+    "--threads",
+    default=THREADS,
+    show_default=True,
+    envvar="LEDGER_THREADS",
+    type=click.IntRange(min=1),
+    help="Threads per worker: a Basic login holds one for the length of its argon2 hash.",
+)
 @click.pass_obj
-def serve(env: Env, host: str, port: int, workers: int | None) -> None:
+def serve(env: Env, host: str, port: int, workers: int | None, threads: int) -> None:
     """Serve the HTTP API (and, in embedded mode, run the projector in the same process)."""
     settings = env.settings
     if settings.embedded and (workers or 1) > 1:
@@ -65,7 +73,7 @@ def serve(env: Env, host: str, port: int, workers: int | None) -> None:
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers or (1 if settings.embedded else 2 * (os.cpu_count() or 1) + 1),
         "worker_class": "gthread",
-        "threads": THREADS,
+        "threads": threads,
         "accesslog": "-",
         "errorlog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
