@@ -76,34 +76,38 @@ def run() -> str:
     with stack() as s, plain_app() as plain:
         bearer = {"Authorization": f"Bearer {s.token}"}
         current = "/v4/people/current"
+        # The CPU split comes from the very runs whose rates are reported.
         plain_max, ours_max = paired(
-            lambda: wrk(plain.url + current), lambda: wrk(s.url + current, headers=bearer)
+            with_cpu(plain.pids, lambda: wrk(plain.url + current).rate),
+            with_cpu(s.pids, lambda: wrk(s.url + current, headers=bearer).rate),
         )
+        plain_cpu, ours_cpu = plain_max.cpu, ours_max.cpu
         half = plain_max.rate / 2
         plain_fixed, ours_fixed = paired(
             lambda: wrk(plain.url + current, rate=half),
             lambda: wrk(s.url + current, headers=bearer, rate=half),
             lowest_p99=True,
         )
-        plain_cpu = cpu_per_request(plain.pids(), lambda: wrk(plain.url + current).rate)
-        ours_cpu = cpu_per_request(s.pids(), lambda: wrk(s.url + current, headers=bearer).rate)
         profile = py_spy_profile(
             s.pids()["workers"][0], lambda: wrk(s.url + current, headers=bearer)
         )
 
         issue = s.url + "/v4/apiAccessTokens"
+
         # Each after the projector has caught up with the last, which both leave it behind.
-        raw_save, issue_bearer = paired(
-            s.settled(lambda: raw_save_rate(s.settings, CONNECTIONS, SECONDS)),
-            s.settled(lambda: wrk(issue, headers=bearer, body="{}").rate),
+        def with_store() -> dict[str, list[int]]:
+            return {**s.pids(), "postgres (all its processes)": _postgres_pids()}
+
+        # One application for every round, so that no PostgreSQL backend of its pool ends, and
+        # takes its CPU along, inside a measured run.
+        raw = Ledger(s.settings.eventsourcing_env())
+        raw_saves, issues = paired(
+            s.settled(with_cpu(with_store, lambda: raw_save_rate(raw, CONNECTIONS, SECONDS))),
+            s.settled(with_cpu(with_store, lambda: wrk(issue, headers=bearer, body="{}").rate)),
         )
-        with_store = {**s.pids(), "postgres (all its processes)": _postgres_pids()}
-        s.settle()
-        raw_save_cpu = cpu_per_request(
-            with_store, lambda: raw_save_rate(s.settings, CONNECTIONS, SECONDS)
-        )
-        s.settle()
-        issue_cpu = cpu_per_request(with_store, lambda: wrk(issue, headers=bearer, body="{}").rate)
+        raw.close()
+        raw_save, issue_bearer = raw_saves.rate, issues.rate
+        raw_save_cpu, issue_cpu = raw_saves.cpu, issues.cpu
         issue_basic = wrk(issue, headers=BASIC, body="{}")
         argon2_ms = argon2_cost_ms(s.settings.argon2)
         s.settle()  # the raw saves' backlog would otherwise be in the lag
@@ -162,8 +166,10 @@ def run() -> str:
     lines = [
         "## HTTP (issue 6)",
         "",
-        "Command: `python -m bench http`: `ledger serve --workers 2` on PostgreSQL and a",
-        f"redis-server of its own, wrk with {CONNECTIONS} connections for {SECONDS} s per run, the",
+        "Command: `python -m bench http`:",
+        f"`ledger serve --workers {WORKERS} --threads {THREADS}` on PostgreSQL and a redis-server",
+        "of its own (the plain app under the same gunicorn settings), wrk with",
+        f"{CONNECTIONS} connections for {SECONDS} s per run, the",
         f"best of {ROUNDS} runs alternating with the baseline's; the projector runs in the",
         "benchmark's process. For the listing rows the ratio is the cost ratio (the inverse of",
         "the rates).",
@@ -178,7 +184,8 @@ def run() -> str:
         "",
         "### Where the time of GET /v4/people/current goes",
         "",
-        "CPU per request under full load, by process (from /proc; wrk runs on the same cores):",
+        "CPU per request in the runs of row 1, by process (from /proc; wrk runs on the same",
+        "cores):",
         "",
         *_cpu_table("plain Flask", plain_cpu, "ours", ours_cpu),
         "",
@@ -191,8 +198,8 @@ def run() -> str:
         "",
         "### Where the time of an issuance goes",
         "",
-        "CPU per token issued under full load, by process: raw save() from the benchmark's",
-        "threads, and POST /v4/apiAccessTokens with Bearer through wrk; in both the projector",
+        "CPU per token issued in the runs of row 3 (Bearer), by process: raw save() from the",
+        "benchmark's threads, and POST /v4/apiAccessTokens through wrk; in both the projector",
         "and the audit trail follow the new events (PostgreSQL includes its autovacuum):",
         "",
         *_cpu_table("raw save()", raw_save_cpu, "ours", issue_cpu),
@@ -266,23 +273,38 @@ def _best(runs: list[Any], lowest_p99: bool = False) -> Any:
     return max(runs, key=lambda run: getattr(run, "rate", run))
 
 
-def cpu_per_request(pids: dict[str, list[int]], load: Callable[[], float]) -> dict[str, float]:
-    """CPU µs per request of each group of processes while `load` runs (wrk included, when it
-    is wrk); `load` returns its rate."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    before = {name: _cpu_ticks(group) for name, group in pids.items()}
-    started = time.monotonic()
-    with _wrk_cpu() as wrk_ticks:
-        rate = load()
-    elapsed = time.monotonic() - started
-    requests_done = rate * elapsed
-    split = {
-        name: (_cpu_ticks(group) - before[name]) / ticks / requests_done * 1e6
-        for name, group in pids.items()
-    }
-    split["wrk"] = wrk_ticks() / ticks / requests_done * 1e6
-    split["total"] = sum(split.values())
-    return split
+@dataclass
+class Measured:
+    rate: float
+    cpu: dict[str, float]  # µs per request, by group of processes, and "total"
+
+
+def with_cpu(
+    pids: Callable[[], dict[str, list[int]]], load: Callable[[], float]
+) -> Callable[[], Measured]:
+    """`load` (which returns its rate), measured with the CPU each group of processes spent
+    per request meanwhile (wrk's own included, when it is wrk). The groups are listed before
+    and after, so that a process started meanwhile (a new PostgreSQL backend) counts too."""
+
+    def run() -> Measured:
+        ticks = os.sysconf("SC_CLK_TCK")
+        before = {pid: _cpu_ticks([pid]) for group in pids().values() for pid in group}
+        started = time.monotonic()
+        with _wrk_cpu() as wrk_ticks:
+            rate = load()
+        requests_done = rate * (time.monotonic() - started)
+        split = {
+            name: sum(_cpu_ticks([pid]) - before.get(pid, 0) for pid in group)
+            / ticks
+            / requests_done
+            * 1e6
+            for name, group in pids().items()
+        }
+        split["wrk"] = wrk_ticks() / ticks / requests_done * 1e6
+        split["total"] = sum(split.values())
+        return Measured(rate, split)
+
+    return run
 
 
 def _cpu_ticks(pids: list[int]) -> int:
@@ -611,10 +633,9 @@ def _ms(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def raw_save_rate(settings: Settings, clients: int, seconds: float) -> float:
+def raw_save_rate(raw: Ledger, clients: int, seconds: float) -> float:
     """eventsourcing's own save() of the same event (Token.Issued), from `clients` threads, on
     an application with nothing wired to it."""
-    raw = Ledger(settings.eventsourcing_env())
     workspace_id = raw.workspace_id("default")
     owner_id = raw.find_person_id("admin")
     saved = [0] * clients
@@ -631,7 +652,6 @@ def raw_save_rate(settings: Settings, clients: int, seconds: float) -> float:
         thread.start()
     for thread in threads:
         thread.join()
-    raw.close()
     return sum(saved) / (time.monotonic() - started)
 
 
