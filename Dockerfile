@@ -1,9 +1,6 @@
-# The image of both the api and the projector services in docker-compose.yml.
+# The image of both the api and the projector services in docker-compose.yml. It needs no
+# system libpq: psycopg's binary wheel (pyproject.toml) brings its own.
 FROM python:3.11-slim
-
-# psycopg (pure Python here) talks to PostgreSQL through the system's libpq.
-RUN apt-get update && apt-get install -y --no-install-recommends libpq5 \
-    && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
