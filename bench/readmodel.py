@@ -115,7 +115,7 @@ def _why_rebuild_misses(ratio: float, profile: dict[str, float]) -> list[str]:
     return lines
 
 
-def rate(calls: int, action: Callable[[], None]) -> float:
+def calls_per_second(calls: int, action: Callable[[], None]) -> float:
     """Calls per second of `action`, called `calls` times in a row."""
     start = time.perf_counter()
     for _ in range(calls):
@@ -139,8 +139,8 @@ def bench_verify(redis: Redis) -> tuple[str, str, str]:
     # one round of one side, not every round of it.
     ours = raw = 0.0
     for _ in range(VERIFY_ROUNDS):
-        ours = max(ours, rate(CALLS, lambda: read_model.verify(value)))
-        raw = max(raw, rate(CALLS, lambda: plain.get("bench:plain")))
+        ours = max(ours, calls_per_second(CALLS, lambda: read_model.verify(value)))
+        raw = max(raw, calls_per_second(CALLS, lambda: plain.get("bench:plain")))
     plain.close()
     return f"{ours:,.0f}", f"{raw:,.0f}", f"{ours / raw:.2f}"
 
