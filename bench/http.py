@@ -94,18 +94,20 @@ def run() -> str:
 
         issue = s.url + "/v4/apiAccessTokens"
 
-        # Each after the projector has caught up with the last, which both leave it behind.
         def with_store() -> dict[str, list[int]]:
             return {**s.pids(), "postgres (all its processes)": _postgres_pids()}
 
         # One application for every round, so that no PostgreSQL backend of its pool ends, and
         # takes its CPU along, inside a measured run.
         raw = Ledger(s.settings.eventsourcing_env())
-        raw_saves, issues = paired(
-            s.settled(with_cpu(with_store, lambda: raw_save_rate(raw, CONNECTIONS, SECONDS))),
-            s.settled(with_cpu(with_store, lambda: wrk(issue, headers=bearer, body="{}").rate)),
-        )
-        raw.close()
+        try:
+            # Each after the projector has caught up with the last, which both leave it behind.
+            raw_saves, issues = paired(
+                s.settled(with_cpu(with_store, lambda: raw_save_rate(raw, CONNECTIONS, SECONDS))),
+                s.settled(with_cpu(with_store, lambda: wrk(issue, headers=bearer, body="{}").rate)),
+            )
+        finally:
+            raw.close()
         raw_save, issue_bearer = raw_saves.rate, issues.rate
         raw_save_cpu, issue_cpu = raw_saves.cpu, issues.cpu
         issue_basic = wrk(issue, headers=BASIC, body="{}")
@@ -288,13 +290,14 @@ def with_cpu(
 
     def run() -> Measured:
         ticks = os.sysconf("SC_CLK_TCK")
-        before = {pid: _cpu_ticks([pid]) for group in pids().values() for pid in group}
+        before = {pid: _cpu_ticks(pid) for group in pids().values() for pid in group}
         started = time.monotonic()
         with _wrk_cpu() as wrk_ticks:
             rate = load()
         requests_done = rate * (time.monotonic() - started)
+        # Listed again: a backend that ended meanwhile is gone from the list, and its CPU with it.
         split = {
-            name: sum(_cpu_ticks([pid]) - before.get(pid, 0) for pid in group)
+            name: sum(_cpu_ticks(pid) - before.get(pid, 0) for pid in group)
             / ticks
             / requests_done
             * 1e6
@@ -307,15 +310,13 @@ def with_cpu(
     return run
 
 
-def _cpu_ticks(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # a PostgreSQL backend that ended meanwhile
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of a process; 0 once it has ended (a PostgreSQL backend, say)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0
+    return int(fields[11]) + int(fields[12])
 
 
 def _postgres_pids() -> list[int]:
