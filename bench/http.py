@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import requests
 
@@ -48,6 +49,7 @@ from ledger.application import Ledger
 from ledger.config import Argon2Parameters, Settings
 from ledger.domainmodel import AuditContext, Token
 from ledger.passwords import Passwords
+from projections.readmodel import Batch
 from projections.wiring import Services, build_services
 from tests.integration.conftest import POSTGRES_URL, RedisServer, free_port
 
@@ -540,16 +542,16 @@ def stack() -> Iterator[Stack]:
 
 def _instrument(services: Services, lags: list[float]) -> None:
     """Record, for each event the projector applies, how long after its save that was."""
-    apply_events = services.read_model.apply_events
+    apply_batch = services.read_model.apply_batch
 
-    def timed(events: Any, position: int, generation: int) -> bool:
-        events = list(events)
-        written = apply_events(events, position, generation)
+    def timed(batch: Batch, generation: int) -> bool:
+        written = apply_batch(batch, generation)
         now = datetime.now(UTC)
-        lags.extend((now - e.timestamp).total_seconds() for e in events)
+        saved = (orjson.loads(e.state)["timestamp"]["_data_"] for e in batch.events)
+        lags.extend((now - datetime.fromisoformat(at)).total_seconds() for at in saved)
         return written
 
-    services.read_model.apply_events = timed  # type: ignore[method-assign]
+    services.read_model.apply_batch = timed  # type: ignore[method-assign]
 
 
 @contextmanager

@@ -9,6 +9,7 @@ models when Redis comes back empty, and makes lastUsed durable.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -17,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from eventsourcing.persistence import Notification
 from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger
-from projections.readmodel import ReadModel
+from projections.readmodel import Batch, ReadModel
 
 log = logging.getLogger(__name__)
 
@@ -161,33 +163,46 @@ class Projector:
     ) -> int:
         head = self.ledger.recorder.max_notification_id() or 0
         applied = 0
-        for events, position in self._batches(self.read_model.position(generation) or 0):
-            if not self.read_model.apply_events(events, position, generation):
+        for batch in self._batches(self.read_model.position(generation) or 0):
+            if not self.read_model.apply_batch(batch, generation):
                 log.info("generation %d is gone; starting over", generation)
                 return applied
-            applied += len(events)
+            applied += len(batch.events)
             if rebuilding:
                 self.read_model.keep_building(generation)
             if progress:
-                progress(position, max(head, position))
+                progress(batch.position, max(head, batch.position))
         return applied
 
-    def _batches(self, after: int) -> Iterator[tuple[list[Any], int]]:
-        """Decoded events in store order, with the position each batch reaches. The next batch
-        is read and decoded while the caller writes this one to Redis."""
+    def _batches(self, after: int) -> Iterator[Batch]:
+        """The events after `after` in store order, in batches. The next batch is read and made
+        while the caller writes this one to Redis."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-read") as reader:
             upcoming = reader.submit(self._read, after)
             while True:
-                events, position = upcoming.result()
-                if not events:
+                batch = upcoming.result()
+                if not batch.events:
                     return
-                upcoming = reader.submit(self._read, position)
-                yield events, position
+                upcoming = reader.submit(self._read, batch.position)
+                yield batch
 
-    def _read(self, after: int) -> tuple[list[Any], int]:
-        batch = self._notifications(after, self.batch_size)
-        events = [self.ledger.mapper.to_domain_event(n) for n in batch]
-        return events, batch[-1].id if batch else after
+    def _read(self, after: int) -> Batch:
+        stored = self._notifications(after, self.batch_size)
+        position = stored[-1].id if stored else after
+        return Batch.of([self._as_json(n) for n in stored], position)
+
+    def _as_json(self, stored: Notification) -> Notification:
+        """A stored event with its state as the transcoder wrote it, before any cipher or
+        compressor configured for the store (`ops_for_event` reads that JSON)."""
+        mapper = self.ledger.mapper
+        if not (mapper.cipher or mapper.compressor):
+            return stored
+        state = stored.state
+        if mapper.cipher:
+            state = mapper.cipher.decrypt(state)
+        if mapper.compressor:
+            state = mapper.compressor.decompress(state)
+        return dataclasses.replace(stored, state=state)
 
     def _notifications(self, after: int, limit: int) -> Sequence[Any]:
         return self.ledger.recorder.select_notifications(start=after + 1, limit=limit)

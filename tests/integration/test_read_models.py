@@ -62,18 +62,18 @@ from projections.wiring import build_services
 readmodel.BUILDING_TTL_SECONDS = 1
 k = int(sys.argv[1])
 services = build_services(Settings.from_env())
-apply_events = services.read_model.apply_events
+apply_batch = services.read_model.apply_batch
 seen = 0
 
-def apply_then_die(events, position, generation):
+def apply_then_die(batch, generation):
     global seen
-    written = apply_events(events, position, generation)
-    seen += len(events)
+    written = apply_batch(batch, generation)
+    seen += len(batch.events)
     if seen >= k:
         os.kill(os.getpid(), signal.SIGKILL)
     return written
 
-services.read_model.apply_events = apply_then_die
+services.read_model.apply_batch = apply_then_die
 Projector(services.ledger, services.read_model, batch_size=1).run_once()
 sys.exit("fewer than k events to apply")
 """

@@ -19,8 +19,10 @@ from unittest import mock
 from uuid import UUID
 
 import fakeredis
+import orjson
 import pytest
 from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 from fakeredis._socket import _base as fakeredis_socket
 from fakeredis.commands_mixins import server_mixin as fakeredis_server
@@ -30,7 +32,7 @@ from redis.crc import key_slot
 
 from ledger import tokens
 from ledger.application import Ledger
-from ledger.config import Settings
+from ledger.config import Settings, database_env
 from ledger.domainmodel import (
     ADMIN,
     MEMBER,
@@ -124,16 +126,22 @@ class Rig:
     - "rebuild": the ledger writes only to the store; `sync()` rebuilds from scratch.
     """
 
-    def __init__(self, passwords: Any, path: str = "read-your-writes", batch_size: int = 500):
+    def __init__(
+        self,
+        passwords: Any,
+        path: str = "read-your-writes",
+        batch_size: int = 500,
+        env: dict[str, str] | None = None,
+    ):
         self.path = path
         self.server = fakeredis.FakeServer()
         self.redis = CountingRedis(server=self.server)
         self.read_model = ReadModel(self.redis, "tlk")
         self.saved: list[list[Any]] = []  # deep copies of what each save handed over:
         # (aggregate, position of its last event) pairs
-        self.ledger = make_ledger(
-            "memory://",
-            passwords,
+        self.ledger = Ledger(
+            {**database_env("memory://"), **(env or {})},
+            passwords=passwords,
             attempts=RedisAttemptLimiter(self.redis),
             on_saved=self._on_saved,
         )
@@ -159,11 +167,12 @@ class Rig:
     def status(self, value: str) -> str:
         return status(self.read_model, value)
 
+    def stored(self) -> list[Notification]:
+        """Every event as stored: what the projector reads."""
+        return list(self.ledger.recorder.select_notifications(1, 100_000))
+
     def events(self) -> list[Any]:
-        return [
-            self.ledger.mapper.to_domain_event(n)
-            for n in self.ledger.recorder.select_notifications(1, 100_000)
-        ]
+        return [self.ledger.mapper.to_domain_event(n) for n in self.stored()]
 
     def head(self) -> int:
         return self.ledger.recorder.max_notification_id() or 0
@@ -438,7 +447,7 @@ def test_a_late_issue_never_brings_a_deleted_token_back(passwords):
     rig.projector.run_once()  # passes both, and clears the tombstone
     rm.apply_aggregates(issued)  # later still: its position refuses it
     assert rig.status(value) == "refused"
-    events = rig.events()
+    events = rig.stored()
     for position, event in reversed(list(enumerate(events, start=1))):
         rm.apply_events([event], position, rm.generation() or 0)  # old batches, replayed
     assert rig.status(value) == "refused"
@@ -741,7 +750,7 @@ def test_applying_events_twice_or_late_changes_nothing(passwords):
     assert rig.read_model.position() == head
     expected = dump(rig.redis)
 
-    events = rig.events()
+    events = rig.stored()
     assert rig.read_model.apply_events(events, head, generation)
     assert dump(rig.redis) == expected
     for position, event in enumerate(events, start=1):  # again, one by one
@@ -756,12 +765,46 @@ def test_applying_events_twice_or_late_changes_nothing(passwords):
     assert dump(rig.redis) == expected
 
 
+class ReversingCipher:
+    """A stand-in for a real cipher (CIPHER_TOPIC): what it stores is not JSON."""
+
+    def __init__(self, environment: Any) -> None:
+        pass
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        return plaintext[::-1]
+
+    def decrypt(self, ciphertext: bytes) -> bytes:
+        return ciphertext[::-1]
+
+
+def test_the_projector_reads_events_that_the_store_compresses_and_encrypts(passwords):
+    """ops_for_event reads the transcoder's JSON, so the projector undoes the store's
+    compressor and cipher first, as the library's mapper would."""
+    sealed = {
+        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
+        "CIPHER_TOPIC": f"{__name__}:ReversingCipher",
+    }
+    rig = Rig(passwords, env=sealed)
+    busy_world(rig)
+    with pytest.raises(ValueError):
+        orjson.loads(rig.stored()[0].state)
+    live = dump(rig.redis, generation_only=True, last_used=False)
+    live.pop(b"{tl}:G:pos", None)
+
+    assert rig.projector.rebuild() == rig.head()
+    rebuilt = dump(rig.redis, generation_only=True, last_used=False)
+    assert rebuilt.pop(b"{tl}:G:pos") == str(rig.head()).encode()
+    tombstones = {k for k, v in live.items() if k.startswith(b"{tl}:G:t:") and v == b"0"}
+    assert rebuilt == {k: v for k, v in live.items() if k not in tombstones}
+
+
 def test_the_api_path_and_the_projector_path_commute(passwords):
     """apply_aggregates (each save's aggregates) and apply_events (the store, in order) give the
     same keys, whichever runs first."""
     source = Rig(passwords, "projector")
     busy_world(source)
-    events = source.events()
+    events = source.stored()
     head = source.head()
 
     def fresh() -> ReadModel:
@@ -796,7 +839,7 @@ def test_the_api_path_and_the_projector_path_commute(passwords):
 def test_any_interleaving_of_api_writes_with_the_projector_gives_the_same_keys(passwords, data):
     source = Rig(passwords, "projector")
     busy_world(source)
-    events = list(enumerate(source.events(), start=1))
+    events = list(enumerate(source.stored(), start=1))
     saves = data.draw(st.permutations(source.saved), label="saves")
     order = data.draw(
         st.permutations(["e"] * len(events) + ["s"] * len(saves)), label="interleaving"
@@ -1452,7 +1495,7 @@ def test_a_rebuild_from_before_a_flush_cannot_go_live_with_a_gap(live):
     live.ledger.delete_token(admin, early_info["token_id"])  # ... deleted among A's first
     kept, _ = world.issue()
     live.redis.flushall()
-    events = live.events()
+    events = live.stored()
     issued_at, deleted_at = (
         n for n, e in enumerate(events, start=1) if e.originator_id == early_info["token_id"]
     )
@@ -1492,7 +1535,7 @@ def test_a_rebuild_that_stalled_past_its_claim_leaves_the_rebuild_that_replaced_
     live.redis.flushall()
     other_process = ReadModel(live.redis, "tlk")
     b = Projector(live.ledger, other_process, batch_size=2)
-    a_apply = live.read_model.apply_events
+    a_apply = live.read_model.apply_batch
     results: dict[str, int | None] = {}
 
     def a_stalls_after_its_first_batch(*args: Any) -> bool:
@@ -1502,7 +1545,7 @@ def test_a_rebuild_that_stalled_past_its_claim_leaves_the_rebuild_that_replaced_
             results["b"] = b.rebuild()  # B claims, rebuilds and goes live meanwhile
         return written
 
-    monkeypatch.setattr(live.read_model, "apply_events", a_stalls_after_its_first_batch)
+    monkeypatch.setattr(live.read_model, "apply_batch", a_stalls_after_its_first_batch)
     a = Projector(live.ledger, live.read_model, batch_size=2)
     results["a"] = a.rebuild()
     assert results["b"] is not None  # B went live
