@@ -112,6 +112,7 @@ _APPLY = (
     + """
 local unpack = unpack or table.unpack
 local prefix, target, position = ARGV[1], ARGV[2], ARGV[3]
+local now  -- Redis's clock, read once if an issue needs it
 local current = redis.call('GET', KEYS[1])
 local building = redis.call('GET', prefix .. 'building')
 local gens = {}
@@ -138,17 +139,23 @@ for _, gen in ipairs(gens) do
       end
       i = i + 5 + 2 * n
     elseif op == 'T' then
-      -- token issued: sha, id, owner, created ms, expires ms or '', description. Not where it
-      -- is already listed, nor where its lookup (active, or a deletion's tombstone) is: NX.
-      -- An expiry already past sets no lookup at all, and the listing still gets the token.
+      -- token issued: sha, id, owner, created ms, expires ms or '', description. Not where its
+      -- lookup (active, or a deletion's tombstone) is: NX. A lookup set afresh that is still
+      -- to expire means the token was not there at all (it is listed only with its lookup,
+      -- or after that expired). An expiry already past sets no lookup, and then the listing
+      -- gets the token only where it is not listed yet: one HGET, for expired tokens alone.
       local sha, owner, expires = ARGV[i + 2], ARGV[i + 4], ARGV[i + 6]
       local set = false
-      if new and not token_ref(g, sha) then
+      if new then
         if expires == '' then
           set = redis.call('SET', g .. 't:' .. sha, '1', 'NX')
         else
           -- Redis drops a key once its time is past: gone from expiredAt on, to the ms
           set = redis.call('SET', g .. 't:' .. sha, '1', 'NX', 'PXAT', tonumber(expires) - 1)
+          if set then
+            now = now or now_ms()
+            if tonumber(expires) - 1 <= now then set = not token_ref(g, sha) end
+          end
         end
       end
       if set then
