@@ -161,7 +161,9 @@ class Projector:
         rebuilding: bool,
         progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        head = self.ledger.recorder.max_notification_id() or 0
+        # The head only tells a progress bar how far there is to go: every round of the
+        # projector comes here, and would pay a query more for it.
+        head = (self.ledger.recorder.max_notification_id() or 0) if progress else 0
         applied = 0
         for batch in self._batches(self.read_model.position(generation) or 0):
             if not self.read_model.apply_batch(batch, generation):
