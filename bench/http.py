@@ -231,7 +231,7 @@ def run() -> str:
         "read-your-writes write to Redis, and HTTP; the projector and the audit trail's chain",
         "follow every event in both.",
         "",
-        "4: the projector wakes on NOTIFY, then reads, decodes and applies a batch; its audit",
+        "4: the projector wakes on NOTIFY, then reads a batch and applies it; its audit",
         "trail follower runs on a thread of its own but shares its GIL, and at half the issuance",
         "maximum both share the two cores with the workers and PostgreSQL, so an event can wait a",
         "round or two. The API's own saves reach Redis before the call returns (read-your-writes),",
