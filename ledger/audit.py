@@ -163,7 +163,7 @@ class AuditTrail:
         head = self.store.head()
         latest = self.ledger.recorder.max_notification_id() or 0
         if head.position == 0 and latest and not adopt:
-            refusal = self.genesis_refusal(head)
+            refusal = self.genesis_refusal()
             if refusal is not None:
                 raise AuditTrailRefused(refusal[1])
         horizon = self.store.horizon() if latest > head.position else head.position
@@ -199,17 +199,20 @@ class AuditTrail:
         if self.store.head().position < stored:
             raise AuditTrailBehind("the audit trail is still catching up; try again shortly")
 
-    def genesis_refusal(self, head: Head) -> tuple[int, str] | None:
+    def genesis_refusal(self) -> tuple[int, str] | None:
         """Why an empty chain must not start over the stored events (the first one's position
         and the reason), or None. Signed checkpoints with no chain, or a first event older
         than GENESIS_GRACE, mean the trail's tables were emptied: chaining again from zero
         would sign whatever history the store holds now."""
-        if head.position:
+        # Checkpoints first, then the head: a catch-up commits both together, so checkpoints
+        # read before an empty head mean an emptied chain, never another process's first batch.
+        signed = bool(self.store.checkpoints(-(2**63), 1))
+        if self.store.head().position:
             return None
         first = self.ledger.recorder.select_notifications(None, 1, inclusive_of_start=False)
         if not first:
             return None
-        if self.store.checkpoints(-(2**63), 1):
+        if signed:
             return first[0].id, (
                 "the audit trail has signed checkpoints but no chain: its tables were emptied"
             )
@@ -480,7 +483,7 @@ class AuditTrail:
                 self.ledger.recorder,
                 self.keyring,
                 self.checkpoint_every,
-                unchained=self.genesis_refusal(self.store.head()),
+                unchained=self.genesis_refusal(),
                 expect_head=expect_head,
             )
             .run()

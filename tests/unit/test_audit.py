@@ -519,6 +519,21 @@ def test_signed_checkpoints_with_no_chain_are_refused_however_new_the_events(wor
     assert trail.verify()["problem"] == "unchained"
 
 
+def test_a_catch_up_that_read_the_head_before_another_chained_is_not_refused(
+    world, trail, monkeypatch
+):
+    for _ in range(3):
+        world.ledger.issue_token(world.admin())
+    empty = trail.store.head()
+    trail.catch_up()  # as another process would, between this call's head read and the rest
+    assert trail.store.checkpoints(0, 10)
+    real_head = AuditStore.head
+    reads = iter([empty])
+    monkeypatch.setattr(AuditStore, "head", lambda store: next(reads, None) or real_head(store))
+    assert trail.catch_up() == 0
+    assert trail.verify()["ok"]
+
+
 def test_an_anchor_kept_outside_finds_history_chained_again(world, trail):
     admin = world.admin()
     for _ in range(3):
