@@ -72,11 +72,14 @@ class CountingRedis(fakeredis.FakeRedis):
         client = self
 
         class CountingConnection(self.connection_pool.connection_class):  # type: ignore[misc,name-defined]
-            def send_command(self, *args: Any, **options: Any) -> None:
+            def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                # Every command comes here packed (RESP: *n, $len, name, ...), the ones the
+                # verifier packs itself too.
+                name = b"".join(command).split(b"\r\n")[2].decode()
                 if client.refuse:
-                    raise AssertionError(f"unexpected Redis command {args[0]}")
-                client.commands.append(str(args[0]))
-                super().send_command(*args, **options)
+                    raise AssertionError(f"unexpected Redis command {name}")
+                client.commands.append(name)
+                super().send_packed_command(command, check_health)
 
         self.connection_pool.connection_class = CountingConnection
 
