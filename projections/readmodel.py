@@ -57,7 +57,10 @@ from ledger.domainmodel import ADMIN, Person, Token, UsageReport, Workspace, exp
 PREFIX = "{tl}:"
 GENERATION = PREFIX + "gen"  # read first by every script: the key that routes it on a cluster
 LAST_USED_GRANULARITY_MS = 60_000  # product.md: lastUsed is kept to within a minute
-BUILDING_TTL_SECONDS = 60  # a rebuilder that dies stops claiming the rebuild after this
+# A rebuilder renews its claim every batch; one that dies holds up the next rebuild (and so
+# readiness, after a flush) this long at most. One that stalls longer is overtaken, harmlessly:
+# its switch then fails on the claim's nonce.
+BUILDING_TTL_SECONDS = 10
 
 Op = list[bytes | str | int]
 
