@@ -16,7 +16,7 @@ from eventsourcing.persistence import OperationalError
 from ledger.application import Ledger
 from ledger.config import ConfigError, Settings
 from ledger.domainmodel import ADMIN, ROLES, AuditContext, LedgerError
-from projections.wiring import Services, build_services
+from projections.wiring import FollowerExited, Services, build_services
 
 
 class Env:
@@ -56,6 +56,8 @@ class LedgerGroup(click.Group):
             fail(f"cannot reach the event store: {str(error).splitlines()[0]}")
         except redis.exceptions.ConnectionError as error:
             fail(f"cannot reach Redis: {error}")
+        except FollowerExited as error:
+            fail(str(error))
 
 
 pass_env = click.make_pass_decorator(Env, ensure=True)

@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from cli.main import Env, fail
+from projections.projector import Projector
+from projections.wiring import AuditFollowerProcess
 
 
 @click.command()
@@ -34,7 +36,10 @@ def projector(env: Env, poll: float) -> None:
     signal.signal(signal.SIGINT, on_signal)
     services = env.services  # a missing audit key stops it here, before it claims to follow
     click.echo(f"projector following {env.settings.database_url.split('@')[-1]}", err=True)
-    services.projector.run_forever(stop, poll_seconds=poll)
+    with AuditFollowerProcess(env.settings, poll) as audit:
+        Projector(services.ledger, services.read_model, followers=[audit]).run_forever(
+            stop, poll_seconds=poll
+        )
 
 
 @click.group()

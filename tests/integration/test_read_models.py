@@ -25,15 +25,16 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 import redis
+from eventsourcing.persistence import OperationalError
 
 from ledger.application import Ledger
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, MEMBER, AuditContext, TokenAlreadyDeleted, WorkspaceExists
 from projections import projector as projector_module
 from projections.projector import Projector
-from projections.wiring import Services, build_services
+from projections.wiring import AuditFollowerProcess, Services, build_services
 from tests.conftest import FAST_ARGON2, PASSWORD, make_ledger
-from tests.integration.conftest import POSTGRES_URL, RedisServer
+from tests.integration.conftest import POSTGRES_URL, RedisServer, free_port
 from tests.read_model_support import Secret, dump, generations, status, wait_for
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ FAST_ARGON2_ENV = {
 
 # A projector that dies (SIGKILL, no chance to clean up) right after applying its k-th event.
 # One event per batch, so that "after k events" is exact; its rebuild claim lasts one second,
-# so that the projector started after it need not wait the default minute to take over.
+# so that the projector started after it need not wait the default 10 s to take over.
 KILLED_AFTER_K_EVENTS = """
 import os, signal, sys
 from ledger.config import Settings
@@ -711,6 +712,74 @@ def test_the_projector_exits_non_zero_when_postgresql_goes_away(
         assert "Traceback" not in err
         errors = [line for line in err.splitlines() if not line.startswith("projector following")]
         assert len(errors) == 1 and errors[0].startswith("Error: cannot reach the event store")
+
+
+def audit_process_of(projector: subprocess.Popen[str]) -> int:
+    """The pid of a `ledger projector`'s audit trail process (multiprocessing's spawn)."""
+
+    def find() -> int | None:
+        children = Path(f"/proc/{projector.pid}/task/{projector.pid}/children").read_text()
+        for pid in children.split():
+            with suppress(FileNotFoundError):
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return int(pid)
+        return None
+
+    assert wait_for(lambda: find() is not None, timeout=30)
+    found = find()
+    assert found is not None
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_projector_exits_non_zero_when_its_audit_trail_process_dies(
+    store_url, redis_urls, passwords
+):
+    url, _ = redis_urls
+    with projector_process(environment(store_url, url)) as projector:
+        os.kill(audit_process_of(projector), signal.SIGKILL)
+        assert projector.wait(timeout=30) == 1
+        err = projector.stderr.read() if projector.stderr else ""
+    assert "Traceback" not in err
+    assert err.splitlines()[1:] == [
+        f"Error: the audit trail's process exited with code {-signal.SIGKILL}"
+    ]
+
+
+def test_a_killed_projector_leaves_no_audit_trail_process_behind(store_url, redis_urls, passwords):
+    url, _ = redis_urls
+    with projector_process(environment(store_url, url)) as projector:
+        audit = audit_process_of(projector)
+        projector.kill()
+        projector.wait()
+        assert wait_for(lambda: not running(audit), timeout=10)
+
+
+def test_the_audit_trail_process_reports_its_error_to_the_projector(tmp_path):
+    """What stops the trail's process stops the projector with that error, as its own would."""
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    settings = Settings(database_url=unreachable, audit_key=AUDIT_KEY.encode())
+    raised: list[Exception] = []
+
+    def raises() -> bool:
+        try:
+            follower()
+        except Exception as error:
+            raised.append(error)
+        return bool(raised)
+
+    with AuditFollowerProcess(settings, poll_seconds=0.05) as follower:
+        assert wait_for(raises, timeout=60)
+    # The store's connection error, as the CLI turns into one line (cli/main.py)
+    assert isinstance(raised[0], OperationalError | psycopg.OperationalError)
+    assert "Connection refused" in str(raised[0])
 
 
 def listening(admin: psycopg.Connection[Any], name: str) -> bool:
