@@ -1260,7 +1260,7 @@ def test_a_rebuild_that_died_leaves_nothing_behind_after_the_next_one(live, redi
     # Its claim holds the next rebuild up (and readiness, after a flush) for seconds only.
     redis_clock.advance(seconds=BUILDING_TTL_SECONDS - 1)
     assert live.projector.rebuild() is None
-    redis_clock.advance(seconds=1)
+    redis_clock.advance(seconds=2)
 
     assert live.projector.rebuild() is not None
     assert generations(live.redis) == {str(live.read_model.generation()).encode()}
