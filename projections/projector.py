@@ -144,10 +144,13 @@ class Projector:
         follower = threading.Thread(target=follow, name="projector-followers", daemon=True)
         follower.start()
         try:
-            with self._waiter() as wait:
+            with self._waiter() as waiter:
                 while not stop.is_set() and not failed:
-                    if not self._project():
-                        wait(poll_seconds)
+                    # A NOTIFY tells of every event committed after this round's read, so a
+                    # listener waits at once; after a sleep, a round that found events looks
+                    # again straight away, for those written meanwhile.
+                    if not self._project() or waiter.notified:
+                        waiter.wait(poll_seconds)
         finally:
             halt.set()
             follower.join()
@@ -177,16 +180,22 @@ class Projector:
         return applied
 
     def _batches(self, after: int) -> Iterator[Batch]:
-        """The events after `after` in store order, in batches. The next batch is read and made
-        while the caller writes this one to Redis."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-read") as reader:
-            upcoming = reader.submit(self._read, after)
-            while True:
-                batch = upcoming.result()
-                if not batch.events:
-                    return
-                upcoming = reader.submit(self._read, batch.position)
+        """The events after `after` in store order, in batches, up to the first that is not
+        full. Behind a full one the next is read and made while the caller writes this one to
+        Redis; a round that finds a few new events, the usual one, starts no thread."""
+        batch = self._read(after)
+        if len(batch.events) < self.batch_size:
+            if batch.events:
                 yield batch
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-read") as reader:
+            while batch.events:
+                full = len(batch.events) == self.batch_size
+                upcoming = reader.submit(self._read, batch.position) if full else None
+                yield batch
+                if upcoming is None:
+                    return
+                batch = upcoming.result()
 
     def _read(self, after: int) -> Batch:
         stored = self._notifications(after, self.batch_size)
@@ -210,22 +219,31 @@ class Projector:
         return self.ledger.recorder.select_notifications(start=after + 1, limit=limit)
 
     @contextlib.contextmanager
-    def _waiter(self) -> Iterator[Callable[[float], None]]:
+    def _waiter(self) -> Iterator[_Sleeper | _Listener]:
         """How to wait for news: LISTEN on PostgreSQL, a plain sleep elsewhere."""
         channel = getattr(self.ledger.recorder, "channel_name", None)
-        if channel is None:
-            yield time.sleep
-            return
-        listener = _Listener(self.ledger, channel)
+        waiter = _Sleeper() if channel is None else _Listener(self.ledger, channel)
         try:
-            yield listener.wait
+            yield waiter
         finally:
-            listener.close()
+            waiter.close()
+
+
+class _Sleeper:
+    notified = False  # a sleep hears nothing of what was written meanwhile
+
+    def wait(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def close(self) -> None:
+        pass
 
 
 class _Listener:
     """LISTEN for the store's NOTIFY on a connection renewed every few minutes (issue #305 in
     the library: a lost notification must not stall the projector)."""
+
+    notified = True
 
     def __init__(self, ledger: Ledger, channel: str) -> None:
         self.datastore: Any = ledger.recorder.datastore  # type: ignore[attr-defined]
