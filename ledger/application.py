@@ -17,7 +17,9 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.postgres import PostgresDatastore
 from psycopg import connect as postgres_connect
+from psycopg.sql import SQL, Identifier
 
 from ledger import tokens
 from ledger.attempts import AttemptLimiter, InMemoryAttemptLimiter
@@ -358,6 +360,26 @@ class Ledger(Application[UUID]):
             for t in sorted(listed, key=lambda t: t.created_on, reverse=True)
             if not t.deleted
         ]
+
+    def horizon(self) -> int:
+        """The position up to which the store's events are all there: a reader that goes past
+        it may step over an event that is still to appear, for good.
+
+        PostgreSQL hands out positions (notification ids) before commit, and the store's insert
+        function takes no table lock, so an event can become visible after one with a higher
+        position. A SHARE lock on the events table waits for the inserts in flight, and every
+        insert after it gets a higher position. SQLite and memory commit in position order.
+        """
+        datastore = getattr(self.recorder, "datastore", None)
+        if not isinstance(datastore, PostgresDatastore):
+            return self.recorder.max_notification_id() or 0
+        events = Identifier(datastore.schema, self.recorder.events_table_name)  # type: ignore[attr-defined]
+        with datastore.get_connection() as conn, conn.pipeline(), conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = '10s'")
+            conn.execute(SQL("LOCK TABLE {} IN SHARE MODE").format(events))
+            found = conn.execute(SQL("SELECT MAX(notification_id) AS max FROM {}").format(events))
+            row = found.fetchone()
+            return int(row["max"] or 0) if row else 0
 
     def record_token_usage(self, last_used: dict[str, int]) -> None:
         """Make the read models' lastUsed times durable: token hash -> epoch milliseconds."""

@@ -166,7 +166,7 @@ class AuditTrail:
             refusal = self.genesis_refusal()
             if refusal is not None:
                 raise AuditTrailRefused(refusal[1])
-        horizon = self.store.horizon() if latest > head.position else head.position
+        horizon = self.ledger.horizon() if latest > head.position else head.position
         while head.position < horizon and processed < max_events:
             notifications = self.ledger.recorder.select_notifications(
                 head.position,

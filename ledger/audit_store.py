@@ -356,21 +356,6 @@ class AuditStore:
             checkpoint_at=self.dialect.from_time(row["checkpoint_at"]),
         )
 
-    def horizon(self) -> int:
-        """The highest notification id below which no event can still appear.
-
-        PostgreSQL hands out notification ids before commit, so a lower id can become visible
-        after a higher one (the store's insert function does not lock the table). Taking a
-        SHARE lock waits for the inserts in flight; every insert after it gets a higher id.
-        """
-        if not isinstance(self.dialect, PostgresDialect):
-            return self.recorder.max_notification_id() or 0
-        with self._transaction(commit=False) as c:
-            c.execute("SET LOCAL lock_timeout = '10s'")
-            c.execute(self._sql("LOCK TABLE {events} IN SHARE MODE"))
-            c.execute(self._sql("SELECT MAX(notification_id) AS max FROM {events}"))
-            return int(c.fetchone()["max"] or 0)
-
     def append(
         self,
         expected: Head,

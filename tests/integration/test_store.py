@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -12,7 +13,8 @@ from uuid import uuid4
 
 import pytest
 
-from ledger.domainmodel import MEMBER, AuditContext, UsernameTaken
+from ledger import tokens
+from ledger.domainmodel import MEMBER, AuditContext, Token, UsernameTaken
 from tests.conftest import PASSWORD, SECRETS_MADE, found_in, login, make_ledger
 from tests.integration.conftest import fresh_postgres_schema
 from tests.read_model_support import Secret
@@ -160,3 +162,55 @@ def test_concurrent_changes_to_one_aggregate_are_retried_not_lost(store_url, pas
         (True, "member"),
         (False, "verifier"),
     )
+
+
+def test_no_event_appears_below_the_horizon_once_it_has_been_read(store_url, passwords):
+    """The read models and the audit trail read no further than `Ledger.horizon()` and never
+    look behind a position they have passed: an event that became visible below it would be
+    stepped over for good (and the API's own write of it refused as older than the position,
+    leaving a deleted token valid). Saves from four processes' worth of applications and
+    sixteen threads, against a reader that keeps reading up to the horizon."""
+    ledger, _, workspace_id = fresh_world(store_url, passwords)
+    apps = [ledger, *(make_ledger(store_url, passwords) for _ in range(3))]
+    start = ledger.recorder.max_notification_id() or 0
+    context = AuditContext.cli().as_event_field()
+    done = threading.Event()
+    passed: list[tuple[int, set[int]]] = []
+
+    def read() -> None:
+        while not done.is_set():
+            horizon = ledger.horizon()
+            low = max(start, horizon - 300)
+            seen = {n.id for n in ledger.recorder.select_notifications(low + 1, 1000, horizon)}
+            passed.append((horizon, seen | set(range(start + 1, low + 1))))
+
+    def save(n: int) -> None:
+        app = apps[n % len(apps)]
+        for _ in range(100):
+            owner = uuid4()
+            app.save(
+                Token(
+                    owner_id=owner,
+                    workspace_id=workspace_id,
+                    token_hash=tokens.digest(tokens.generate("tlk")),
+                    description="",
+                    lifetime_seconds=60,
+                    context=context,
+                )
+            )
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(save, range(16)))
+    finally:
+        done.set()
+        reader.join()
+    final = {n.id for n in ledger.recorder.select_notifications(start + 1, 10_000)}
+    assert len(final) == 1600
+    late = {i for horizon, seen in passed for i in final if i <= horizon and i not in seen}
+    assert not late, f"{len(late)} events appeared below a horizon already read"
+    assert len(passed) > 10  # the reader read while the saves were under way
+    for app in apps[1:]:
+        app.close()
