@@ -164,12 +164,11 @@ class Projector:
         rebuilding: bool,
         progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        # No further than the horizon: a position passed is never read again, so an event that
-        # became visible after a later one would be stepped over, and the API's own write of it
-        # refused as older than the position (a deleted token left valid).
-        horizon = self.ledger.horizon()
+        # The head only tells a progress bar how far there is to go: every round of the
+        # projector comes here, and would pay a query more for it.
+        head = (self.ledger.recorder.max_notification_id() or 0) if progress else 0
         applied = 0
-        for batch in self._batches(self.read_model.position(generation) or 0, horizon):
+        for batch in self._batches(self.read_model.position(generation) or 0):
             if not self.read_model.apply_batch(batch, generation):
                 log.info("generation %d is gone; starting over", generation)
                 return applied
@@ -177,17 +176,14 @@ class Projector:
             if rebuilding:
                 self.read_model.keep_building(generation)
             if progress:
-                progress(batch.position, horizon)
+                progress(batch.position, max(head, batch.position))
         return applied
 
-    def _batches(self, after: int, horizon: int) -> Iterator[Batch]:
-        """The events after `after` up to `horizon` in store order, in batches, up to the first
-        that is not full. Behind a full one the next is read and made while the caller writes
-        this one to Redis; a round that finds a few new events, the usual one, starts no
-        thread."""
-        if after >= horizon:
-            return
-        batch = self._read(after, horizon)
+    def _batches(self, after: int) -> Iterator[Batch]:
+        """The events after `after` in store order, in batches, up to the first that is not
+        full. Behind a full one the next is read and made while the caller writes this one to
+        Redis; a round that finds a few new events, the usual one, starts no thread."""
+        batch = self._read(after)
         if len(batch.events) < self.batch_size:
             if batch.events:
                 yield batch
@@ -195,16 +191,26 @@ class Projector:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-read") as reader:
             while batch.events:
                 full = len(batch.events) == self.batch_size
-                upcoming = reader.submit(self._read, batch.position, horizon) if full else None
+                upcoming = reader.submit(self._read, batch.position) if full else None
                 yield batch
                 if upcoming is None:
                     return
                 batch = upcoming.result()
 
-    def _read(self, after: int, horizon: int) -> Batch:
-        stored = self.ledger.recorder.select_notifications(
-            start=after + 1, limit=self.batch_size, stop=horizon
-        )
+    def _read(self, after: int) -> Batch:
+        """The next events, none of them past a position that an event still to appear has.
+
+        A position passed is never read again, so an event that became visible after a later
+        one (PostgreSQL hands out positions before commit) would be stepped over, and the API's
+        own write of it refused as older than the position: a deleted token left valid. Such an
+        event leaves a hole in the positions read; only then is the store's horizon needed,
+        which waits for the inserts in flight (a hole may also be an insert that failed)."""
+        recorder = self.ledger.recorder
+        stored = recorder.select_notifications(start=after + 1, limit=self.batch_size)
+        if stored and stored[-1].id - after != len(stored):
+            stored = recorder.select_notifications(
+                start=after + 1, limit=self.batch_size, stop=self.ledger.horizon()
+            )
         position = stored[-1].id if stored else after
         return Batch.of([self._as_json(n) for n in stored], position)
 

@@ -803,6 +803,41 @@ class ReversingCipher:
         return ciphertext[::-1]
 
 
+def test_the_projector_never_steps_over_an_event_still_to_appear(passwords, monkeypatch):
+    """On PostgreSQL an event can become visible after one with a higher position. The hole it
+    leaves makes the projector read no further than the store's horizon (which waits for the
+    inserts in flight); the API's own write of it, late and older than the position, is refused,
+    so the projector is the one to apply it. Without a hole, no horizon is needed."""
+    rig = Rig(passwords, "projector")
+    world = rig.world()
+    rig.sync()
+    recorder, ledger = rig.ledger.recorder, rig.ledger
+    early, _ = world.issue()
+    late, _ = world.issue()
+    after, _ = world.issue()
+    in_flight = ledger.recorder.max_notification_id() - 1  # `late`'s position
+    horizons: list[int] = []
+    visible = recorder.select_notifications
+
+    def select(start: int, limit: int, stop: int | None = None, **kwargs: Any) -> Any:
+        found = visible(start, limit, stop, **kwargs)
+        return found if horizons else [n for n in found if n.id != in_flight]
+
+    def horizon() -> int:  # it waits for the insert in flight: `late` is visible from here on
+        horizons.append(recorder.max_notification_id() or 0)
+        return horizons[-1]
+
+    monkeypatch.setattr(recorder, "select_notifications", select)
+    monkeypatch.setattr(ledger, "horizon", horizon)
+    rig.sync()
+    assert len(horizons) == 1
+    assert [rig.status(v) for v in (early, late, after)] == ["valid"] * 3
+
+    world.issue()
+    rig.sync()  # no hole: no horizon
+    assert len(horizons) == 1
+
+
 def test_the_projector_reads_events_that_the_store_compresses_and_encrypts(passwords):
     """ops_for_event reads the transcoder's JSON, so the projector undoes the store's
     compressor and cipher first, as the library's mapper would."""
