@@ -253,11 +253,10 @@ class AuditStore:
             else Dialect()
         )
         tables = ["audit_head", "audit_chain", "audit_checkpoints", "audit_events"]
-        tables += ["audit_people", "audit_tokens", getattr(recorder, "events_table_name", "")]
+        tables += ["audit_people", "audit_tokens"]
         # What statement templates may name: quoted identifiers and column types, never values.
-        self._names = {name: d.table(name) for name in tables if name}
+        self._names = {name: d.table(name) for name in tables}
         self._names.update(
-            events=d.table(getattr(recorder, "events_table_name", "none")),
             head_columns=HEAD_COLUMNS,
             record_columns=", ".join(RECORD_COLUMNS),
             uuid=d.uuid_type,

@@ -217,7 +217,7 @@ return #gens
 # Expiry needs no clock here: Redis has dropped the lookup from expiredAt on, by its own clock.
 # ARGV[5], the caller's time, only stamps lastUsed, as to the minute as any host's clock is.
 # ARGV: prefix, lastUsed granularity ms, the admin role, then the two that change per call (the
-# token's SHA-256 and the time), last, so that `_verify_command` packs only those each call.
+# token's SHA-256 and the time), last, so that verify() packs only those each call.
 _VERIFY = (
     _LUA_COMMON
     + """
@@ -430,7 +430,7 @@ class ReadModel:
 
     def _send_verify(self, conn: Any, sha: bytes, now_ms: int) -> Any:
         try:
-            conn.send_packed_command([self._verify_command(sha, now_ms)])
+            conn.send_packed_command([self._verify_head + _bulk(sha) + _bulk(now_ms)])
             return conn.read_response()
         except NoScriptError:  # Redis restarted or flushed its scripts: load it again
             args: list[bytes | str | int] = [*_VERIFY_FIXED_ARGS, sha, now_ms]
@@ -438,10 +438,6 @@ class ReadModel:
         except Exception:
             conn.disconnect()  # in an unknown state: the next use connects afresh
             raise
-
-    def _verify_command(self, sha: bytes, now_ms: int) -> bytes:
-        now = b"%d" % now_ms
-        return b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self._verify_head, len(sha), sha, len(now), now)
 
     def list_tokens(
         self, person_id: UUID, *, limit: int, offset: int, status: str | None = None
@@ -730,7 +726,7 @@ def _hash(op: str, at: int, key: bytes, version: int, fields: dict[str, Any]) ->
 
 def _bulk(part: object) -> bytes:
     """One argument of a command as a RESP bulk string."""
-    data = str(part).encode()
+    data = part if isinstance(part, bytes) else str(part).encode()
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
