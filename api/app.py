@@ -14,7 +14,7 @@ from api import audit, errors, ops, people, tokens, workspaces
 from api.auth import trusted_networks
 from api.context import request_id
 from api.errors import LedgerApi
-from api.http import MAX_BODY_BYTES, check_body
+from api.http import MAX_BODY_BYTES, JsonProvider, check_body
 from api.metrics import LATENCY, REQUESTS, labelled
 from ledger.config import Settings
 from projections.wiring import Services, build_services
@@ -41,6 +41,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
         services.start_background()
         atexit.register(services.close)
     app = Flask(__name__)
+    app.json = JsonProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         API_TITLE="Token Ledger",

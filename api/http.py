@@ -11,7 +11,9 @@ import json
 from typing import Any
 
 import flask_smorest
-from flask import request
+import orjson
+from flask import Response, request
+from flask.json.provider import DefaultJSONProvider
 from webargs import core
 from webargs.flaskparser import FlaskParser, abort
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
@@ -55,3 +57,16 @@ class BodyParser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = BodyParser()
+
+
+class JsonProvider(DefaultJSONProvider):
+    """Flask's JSON responses, written by orjson: the same output (sorted keys, UUIDs as
+    strings, anything else through Flask's own `default`) in a tenth of the time."""
+
+    OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        body = orjson.dumps(
+            self._prepare_response_obj(args, kwargs), default=self.default, option=self.OPTIONS
+        )
+        return Response(body + b"\n", mimetype=self.mimetype)

@@ -1,0 +1,79 @@
+"""The hand-written parts of the wire format hold to what marshmallow and Flask would write."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import marshmallow as ma
+import pytest
+from flask import Flask
+
+from api.http import JsonProvider
+from api.schemas import IssuedTokenSchema, TokenInfoSchema, TokenListSchema
+
+CREATED = datetime(2026, 11, 23, 10, 15, 30, 123456, tzinfo=UTC)
+INFOS = [
+    {
+        "token_id": uuid.uuid4(),
+        "description": "ci",
+        "created_at": CREATED,
+        "expires_at": CREATED + timedelta(days=30),
+        "last_used": CREATED + timedelta(seconds=1),
+        "status": "active",
+    },
+    {  # never expires, never used, and the ledger's extra keys, which are not on the wire
+        "token_id": uuid.uuid4(),
+        "owner_id": uuid.uuid4(),
+        "token_hash": "00" * 32,
+        "description": "ünïcode \u2028",
+        "created_at": CREATED.astimezone(timezone(timedelta(hours=-5))),
+        "expires_at": None,
+        "last_used": None,
+        "status": "expired",
+    },
+]
+
+
+def marshmallows(schema: ma.Schema, obj: object, many: bool | None = None) -> object:
+    return ma.Schema.dump(schema, obj, many=many)
+
+
+@pytest.mark.parametrize("info", INFOS)
+def test_a_token_info_is_dumped_as_its_fields_would_dump_it(info):
+    assert TokenInfoSchema().dump(info) == marshmallows(TokenInfoSchema(), info)
+    assert TokenInfoSchema().dump(info)["createdAt"] == "2026-11-23T10:15:30.123Z"
+
+
+def test_pages_and_issued_tokens_nest_the_same_token_info():
+    page = {"data": INFOS, "count": 7}
+    assert TokenListSchema().dump(page) == {
+        "data": [marshmallows(TokenInfoSchema(), info) for info in INFOS],
+        "count": 7,
+    }
+    assert TokenInfoSchema(many=True).dump(INFOS) == marshmallows(TokenInfoSchema(), INFOS, True)
+    issued = {"token_value": "tlk_x", "token_info": INFOS[0]}
+    assert IssuedTokenSchema().dump(issued)["tokenInfo"] == marshmallows(
+        TokenInfoSchema(), INFOS[0]
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"b": 1, "a": [None, True, 1.5, "ü"], "id": uuid.UUID(int=7)},
+        {"exception": {"details": {"json": {0: ["Not a valid string."]}}}},  # webargs' indexes
+        {"when": CREATED},
+    ],
+)
+def test_json_responses_say_what_flasks_own_provider_says(body):
+    app = Flask(__name__)
+    with app.app_context():
+        flasks = json.loads(app.json.response(body).get_data())
+        app.json = JsonProvider(app)
+        ours = app.json.response(body)
+    assert ours.mimetype == "application/json"
+    assert json.loads(ours.get_data()) == flasks
+    assert list(json.loads(ours.get_data())) == list(flasks)  # keys sorted, as Flask sorts them
+    assert ours.get_data().endswith(b"}\n") and b": " not in ours.get_data()  # compact
