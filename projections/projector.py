@@ -60,10 +60,11 @@ class Projector:
         return applied
 
     def _project(self) -> int:
-        generation = self.read_model.generation()
-        if generation is None:
+        live = self.read_model.live()
+        if live is None:
             return self.rebuild() or 0
-        applied = self._catch_up(generation, rebuilding=False)
+        generation, position = live
+        applied = self._catch_up(generation, position, rebuilding=False)
         if time.monotonic() - self._last_usage_flush >= self.usage_flush_seconds:
             self.flush_usage()
         return applied
@@ -83,7 +84,8 @@ class Projector:
         if generation is None:
             return None
         log.info("rebuilding the read models into generation %d", generation)
-        applied = self._catch_up(generation, rebuilding=True, progress=progress)
+        start = self.read_model.position(generation) or 0
+        applied = self._catch_up(generation, start, rebuilding=True, progress=progress)
         # Events saved while switching are caught by the next round, and by the API's writes.
         if not self.read_model.finish_rebuild(generation):
             log.warning("rebuild %d was overtaken (another rebuild, or Redis flushed)", generation)
@@ -160,6 +162,7 @@ class Projector:
     def _catch_up(
         self,
         generation: int,
+        position: int,
         *,
         rebuilding: bool,
         progress: Callable[[int, int], None] | None = None,
@@ -168,7 +171,7 @@ class Projector:
         # projector comes here, and would pay a query more for it.
         head = (self.ledger.recorder.max_notification_id() or 0) if progress else 0
         applied = 0
-        for batch in self._batches(self.read_model.position(generation) or 0):
+        for batch in self._batches(position):
             if not self.read_model.apply_batch(batch, generation):
                 log.info("generation %d is gone; starting over", generation)
                 return applied

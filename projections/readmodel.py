@@ -297,6 +297,13 @@ return (extra(g .. 'm:' .. owner, s))
 """
 )
 
+# The live generation and the last event applied to it, or nothing when not ready.
+_LIVE = """
+local gen = redis.call('GET', KEYS[1])
+if not gen then return false end
+return {gen, redis.call('GET', ARGV[1] .. gen .. ':pos') or '0'}
+"""
+
 # The lastUsed times not yet made durable, taken atomically so none is reported twice or lost.
 _DRAIN_USAGE = """
 local used = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
@@ -376,6 +383,7 @@ class ReadModel:
         self._verify = redis.register_script(_VERIFY)
         self._list = redis.register_script(_LIST)
         self._last_used = redis.register_script(_LAST_USED)
+        self._live = redis.register_script(_LIVE)
         self._drain_usage = redis.register_script(_DRAIN_USAGE)
         self._begin = redis.register_script(_BEGIN)
         self._renew = redis.register_script(_RENEW)
@@ -481,11 +489,16 @@ class ReadModel:
     def is_ready(self) -> bool:
         return self.generation() is not None
 
+    def live(self) -> tuple[int, int] | None:
+        """The live generation and its position, in one round trip; None when not ready."""
+        found = self._live(keys=[GENERATION], args=[PREFIX], client=self.redis)
+        return (int(found[0]), int(found[1])) if found else None
+
     def position(self, generation: int | None = None) -> int | None:
         """The last event applied to a generation (the live one by default)."""
-        generation = generation if generation is not None else self.generation()
         if generation is None:
-            return None
+            live = self.live()
+            return live[1] if live else None
         found = self.redis.get(_key(generation, b"pos"))
         return int(cast(bytes, found)) if found else 0
 

@@ -484,6 +484,18 @@ def test_delete_all_tokens_refuses_every_one_of_them(rig):
     assert rig.read_model.list_tokens(world.admin_id, limit=10, offset=0) == ([], 0)
 
 
+def test_the_live_generation_comes_with_its_position_in_one_read(live):
+    live.redis.flushall()
+    assert live.read_model.live() is None
+    assert live.read_model.position() is None
+    live.world()
+    live.projector.run_once()
+    generation = live.read_model.generation()
+    assert generation is not None
+    assert live.read_model.live() == (generation, live.head())
+    assert live.read_model.position() == live.read_model.position(generation) == live.head()
+
+
 def test_a_lockout_moves_the_position_and_nothing_else(rig):
     world = rig.world()
     value, _ = world.issue()
