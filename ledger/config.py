@@ -37,6 +37,9 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     admin_password: str | None = field(default=None, repr=False)
     argon2: Argon2Parameters = Argon2Parameters()
+    # Each API process answers tokens it verified lately from memory, with Rule 5 kept by
+    # acknowledgements (projections/verification_cache.py); on a Redis server only.
+    verification_cache: bool = True
 
     def __post_init__(self) -> None:
         if not TOKEN_PREFIX_PATTERN.fullmatch(self.token_prefix):
@@ -63,6 +66,7 @@ class Settings:
                 p.strip() for p in environ.get("LEDGER_TRUSTED_PROXIES", "").split(",") if p.strip()
             ),
             admin_password=environ.get("LEDGER_ADMIN_PASSWORD") or None,
+            verification_cache=_switch(environ, "LEDGER_VERIFICATION_CACHE", default=True),
             argon2=Argon2Parameters(
                 time_cost=_int(environ, "LEDGER_ARGON2_TIME_COST", Argon2Parameters.time_cost),
                 memory_kib=_int(environ, "LEDGER_ARGON2_MEMORY_KIB", Argon2Parameters.memory_kib),
@@ -76,6 +80,11 @@ class Settings:
     def embedded(self) -> bool:
         """No Redis URL: read models live in this process only."""
         return self.redis_url is None
+
+    @property
+    def caches_verifications(self) -> bool:
+        """The embedded mode has one process, whose fakeredis answers without a round trip."""
+        return self.verification_cache and not self.embedded
 
     def eventsourcing_env(self) -> dict[str, str]:
         """Map LEDGER_DATABASE_URL onto eventsourcing's persistence settings."""
@@ -149,3 +158,14 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise ConfigError(f"{name} must be positive, got {value}")
     return value
+
+
+def _switch(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "true", "1", "yes"):
+        return True
+    if raw in ("off", "false", "0", "no"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")

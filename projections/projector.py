@@ -90,6 +90,7 @@ class Projector:
         if not self.read_model.finish_rebuild(generation):
             log.warning("rebuild %d was overtaken (another rebuild, or Redis flushed)", generation)
             return None
+        self.read_model.revoked_elsewhere()  # what the old generation missed, if anything
         return applied
 
     def flush_usage(self) -> int:
@@ -178,6 +179,8 @@ class Projector:
             applied += len(batch.events)
             if rebuilding:
                 self.read_model.keep_building(generation)
+            elif batch.revokes:
+                self.read_model.revoked_elsewhere()
             if progress:
                 progress(batch.position, max(head, batch.position))
         return applied

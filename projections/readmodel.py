@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from uuid import UUID
 
 import orjson
@@ -54,6 +54,9 @@ from redis.exceptions import NoScriptError
 from ledger import tokens
 from ledger.domainmodel import ADMIN, Person, Token, UsageReport, Workspace, expiry
 
+if TYPE_CHECKING:  # it imports this module
+    from projections.verification_cache import Revocations, VerificationCache
+
 PREFIX = "{tl}:"
 GENERATION = PREFIX + "gen"  # read first by every script: the key that routes it on a cluster
 LAST_USED_GRANULARITY_MS = 60_000  # product.md: lastUsed is kept to within a minute
@@ -64,14 +67,19 @@ BUILDING_TTL_SECONDS = 10
 
 Op = list[bytes | str | int]
 
-# Shared by the scripts below: Redis's own clock, by which it also expires the lookups, so that
-# a listing calls a token expired exactly when verification starts refusing it; and a token's
-# listed part.
-_LUA_COMMON = """
+# Redis's own clock, by which it also expires the lookups, so that a listing calls a token
+# expired exactly when verification starts refusing it (and by which caches' leases run).
+LUA_CLOCK = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+"""
+
+# Shared by the scripts below: the clock, and a token's listed part.
+_LUA_COMMON = (
+    LUA_CLOCK
+    + """
 -- the token a SHA-256 names: s, its owner's id, its own id, created and expires ms (''
 -- for never); nothing once it is deleted
 local function token_ref(g, sha)
@@ -104,6 +112,7 @@ local function set_used(g, owner, s, sha, ms)
   if state and state ~= '0' then redis.call('SET', lookup, ms, 'KEEPTTL') end
 end
 """
+)
 
 # Generations the write goes to: ARGV[2] '*' (the live one and the one being rebuilt, for the
 # API's read-your-writes) or one number (the projector's own, with ARGV[3] the position its
@@ -234,11 +243,13 @@ if not p[1] or p[5] == '1' then return 0 end
 local w = redis.call('HMGET', g .. 'w:' .. p[2], 'en', 'mg')
 if w[1] ~= '1' then return 0 end
 if not (p[3] == ARGV[3] or w[2] == '1' or p[4] == '1') then return 0 end
+local used = state
 if state == '1' or now - tonumber(state) >= tonumber(ARGV[2]) then
-  set_used(g, owner, s, sha, ARGV[5])
+  used = ARGV[5]
+  set_used(g, owner, s, sha, used)
   redis.call('ZADD', prefix .. 'used', now, sha)
 end
-return {id, owner, p[1], p[2], p[3], p[4], created, expires}
+return {id, owner, p[1], p[2], p[3], p[4], created, expires, used}
 """
 )
 
@@ -368,11 +379,12 @@ class Batch(NamedTuple):
     events: Sequence[StoredEvent]
     position: int
     args: list[bytes | str | int]
+    revokes: bool  # whether applying it may stop a token verifying
 
     @classmethod
     def of(cls, events: Sequence[StoredEvent], position: int) -> Batch:
         ops = [op for event in events for op in ops_for_event(event, position)]
-        return cls(events, position, _flatten(ops))
+        return cls(events, position, _flatten(ops), any(map(revokes, ops)))
 
 
 class ReadModel:
@@ -390,6 +402,10 @@ class ReadModel:
         self._switch = redis.register_script(_SWITCH)
         self._claims: dict[int, str] = {}  # generation -> nonce, for the rebuilds begun here
         self._threads = threading.local()  # each thread's own connection for verify()
+        # Both set by the composition root where verifications are cached (wiring.py): this
+        # process's cache, and the announcement that Rule 5 needs of every write that revokes.
+        self.cache: VerificationCache | None = None
+        self.revocations: Revocations | None = None
         # The verify call as sent on the wire (RESP), but for the two arguments each call adds:
         # redis-py's pack_command took 4 µs a call to pack it, of a round trip of about 55.
         fixed = ["EVALSHA", self._verify.sha, 1, GENERATION, *_VERIFY_FIXED_ARGS]
@@ -398,16 +414,24 @@ class ReadModel:
     # Queries
 
     def verify(self, value: str) -> Principal | None:
-        """Rule 4 in one Redis round trip; a malformed value is refused before any I/O."""
+        """Rule 4 in one Redis round trip, or none for a token this process verified lately
+        (`cache`); a malformed value is refused before any I/O."""
         if not tokens.is_well_formed(value, self.token_prefix):
             return None
-        found = self._evalsha_verify(hashlib.sha256(value.encode()).digest(), _now_ms())
+        digest = hashlib.sha256(value.encode()).digest()
+        cache, ticket = self.cache, None
+        if cache is not None:
+            cached = cache.get(digest)
+            if cached is not None:
+                return cached
+            ticket = cache.ticket()
+        found = self._evalsha_verify(digest, _now_ms())
         if found == -1:
             raise NotReady("The token read model is being rebuilt")
         if not found:
             return None
-        token_id, person_id, username, workspace_id, role, grant, created, expires = found
-        return Principal(
+        token_id, person_id, username, workspace_id, role, grant, created, expires, used = found
+        principal = Principal(
             token_id=UUID(bytes=token_id),
             person_id=UUID(bytes=person_id),
             username=username.decode(),
@@ -417,6 +441,12 @@ class ReadModel:
             issued_at=_from_ms(created),
             expires_at=_from_ms(expires) if expires else None,
         )
+        if cache is not None and ticket is not None:
+            # Kept until lastUsed is a minute old (the next call through Redis stamps it again)
+            # or the token expires, whichever is first.
+            until = int(used) + LAST_USED_GRANULARITY_MS
+            cache.put(digest, principal, min(until, int(expires or until)) / 1000, ticket)
+        return principal
 
     def _evalsha_verify(self, sha: bytes, now_ms: int) -> Any:
         """The verify script on this thread's own connection, held for the thread's life.
@@ -506,15 +536,25 @@ class ReadModel:
 
     def apply_aggregates(self, saved: Sequence[tuple[Aggregate, int]]) -> None:
         """Read-your-writes: whole states at their new versions, to every live generation,
-        each with the position of its last event (`Ledger.save`)."""
+        each with the position of its last event (`Ledger.save`); then, where verifications
+        are cached, no process's cache may still hold what this write revoked (Rule 5)."""
         ops = [op for aggregate, at in saved for op in ops_for_aggregate(aggregate, at)]
         if ops:
             self._apply(
                 keys=[GENERATION], args=[PREFIX, "*", "", *_flatten(ops)], client=self.redis
             )
+        if self.revocations is not None and any(map(revokes, ops)):
+            self.revocations.announce()
 
     def apply_events(self, events: Sequence[StoredEvent], position: int, generation: int) -> bool:
         return self.apply_batch(Batch.of(events, position), generation)
+
+    def revoked_elsewhere(self) -> None:
+        """The projector applied a revocation that no API call announced (a write from a
+        process that died before its own write to Redis, or that skips it): the caches forget
+        it shortly after, with no one to wait for them."""
+        if self.revocations is not None:
+            self.revocations.announce(wait=False)
 
     def apply_batch(self, batch: Batch, generation: int) -> bool:
         """The projector's write: a batch's changes, and the position it reaches, at once.
@@ -730,6 +770,14 @@ def _token_issued(
         _to_ms(expires) if expires else "",
         description,
     ]
+
+
+def revokes(op: Op) -> bool:
+    """Whether applying it may stop a token verifying (rule 4), so that the verification caches
+    must forget what they hold: a token deleted, or a person or a workspace changed after its
+    creation (a password change too, which revokes nothing, at the cost of one emptying). An
+    issue, a creation or a lastUsed restored revokes nothing."""
+    return op[0] == "X" or (op[0] in ("F", "P") and int(op[3]) > 1)
 
 
 def _hash(op: str, at: int, key: bytes, version: int, fields: dict[str, Any]) -> Op:

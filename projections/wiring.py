@@ -22,6 +22,8 @@ from types import TracebackType
 
 import fakeredis
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ledger.application import Ledger
 from ledger.audit import AuditTrail, AuditTrailRefused, keyring_from_settings
@@ -29,6 +31,7 @@ from ledger.config import Settings
 from projections.attempts import RedisAttemptLimiter
 from projections.projector import Projector
 from projections.readmodel import ReadModel
+from projections.verification_cache import Revocations, VerificationCache
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,11 @@ class Services:
     _thread: threading.Thread | None = None
 
     def start_background(self) -> None:
-        """Embedded mode: build the read models now, then follow the store in a thread."""
+        """An API process's own work beside its requests: the verification cache's
+        subscription, and in the embedded mode the projector, after building the read models."""
+        if self.settings.caches_verifications and self.read_model.cache is None:
+            subscriber = connect_redis(self.settings, retries=False)
+            self.read_model.cache = VerificationCache(self.redis, subscriber).start()
         if not self.settings.embedded or self._thread is not None:
             return
         self.projector.run_once()
@@ -67,6 +74,9 @@ class Services:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.read_model.cache is not None:
+            self.read_model.cache.close()
+            self.read_model.cache.subscriber.close()
         self.ledger.close()
         self.redis.close()
 
@@ -75,6 +85,8 @@ def build_services(settings: Settings) -> Services:
     keyring = keyring_from_settings(settings)  # PostgreSQL with no audit key fails here, first
     redis = connect_redis(settings)
     read_model = ReadModel(redis, settings.token_prefix)
+    if settings.caches_verifications:  # every writer, API process or not, announces
+        read_model.revocations = Revocations(redis)
     ledger = Ledger.from_settings(settings, attempts=RedisAttemptLimiter(redis))
     ledger.on_saved = read_model.apply_aggregates
     audit = AuditTrail(ledger, keyring)
@@ -180,12 +192,15 @@ def _follow_audit_apart(settings: Settings, poll_seconds: float, parent: Connect
                 parent.send(RuntimeError(f"{type(failure).__name__}: {failure}"))
 
 
-def connect_redis(settings: Settings) -> Redis:
+def connect_redis(settings: Settings, *, retries: bool = True) -> Redis:
+    """Without `retries`, a broken connection fails its command at once, where redis-py would
+    reconnect and resend it: what a subscription whose breaking must be seen needs."""
     if settings.redis_url is None:
         return fakeredis.FakeRedis(server=fakeredis.FakeServer())
     return Redis.from_url(
         settings.redis_url,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        health_check_interval=30,
+        health_check_interval=30 if retries else 0,
+        **({} if retries else {"retry": Retry(NoBackoff(), 0)}),
     )

@@ -72,3 +72,23 @@ def test_a_disabled_person_is_refused_the_moment_the_change_returns_under_load(
                 assert changed.status_code == 200
                 assert http.statuses(value, times=8) == {expected}
     assert set(answers) == {200}, answers
+
+
+def test_a_workspace_setting_change_takes_effect_the_moment_it_returns_under_load(
+    http: Http,
+) -> None:
+    """A member allowed to use tokens by the workspace's setting alone: turning it off refuses
+    their token on every worker when the call returns, and turning it on restores it."""
+    background, _ = http.issue(ADMIN)  # an admin's: the setting leaves it alone
+    http.settings(ADMIN, membersCanGenerateTokens=True)
+    try:
+        username, _ = http.person()
+        value, _ = http.issue((username, PASSWORD))
+        with busy(http, background) as answers:
+            for _ in range(ROUNDS):
+                for members, expected in ((False, 401), (True, 200)):
+                    http.settings(ADMIN, membersCanGenerateTokens=members)
+                    assert http.statuses(value, times=8) == {expected}
+        assert set(answers) == {200}, answers
+    finally:
+        http.settings(ADMIN, membersCanGenerateTokens=False)  # the workspace's default

@@ -31,6 +31,7 @@ from ledger.application import Ledger
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, MEMBER, AuditContext, TokenAlreadyDeleted, WorkspaceExists
 from projections import projector as projector_module
+from projections import verification_cache
 from projections.projector import Projector
 from projections.wiring import AuditFollowerProcess, Services, build_services
 from tests.conftest import FAST_ARGON2, PASSWORD, make_ledger
@@ -123,7 +124,8 @@ def environment(store_url: str, redis_url: str) -> dict[str, str]:
 
 @contextmanager
 def services(store_url: str, redis_url: str) -> Iterator[Services]:
-    """What one process builds: its own Ledger, Redis client, ReadModel and Projector."""
+    """What one API process builds: its own Ledger, Redis client, ReadModel and Projector, and
+    starts: its verification cache, which every write that revokes waits for (Rule 5)."""
     built = build_services(
         Settings(
             database_url=store_url,
@@ -132,6 +134,7 @@ def services(store_url: str, redis_url: str) -> Iterator[Services]:
             audit_key=AUDIT_KEY.encode(),
         )
     )
+    built.start_background()
     try:
         yield built
     finally:
@@ -485,6 +488,45 @@ def test_the_first_verification_after_a_redis_restart_is_answered_not_failed(sto
             assert status(api.read_model, value) == "valid"
     finally:
         own.stop()
+
+
+# The verification cache (projections/verification_cache.py) on a real Redis: what it keeps
+# never outlives the subscription that would have told it of a revocation.
+
+
+def test_a_redis_outage_ends_every_cache_at_once(store_url, passwords):
+    own = RedisServer()  # a server of this test's own, since it is killed
+    try:
+        with services(store_url, own.url) as api, services(store_url, own.url) as other:
+            api.projector.run_once()
+            value = Scenario(api.ledger).issue()
+            caches = [api.read_model.cache, other.read_model.cache]
+            assert all(wait_for(lambda c=c: c.ticket() is not None, timeout=5) for c in caches)
+            assert [status(p.read_model, value) for p in (api, other)] == ["valid", "valid"]
+            own.kill()
+            # Well before the lease would run out: the broken subscription ends it.
+            lease = verification_cache.LEASE_SECONDS
+            assert all(wait_for(lambda c=c: c.ticket() is None, timeout=lease / 4) for c in caches)
+            with pytest.raises(redis.ConnectionError):
+                status(other.read_model, value)
+            own.start()
+            api.projector.run_once()
+            assert wait_for(lambda: status(other.read_model, value) == "valid", timeout=10)
+    finally:
+        own.stop()
+
+
+def test_a_flushed_redis_empties_every_cache_by_its_next_renewal(store_url, redis_urls, passwords):
+    url, _ = redis_urls
+    with services(store_url, url) as api:
+        api.projector.run_once()
+        value = Scenario(api.ledger).issue()
+        cache = api.read_model.cache
+        assert wait_for(lambda: cache.ticket() is not None, timeout=5)
+        assert status(api.read_model, value) == "valid"
+        api.redis.flushall()  # the registry goes with the read model: the cache re-registers
+        renewals = 4 * verification_cache.RENEW_SECONDS
+        assert wait_for(lambda: status(api.read_model, value) == "not ready", timeout=renewals)
 
 
 # Rebuilds while serving.

@@ -69,3 +69,15 @@ def test_argon2_parameters_must_be_positive_whole_numbers():
     with pytest.raises(ConfigError):
         Settings.from_env({"LEDGER_ARGON2_MEMORY_KIB": "0"})
     assert Settings.from_env({"LEDGER_ARGON2_TIME_COST": "2"}).argon2.time_cost == 2
+
+
+def test_verifications_are_cached_on_a_redis_server_unless_turned_off():
+    redis = {"LEDGER_REDIS_URL": "redis://127.0.0.1:6379/0"}
+    assert Settings.from_env(redis).caches_verifications
+    assert not Settings.from_env({}).caches_verifications  # embedded: one process
+    for off in ("off", "0", "false", " OFF "):
+        settings = Settings.from_env({**redis, "LEDGER_VERIFICATION_CACHE": off})
+        assert not settings.caches_verifications
+    assert Settings.from_env({**redis, "LEDGER_VERIFICATION_CACHE": "on"}).caches_verifications
+    with pytest.raises(ConfigError, match="LEDGER_VERIFICATION_CACHE"):
+        Settings.from_env({**redis, "LEDGER_VERIFICATION_CACHE": "sometimes"})

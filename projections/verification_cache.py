@@ -1,0 +1,240 @@
+"""Verification answered from memory in each API process, with Rule 5 kept by acknowledgements.
+
+A verification is one Redis round trip, and on a small machine the round trip's system calls
+cost a worker more CPU than the rest of the request (docs/benchmarks.md). So each API process
+keeps the principals it verified and answers a token it saw lately without Redis, as long as
+
+- its **lease** holds. The process renews it every RENEW_SECONDS in `{tl}:verifiers` (a sorted
+  set: process id -> lease end, by Redis's clock), and then PINGs on its subscription to
+  `{tl}:revoked`: only when the PONG is back, which proves the subscription alive and every
+  revocation published before it handled, does its own copy of the lease move on. It is timed
+  from before the renewal was sent, so it always ends before the one in Redis;
+- the token's lastUsed was stamped less than a minute ago, so that lastUsed stays true to the
+  minute, and the token has not expired.
+
+**Rule 5.** A write that may revoke (`readmodel.revokes`) lands in Redis first; then
+`Revocations.announce` publishes on `{tl}:revoked` and waits until every process holding a
+lease has acknowledged (it empties its cache before it does) or its lease has run out. A process
+whose subscription broke misses the message but cannot renew, so its lease runs out; one that
+subscribed again empties its cache on the new subscription's confirmation. Only the registry
+itself can be lost (Redis flushed or restarted): a process that still holds a lease from before
+is not in it until its next renewal, so while the registry is younger than a lease the writer
+waits a whole lease. Revocations that no API call announced (the projector applying a write
+that never reached Redis) are published by the projector, without waiting.
+
+Leases are timed by Redis's clock, so they assume that clock does not jump forward by more than
+a lease (NTP slews a clock rather than steps it).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from itertools import count
+from typing import NamedTuple
+
+from redis import Redis
+
+from projections.readmodel import LUA_CLOCK, PREFIX, Principal
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 1.0  # how long a writer may wait for a process that stopped answering
+RENEW_SECONDS = 0.25
+MAX_ENTRIES = 100_000  # a full cache starts again empty: bounded memory, no per-hit bookkeeping
+REGISTRY = PREFIX + "verifiers"
+REGISTRY_SINCE = PREFIX + "verifiers:since"  # when the registry was last created afresh
+CHANNEL = PREFIX + "revoked"
+ACKS = PREFIX + "acks:"  # + the announcement's nonce: a list of the ids that acknowledged it
+ACKS_TTL_MS = 60_000
+
+# KEYS: registry, since. ARGV: process id, lease ms. 1 when the process was not registered (new,
+# or dropped: its lease ran out, or Redis lost the registry), 0 when its lease was renewed.
+_REGISTER = (
+    LUA_CLOCK
+    + """
+local now = now_ms()
+redis.call('SET', KEYS[2], now, 'NX')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+"""
+)
+
+# KEYS: registry, since. ARGV: channel, nonce. Who holds a lease now, in the same instant as
+# the message goes out: {now, since or '', {id, lease end, ...}}.
+_ANNOUNCE = (
+    LUA_CLOCK
+    + """
+local now = now_ms()
+local leases = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'WITHSCORES')
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return {now, redis.call('GET', KEYS[2]) or '', leases}
+"""
+)
+
+
+class Entry(NamedTuple):
+    principal: Principal
+    until: float  # epoch seconds: lastUsed's minute or the token's expiry, whichever is first
+
+
+class VerificationCache:
+    """One per API process; `ReadModel.verify` asks it first and fills it after a miss."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        subscriber: Redis,
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+        renew_seconds: float = RENEW_SECONDS,
+    ) -> None:
+        self.id = secrets.token_hex(8)
+        self.redis = redis
+        # A client of its own that never reconnects silently: a broken subscription must end
+        # the lease at once, not after redis-py's retries.
+        self.subscriber = subscriber
+        self.lease_seconds = lease_seconds
+        self.renew_seconds = renew_seconds
+        self._register = redis.register_script(_REGISTER)
+        self._entries: dict[bytes, Entry] = {}
+        self._epoch = 0  # moves on every emptying, so that a fill begun before one is dropped
+        self._deadline = 0.0  # monotonic end of this process's lease; 0: none
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    # The request threads' side
+
+    def get(self, digest: bytes) -> Principal | None:
+        """The principal of a token verified lately, or None: ask Redis."""
+        if time.monotonic() >= self._deadline:
+            return None
+        entry = self._entries.get(digest)
+        if entry is None or time.time() >= entry.until:
+            return None
+        return entry.principal
+
+    def ticket(self) -> int | None:
+        """Taken before asking Redis, handed back to `put`: None when nothing may be kept."""
+        return self._epoch if time.monotonic() < self._deadline else None
+
+    def put(self, digest: bytes, principal: Principal, until: float, ticket: int) -> None:
+        with self._lock:
+            if ticket != self._epoch or time.monotonic() >= self._deadline:
+                return  # emptied since Redis was asked: the answer may predate a revocation
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries = {}
+            self._entries[digest] = Entry(principal, until)
+
+    def empty(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._entries = {}
+
+    # The subscription's side
+
+    def start(self) -> VerificationCache:
+        self._thread = threading.Thread(target=self._run, name="verification-cache", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop, and leave the registry, so that writers need not wait for this lease to end."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.redis.zrem(REGISTRY, self.id)
+        except Exception:  # Redis gone: the lease ends by itself
+            log.debug("could not leave the verifiers' registry", exc_info=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow()
+            except Exception as error:
+                if not self._failing:  # once an outage, not every renewal of it
+                    log.warning("verification cache off until Redis answers again: %s", error)
+                self._failing = True
+            self._stop.wait(self.renew_seconds)
+
+    def _follow(self) -> None:
+        pubsub = self.subscriber.pubsub()
+        pings = count()
+        pending: tuple[bytes, float] | None = None  # the PING awaited, and when it was sent
+        try:
+            pubsub.subscribe(CHANNEL)
+            renew_at = 0.0
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= renew_at:
+                    # A PONG not back by the next renewal leaves the lease to run out.
+                    renew_at = now + self.renew_seconds
+                    args: list[str | int] = [self.id, int(self.lease_seconds * 1000)]
+                    if self._register(keys=[REGISTRY, REGISTRY_SINCE], args=args):
+                        self.empty()  # writers may have passed this process by
+                    pending = (str(next(pings)).encode(), now)
+                    pubsub.ping(pending[0].decode())
+                message = pubsub.get_message(timeout=max(0.0, renew_at - time.monotonic()))
+                if message is None:
+                    continue
+                kind = message["type"]
+                if kind == "message":
+                    self.empty()
+                    self._acknowledge(message["data"])
+                elif kind == "subscribe":  # a subscription, first or renewed: news was missed
+                    self.empty()
+                elif kind == "pong" and pending is not None and message["data"] == pending[0]:
+                    self._deadline = pending[1] + self.lease_seconds
+                    pending, self._failing = None, False
+        finally:
+            self._deadline = 0.0
+            self.empty()
+            pubsub.close()
+
+    def _acknowledge(self, nonce: bytes) -> None:
+        key = ACKS + nonce.decode()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, self.id)
+        pipe.pexpire(key, ACKS_TTL_MS)
+        pipe.execute()
+
+
+class Revocations:
+    """The writers' side: `ReadModel.apply_aggregates` calls `announce` after a write that may
+    revoke has landed in Redis."""
+
+    def __init__(self, redis: Redis, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.redis = redis
+        self.lease_seconds = lease_seconds
+        self._announce = redis.register_script(_ANNOUNCE)
+
+    def announce(self, *, wait: bool = True) -> None:
+        """Return once no API process can answer from a cache that predates the write; without
+        `wait`, at once, the caches emptying shortly after."""
+        nonce = secrets.token_hex(8)
+        now, since, leases = self._announce(keys=[REGISTRY, REGISTRY_SINCE], args=[CHANNEL, nonce])
+        if not wait:
+            return
+        started = time.monotonic()
+        # Seconds from `now` to the end of each lease held when the message went out.
+        waiting = {leases[n]: (float(leases[n + 1]) - now) / 1000 for n in range(0, len(leases), 2)}
+        key = ACKS + nonce
+        while waiting:
+            left = max(waiting.values()) - (time.monotonic() - started)
+            if left <= 0:
+                break
+            # BLPOP reads a timeout that rounds to 0 ms as "block for ever".
+            acknowledged = self.redis.blpop([key], timeout=max(left, 0.01))
+            if acknowledged is not None:
+                waiting.pop(acknowledged[1], None)
+        # A registry younger than a lease may not list a process that renewed before it was lost.
+        lease_ms = self.lease_seconds * 1000
+        young = lease_ms if not since else int(since) + lease_ms - now
+        rest = young / 1000 - (time.monotonic() - started)
+        if rest > 0:
+            time.sleep(rest)
