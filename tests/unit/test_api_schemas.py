@@ -11,7 +11,15 @@ import pytest
 from flask import Flask
 
 from api.http import JsonProvider
-from api.schemas import IssuedTokenSchema, TokenInfoSchema, TokenListSchema
+from api.schemas import (
+    CurrentPersonSchema,
+    IssuedTokenSchema,
+    PeopleListSchema,
+    PersonSchema,
+    PlainDump,
+    TokenInfoSchema,
+    TokenListSchema,
+)
 
 CREATED = datetime(2026, 11, 23, 10, 15, 30, 123456, tzinfo=UTC)
 INFOS = [
@@ -57,6 +65,55 @@ def test_pages_and_issued_tokens_nest_the_same_token_info():
     assert IssuedTokenSchema().dump(issued)["tokenInfo"] == marshmallows(
         TokenInfoSchema(), INFOS[0]
     )
+
+
+PEOPLE = [
+    {  # a person as the ledger returns one, with a key that is not on the wire
+        "id": uuid.uuid4(),
+        "username": "ada",
+        "role": "admin",
+        "disabled": False,
+        "can_generate_tokens": True,
+        "workspace_id": uuid.uuid4(),
+        "password_hash": "not on the wire",
+    },
+    {  # the current person with Bearer
+        "id": uuid.uuid4(),
+        "username": "max",
+        "role": "member",
+        "disabled": True,
+        "can_generate_tokens": False,
+        "workspace_id": uuid.uuid4(),
+        "auth_method": "token",
+        "token_id": uuid.uuid4(),
+    },
+]
+
+
+@pytest.mark.parametrize("person", PEOPLE)
+def test_people_are_dumped_as_their_fields_would_dump_them(person):
+    with_password = {**person, "auth_method": "password"}
+    without_token = {k: v for k, v in with_password.items() if k != "token_id"}
+    for schema, obj in (
+        (PersonSchema(), person),
+        (CurrentPersonSchema(), person),
+        (CurrentPersonSchema(), without_token),  # Basic: no tokenId at all, not a null
+    ):
+        assert schema.dump(obj) == marshmallows(schema, obj)
+    assert "tokenId" not in CurrentPersonSchema().dump(without_token)
+    page = {"data": PEOPLE, "count": 2}
+    assert PeopleListSchema().dump(page) == {
+        "data": [marshmallows(PersonSchema(), p) for p in PEOPLE],
+        "count": 2,
+    }
+
+
+def test_a_plain_dump_takes_plain_fields_only():
+    class Nesting(PlainDump):
+        inner = ma.fields.Nested(PersonSchema)
+
+    with pytest.raises(TypeError, match=r"Nesting\.inner is not a plain field"):
+        Nesting()
 
 
 @pytest.mark.parametrize(
