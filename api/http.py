@@ -24,11 +24,14 @@ CURL_DEFAULT = "application/x-www-form-urlencoded"
 
 def check_body() -> None:
     """Before anything reads it: refuse a body that is too big or not JSON."""
+    environ = request.environ
+    if not environ.get("CONTENT_LENGTH") and not environ.get("HTTP_TRANSFER_ENCODING"):
+        return  # no body: most requests, and all GETs, without parsing a header
     length = request.content_length
     if (length or 0) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge(f"The request body must be at most {MAX_BODY_BYTES} bytes")
     if not length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
-        return  # no body: most requests, and all GETs
+        return
     mimetype = request.mimetype
     if mimetype and not _readable_as_json(mimetype):
         raise UnsupportedMediaType(f"Send JSON as application/json, not {mimetype}")

@@ -142,6 +142,7 @@ def test_a_sane_request_id_is_echoed_and_any_other_is_replaced(api):
         assert response.headers["X-Request-Id"] not in (odd, "")
     first = api.get("/healthz").headers["X-Request-Id"]
     assert first != api.get("/healthz").headers["X-Request-Id"]
+    assert len(first) == 32 and int(first, 16) >= 0  # 128 bits in hex, as uuid4().hex
 
 
 def test_every_response_carries_a_request_id(api):
