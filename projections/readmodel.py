@@ -550,9 +550,10 @@ class ReadModel:
         return self.apply_batch(Batch.of(events, position), generation)
 
     def revoked_elsewhere(self) -> None:
-        """The projector applied a revocation that no API call announced (a write from a
-        process that died before its own write to Redis, or that skips it): the caches forget
-        it shortly after, with no one to wait for them."""
+        """The projector applied a batch that may revoke. The API announced most such writes
+        itself before its call returned; this reaches the caches with those it did not (a
+        process that died between its save and its write to Redis, a writer that skips
+        Redis), shortly after, with no call waiting on them."""
         if self.revocations is not None:
             self.revocations.announce(wait=False)
 
