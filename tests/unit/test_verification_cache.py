@@ -221,11 +221,11 @@ def test_a_process_that_stops_answering_is_waited_for_until_its_lease_ends(deplo
     """A process still registered but gone quiet (stalled, or cut off from Redis): the delete
     returns only once the lease it holds in Redis has run out, and with it the one it keeps."""
     redis = deployment.api[0].redis
-    lease_end = deployment.redis_now() + LEASE
-    redis.zadd(REGISTRY, {"quiet process": int(lease_end * 1000)})
+    lease_end_ms = int((deployment.redis_now() + LEASE) * 1000)  # as leases are kept, in ms
+    redis.zadd(REGISTRY, {"quiet process": lease_end_ms})
     _, token_id = deployment.issue()
     deployment.ledger.delete_token(deployment.as_(deployment.admin_id), token_id)
-    assert deployment.redis_now() >= lease_end
+    assert deployment.redis_now() * 1000 >= lease_end_ms
 
 
 def test_after_redis_lost_the_registry_writers_wait_a_whole_lease(deployment):
