@@ -142,7 +142,7 @@ class VerificationSchema(Schema):
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(AuditQuerySchema, location="query")
+@blp.arguments(AuditQuerySchema(), location="query")
 @blp.response(200, AuditEventListSchema)
 @blp.alt_response(200, schema={"type": "string"}, content_type="text/csv", success=True)
 @blp.alt_response(200, schema={"type": "string"}, content_type="application/x-ndjson", success=True)

@@ -43,7 +43,7 @@ def current_person() -> dict[str, Any]:
 
 
 @blp.route("/current/password", methods=["POST"])
-@blp.arguments(PasswordChangeSchema)
+@blp.arguments(PasswordChangeSchema())
 @blp.response(204)
 def change_password(body: dict[str, Any]) -> None:
     """Change the caller's password; their tokens keep working."""
@@ -51,7 +51,7 @@ def change_password(body: dict[str, Any]) -> None:
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(PageQuerySchema, location="query")
+@blp.arguments(PageQuerySchema(), location="query")
 @blp.response(200, PeopleListSchema)
 def list_people(query: dict[str, Any]) -> dict[str, Any]:
     """The workspace's people, by username (admins)."""
@@ -61,7 +61,7 @@ def list_people(query: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(PersonCreateSchema)
+@blp.arguments(PersonCreateSchema())
 @blp.response(201, PersonSchema)
 def add_person(body: dict[str, Any]) -> dict[str, Any]:
     """Add a person to the caller's workspace (admins)."""
@@ -71,7 +71,7 @@ def add_person(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/<uuid:id>", methods=["PATCH"])
-@blp.arguments(PersonUpdateSchema)
+@blp.arguments(PersonUpdateSchema())
 @blp.response(200, PersonSchema)
 def update_person(body: dict[str, Any], id: UUID) -> dict[str, Any]:
     """Disable or enable a person, change their role or their token grant (admins)."""

@@ -27,7 +27,7 @@ blp.before_request(authenticate)
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(TokenCreateSchema)
+@blp.arguments(TokenCreateSchema())
 @blp.response(201, IssuedTokenSchema)
 def create_token(body: dict[str, Any]) -> dict[str, Any]:
     """Issue a token to the caller (Basic, or Bearer with one of their own tokens).
@@ -41,7 +41,7 @@ def create_token(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(TokenQuerySchema, location="query")
+@blp.arguments(TokenQuerySchema(), location="query")
 @blp.response(200, TokenListSchema)
 def list_tokens(query: dict[str, Any]) -> dict[str, Any]:
     """The caller's tokens (admins: anyone's in the workspace, by `userId`), newest first."""
@@ -68,7 +68,7 @@ def delete_token(tokenId: UUID) -> None:
 
 
 @blp.route("/deleteAll", methods=["POST"])
-@blp.arguments(DeleteAllSchema)
+@blp.arguments(DeleteAllSchema())
 @blp.response(200, DeletedSchema)
 def delete_all_tokens(body: dict[str, Any]) -> dict[str, Any]:
     """Delete all of the caller's tokens (admins: anyone's in the workspace, by `userId`)."""
@@ -76,7 +76,7 @@ def delete_all_tokens(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/introspect", methods=["POST"])
-@blp.arguments(IntrospectSchema)
+@blp.arguments(IntrospectSchema())
 @blp.response(200, IntrospectionSchema)
 def introspect(body: dict[str, Any]) -> dict[str, Any]:
     """RFC 7662 introspection, for admins and verifiers: `{active: false}` for any invalid token."""

@@ -22,7 +22,7 @@ def get_settings() -> dict[str, Any]:
 
 
 @blp.route("/settings", methods=["PATCH"])
-@blp.arguments(SettingsPatchSchema)
+@blp.arguments(SettingsPatchSchema())
 @blp.response(200, SettingsSchema)
 def change_settings(body: dict[str, Any]) -> dict[str, Any]:
     """Change any of the settings; tokens are blocked or restored once this returns."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -75,7 +75,9 @@ class AuditContext:
         return self.method in ("cli", "system")
 
     def as_event_field(self) -> EventContext:
-        return {k: None if v is None else str(v) for k, v in asdict(self).items()}
+        # Not dataclasses.asdict: its deep copy is most of the cost, and every field is flat.
+        values = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {k: None if v is None else str(v) for k, v in values}
 
 
 class Workspace(Aggregate):
