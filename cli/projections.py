@@ -13,7 +13,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from cli.main import Env, fail
-from projections.projector import Projector
 from projections.wiring import AuditFollowerProcess
 
 
@@ -37,9 +36,9 @@ def projector(env: Env, poll: float) -> None:
     services = env.services  # a missing audit key stops it here, before it claims to follow
     click.echo(f"projector following {env.settings.database_url.split('@')[-1]}", err=True)
     with AuditFollowerProcess(env.settings, poll) as audit:
-        Projector(services.ledger, services.read_model, followers=[audit]).run_forever(
-            stop, poll_seconds=poll
-        )
+        # The audit trail follows in a process of its own, off the read models' GIL.
+        services.projector.followers = [audit]
+        services.projector.run_forever(stop, poll_seconds=poll)
 
 
 @click.group()
