@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from api.auth import authenticate, caller, verify
+from api.auth import authenticate, bearer_principal, caller, verify
 from api.context import services
 from api.http import Blueprint
 from api.schemas import (
@@ -80,7 +80,7 @@ def delete_all_tokens(body: dict[str, Any]) -> dict[str, Any]:
 @blp.response(200, IntrospectionSchema)
 def introspect(body: dict[str, Any]) -> dict[str, Any]:
     """RFC 7662 introspection, for admins and verifiers: `{active: false}` for any invalid token."""
-    workspace_id = services().ledger.introspection_workspace(caller())
+    workspace_id = services().ledger.introspection_workspace(caller(), bearer_principal())
     principal = verify(body["token"])
     if principal is None or principal.workspace_id != workspace_id:
         return {"active": False}

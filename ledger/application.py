@@ -11,7 +11,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -86,6 +86,17 @@ def retry_on_conflict(command: Callable[P, R]) -> Callable[P, R]:
 class IssuedToken(NamedTuple):
     value: str  # shown once, to the person who asked for it, and never stored
     info: dict[str, Any]
+
+
+class Verified(Protocol):
+    """What the token verifier found of a Bearer caller in this request (the read model's
+    principal): the same read model, kept to Rule 5, that let the call in at all."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def workspace_id(self) -> UUID: ...
 
 
 class Ledger(Application[UUID]):
@@ -338,14 +349,21 @@ class Ledger(Application[UUID]):
         """Whose tokens the caller may list: their own; admins', anyone's in their workspace."""
         return self._subject_person(self._actor(ctx), person_id).id
 
-    def introspection_workspace(self, ctx: AuditContext) -> UUID:
-        """Admins and verifiers introspect tokens, of their own workspace only: the one returned."""
-        actor = self._actor(ctx)
-        if actor is None:
-            raise NotForOperators("Introspection is for a workspace's admins and verifiers")
-        if actor.role not in (ADMIN, VERIFIER):
+    def introspection_workspace(self, ctx: AuditContext, verified: Verified | None = None) -> UUID:
+        """Admins and verifiers introspect tokens, of their own workspace only: the one returned.
+
+        Other services call this for every token they are handed, and a verification reads
+        nothing from the store (product.md): a Bearer caller is judged on what the verifier
+        found of them (`verified`), anyone else on the store.
+        """
+        if verified is None:
+            actor = self._actor(ctx)
+            if actor is None:
+                raise NotForOperators("Introspection is for a workspace's admins and verifiers")
+            verified = actor
+        if verified.role not in (ADMIN, VERIFIER):
             raise NotAdmin("Only administrators and verifiers may introspect tokens")
-        return actor.workspace_id
+        return verified.workspace_id
 
     def list_tokens(self, ctx: AuditContext, person_id: UUID | None = None) -> list[dict[str, Any]]:
         """Rule 7, read from the store: newest first, expired included, deleted left out.

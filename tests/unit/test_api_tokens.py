@@ -318,6 +318,40 @@ def test_members_may_not_introspect(api):
     assert_error(response, 403)
 
 
+def test_a_bearer_caller_introspects_without_reading_the_event_store(api, monkeypatch):
+    """Services introspect every token they are handed: like any verification (product.md),
+    with no event-store access, the caller judged on what the verifier found of them."""
+    add(api, "vera", VERIFIER, can_generate_tokens=True)
+    vera, _ = api.issue(basic("vera"))
+    value, info = api.issue(basic("ada"))
+
+    def no_store_reads(*args, **kwargs):
+        raise AssertionError("introspection read the event store")
+
+    monkeypatch.setattr(api.ledger.recorder, "select_events", no_store_reads)
+    response = api.post("/v4/apiAccessTokens/introspect", bearer(vera), json={"token": value})
+    assert response.json["active"] is True
+    assert response.json["tokenId"] == info["tokenId"]
+
+
+def test_a_verifier_demoted_or_disabled_stops_introspecting_as_the_change_returns(api):
+    add(api, "vera", VERIFIER, can_generate_tokens=True)
+    vera, _ = api.issue(basic("vera"))
+    value, _ = api.issue(basic("ada"))
+    person = f"/v4/people/{api.ledger.find_person_id('vera')}"
+
+    def introspect():
+        return api.post("/v4/apiAccessTokens/introspect", bearer(vera), json={"token": value})
+
+    assert introspect().json["active"] is True
+    assert api.patch(person, basic("ada"), json={"role": "member"}).status_code == 200
+    assert_error(introspect(), 403, "NotAdmin")  # her token still works, as a member's
+    assert api.patch(person, basic("ada"), json={"role": VERIFIER}).status_code == 200
+    assert introspect().json["active"] is True
+    assert api.patch(person, basic("ada"), json={"disabled": True}).status_code == 200
+    assert_error(introspect(), 401)
+
+
 # Rule 8: failed password attempts.
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+from uuid import UUID
+
 import pytest
 
 from ledger.application import Ledger
 from ledger.domainmodel import (
+    MEMBER,
     VERIFIER,
     AuditContext,
     NotAdmin,
@@ -66,3 +70,16 @@ def test_admins_and_verifiers_introspect_their_own_workspace_only(world):
         ledger.introspection_workspace(world.member())
     with pytest.raises(NotForOperators):
         ledger.introspection_workspace(AuditContext.cli())
+
+
+class Found(NamedTuple):
+    role: str
+    workspace_id: UUID
+
+
+def test_a_bearer_caller_is_judged_on_what_the_verifier_found(world):
+    """The verifier's answer, not the store: introspection reads nothing from it."""
+    ledger, workspace = world.ledger, world.workspace_id
+    assert ledger.introspection_workspace(world.member(), Found(VERIFIER, workspace)) == workspace
+    with pytest.raises(NotAdmin):
+        ledger.introspection_workspace(world.admin(), Found(MEMBER, workspace))
