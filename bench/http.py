@@ -412,7 +412,6 @@ def in_process(s: Stack, path: str) -> dict[str, float]:
         finally:
             read_model.cache = None
             cache.close()
-            cache.subscriber.close()
 
     rounds = [
         (loop(plain.wsgi_app, None), loop(ours.wsgi_app, f"Bearer {s.token}"), cached())

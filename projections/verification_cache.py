@@ -143,7 +143,8 @@ class VerificationCache:
         return self
 
     def close(self) -> None:
-        """Stop, and leave the registry, so that writers need not wait for this lease to end."""
+        """Stop, and leave the registry, so that writers need not wait for this lease to end;
+        the subscriber's client, this cache's own, is closed with it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -151,6 +152,7 @@ class VerificationCache:
             self.redis.zrem(REGISTRY, self.id)
         except Exception:  # Redis gone: the lease ends by itself
             log.debug("could not leave the verifiers' registry", exc_info=True)
+        self.subscriber.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -76,7 +76,6 @@ class Services:
             self._thread.join(timeout=5)
         if self.read_model.cache is not None:
             self.read_model.cache.close()
-            self.read_model.cache.subscriber.close()
         self.ledger.close()
         self.redis.close()
 
