@@ -52,8 +52,20 @@ ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s
     type=click.IntRange(min=1),
     help="Threads per worker: a Basic login holds one for the length of its argon2 hash.",
 )
+@click.option(
+    "--reuse-port/--no-reuse-port",
+    default=False,
+    show_default=True,
+    envvar="LEDGER_REUSE_PORT",
+    help="A listening socket per worker (SO_REUSEPORT), so that the kernel spreads connections"
+    " over the workers. Shared, one worker can take nearly all of a proxy's few keep-alive"
+    " connections. A worker's restart resets the connections waiting on its socket, and a"
+    " second server on the same port starts without an error.",
+)
 @click.pass_obj
-def serve(env: Env, host: str, port: int, workers: int | None, threads: int) -> None:
+def serve(
+    env: Env, host: str, port: int, workers: int | None, threads: int, reuse_port: bool
+) -> None:
     """Serve the HTTP API (and, in embedded mode, run the projector in the same process)."""
     settings = env.settings
     if settings.embedded and (workers or 1) > 1:
@@ -74,6 +86,7 @@ def serve(env: Env, host: str, port: int, workers: int | None, threads: int) -> 
         "workers": workers or (1 if settings.embedded else 2 * (os.cpu_count() or 1) + 1),
         "worker_class": "gthread",
         "threads": threads,
+        "reuse_port": reuse_port,
         "accesslog": "-",
         "errorlog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,

@@ -1,10 +1,12 @@
-"""`ledger serve` itself, on the embedded defaults: the first start's admin, the one-worker limit,
-and an access log without credentials."""
+"""`ledger serve` itself: on the embedded defaults, the first start's admin, the one-worker limit
+and an access log without credentials; on PostgreSQL and Redis, a listening socket per worker."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -67,3 +69,58 @@ def test_the_first_start_creates_an_admin_and_shows_the_password_once(tmp_path):
     second = start(tmp_path, "second")
     second.stop()
     assert "shown this once" not in second.output()
+
+
+def test_with_reuse_port_each_worker_listens_and_keep_alive_connections_spread_over_them(
+    e2e_env, server, tmp_path
+):
+    """Beside the session's server, whose projector makes the read models this one reads."""
+    port = free_port()
+    reusing = Server(
+        [str(BIN / "ledger"), "serve", "--workers", "2", "--reuse-port", "--port", str(port)],
+        e2e_env,
+        tmp_path / "reuse-port.log",
+        port,
+    )
+    clients = [requests.Session() for _ in range(32)]
+    try:
+        reusing.wait_ready()
+        master = reusing.process.pid
+        workers = Path(f"/proc/{master}/task/{master}/children")
+        pids = workers.read_text().split()
+        assert len(pids) == 2
+        # Shared, the workers would hold the master's one socket: the same inode in both.
+        listeners = [_sockets(pid, port, LISTEN) for pid in pids]
+        assert all(len(found) == 1 for found in listeners)
+        assert len(set.union(*listeners)) == 2
+        for client in clients:  # each keeps its connection open, as a proxy's pool would
+            assert client.get(f"{reusing.url}/healthz", timeout=10).status_code == 200
+        held = [len(_sockets(pid, port, ESTABLISHED)) for pid in pids]
+        # The kernel hashes each connection to a socket: all 32 on one is a 1 in 2**31 chance.
+        assert sum(held) == len(clients) and min(held) > 0, held
+    finally:
+        for client in clients:
+            client.close()
+        reusing.stop()
+
+
+LISTEN, ESTABLISHED = "0A", "01"  # socket states in /proc/net/tcp
+
+
+def _sockets(pid: str, port: int, state: str) -> set[str]:
+    """The inodes of the IPv4 TCP sockets process `pid` holds on local `port` in `state`."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            held.add(target[len("socket:[") : -1])
+    found = set()
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        local, st, inode = fields[1], fields[3], fields[9]
+        if int(local.split(":")[1], 16) == port and st == state and inode in held:
+            found.add(inode)
+    return found

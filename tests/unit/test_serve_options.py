@@ -46,3 +46,14 @@ def test_a_thread_count_below_one_or_not_a_number_is_a_usage_error(started, thre
     assert result.exit_code == 2
     assert "--threads" in result.output
     assert not started
+
+
+def test_workers_share_one_listening_socket_unless_asked_for_one_each(started):
+    assert run().exit_code == 0
+    assert started[-1]["reuse_port"] is False
+    assert run("--reuse-port").exit_code == 0
+    assert started[-1]["reuse_port"] is True
+    assert run(LEDGER_REUSE_PORT="true").exit_code == 0
+    assert started[-1]["reuse_port"] is True
+    assert run("--no-reuse-port", LEDGER_REUSE_PORT="1").exit_code == 0
+    assert started[-1]["reuse_port"] is False
