@@ -239,9 +239,10 @@ def run() -> str:
         "## HTTP (issue 6)",
         "",
         "Command: `python -m bench http`:",
-        f"`ledger serve --workers {WORKERS} --threads {THREADS}` on PostgreSQL and a redis-server",
-        "of its own (the plain app under the same gunicorn settings), wrk with",
-        f"{CONNECTIONS} connections for {SECONDS} s per run, the",
+        f"`ledger serve --workers {WORKERS} --threads {THREADS} --reuse-port` on PostgreSQL and a",
+        "redis-server of its own (the plain app under the same gunicorn settings), wrk with",
+        f"{CONNECTIONS} connections for {SECONDS} s per run (paced runs: each connection waits"
+        " a fixed time between requests, the first waits spread over one such time), the",
         f"best of {ROUNDS} runs alternating with the baseline's (a run in which one worker took"
         " nearly all of wrk's connections is run again); the projector runs in the",
         "benchmark's process and its audit trail in a child process, as `ledger projector`",
@@ -449,9 +450,11 @@ T = TypeVar("T")
 
 def balanced(served: Served, measure: Callable[[], T]) -> Callable[[], T]:
     """`measure`, run again (up to BALANCE_TRIES times in all) while one of the server's workers
-    spent less than a quarter of the other's CPU: the kernel handed wrk's keep-alive
-    connections nearly all to one worker, and the run measured half the server. Seen in about
-    one run in four, and sometimes in every run of a best of 3."""
+    spent less than a quarter of the other's CPU: wrk's keep-alive connections landed nearly
+    all on one worker, and the run measured half the server. On one shared listening socket
+    that was one run in four at full load and most paced runs; with a socket per worker
+    (--reuse-port, in both servers) the kernel hashes each connection to one, and in a trial
+    2 runs of 30 split that badly."""
 
     def run() -> T:
         for _ in range(BALANCE_TRIES):
@@ -786,7 +789,10 @@ def stack() -> Iterator[Stack]:
 
 def _ledger_serve(env: dict[str, str], log: Path) -> Served:
     port = free_port()
-    command = ["serve", "--workers", str(WORKERS), "--threads", str(THREADS), "--port", str(port)]
+    command = [
+        "serve", "--workers", str(WORKERS), "--threads", str(THREADS), "--reuse-port",
+        "--port", str(port),
+    ]  # fmt: skip
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "ledger"), *command],
         env=env,
@@ -819,6 +825,7 @@ def plain_app() -> Iterator[Served]:
             "--workers", str(WORKERS),
             "--worker-class", "gthread",
             "--threads", str(THREADS),
+            "--reuse-port",
             "--bind", f"127.0.0.1:{port}",
             "--access-logfile", "-",
             "--access-logformat", ACCESS_LOG_FORMAT,
@@ -865,8 +872,21 @@ def wrk(
     if body is not None:
         script += ["wrk.method = 'POST'", f"wrk.body = {body!r}"]
     if rate:
-        # Each connection waits between its requests so that together they make `rate`.
-        script.append(f"function delay() return {CONNECTIONS * 1000 / rate:.3f} end")
+        # Each connection waits between its requests so that together they make `rate`. wrk
+        # asks delay() before a connection's first request too: those first waits spread the
+        # connections over one period, which otherwise stay in step, sending a burst of all
+        # of them each period rather than a steady rate.
+        period = CONNECTIONS * 1000 / rate
+        script.append(
+            "local started = 0\n"
+            "function delay()\n"
+            f"  if started < {CONNECTIONS} then\n"
+            "    started = started + 1\n"
+            f"    return started * {period / CONNECTIONS:.3f}\n"
+            "  end\n"
+            f"  return {period:.3f}\n"
+            "end"
+        )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write("\n".join(script) + "\n")
     try:
