@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -74,6 +75,8 @@ def serve(
             "use --workers 1, or set LEDGER_REDIS_URL to run more workers",
             2,
         )
+    if reuse_port:
+        _check_port(host, port)
     _use_metrics_dir()
     logging.basicConfig(
         level=logging.INFO,
@@ -95,6 +98,18 @@ def serve(
         "proc_name": "ledger",
     }
     Server(settings, options).run()
+
+
+def _check_port(host: str, port: int) -> None:
+    """With reuse_port only the workers bind, and gunicorn restarts a worker that cannot, for
+    ever: a port another program holds is found here instead, as one line and exit 1."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            fail(f"cannot listen on {host} port {port}: {error.strerror or error}")
 
 
 def bootstrap(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -57,3 +58,17 @@ def test_workers_share_one_listening_socket_unless_asked_for_one_each(started):
     assert started[-1]["reuse_port"] is True
     assert run("--no-reuse-port", LEDGER_REUSE_PORT="1").exit_code == 0
     assert started[-1]["reuse_port"] is False
+
+
+def test_with_reuse_port_a_port_another_program_holds_is_one_line_and_exit_1(started):
+    # gunicorn would start, and restart for ever the workers that cannot bind it.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        result = run("--reuse-port", "--port", port)
+    assert result.exit_code == 1
+    expected = f"Error: cannot listen on 127.0.0.1 port {port}: Address already in use"
+    assert result.output.strip() == expected
+    assert not started
+    assert run("--reuse-port", "--port", port).exit_code == 0  # free again
