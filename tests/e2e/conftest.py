@@ -173,7 +173,8 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(e2e_env: dict[str, str], logs: Path) -> Iterator[Server]:
     port = free_port()
     served = Server(
-        [str(BIN / "ledger"), "serve", "--workers", "2", "--port", str(port)],
+        # As docker-compose runs it: connections are spread over both workers.
+        [str(BIN / "ledger"), "serve", "--workers", "2", "--reuse-port", "--port", str(port)],
         e2e_env,
         logs / "serve.log",
         port,

@@ -18,7 +18,7 @@ from projections.verification_cache import REGISTRY
 from tests.e2e.conftest import ADMIN, PASSWORD, Http
 from tests.read_model_support import wait_for
 
-LOAD_CLIENTS = 6  # keep-alive connections, spread over both workers
+LOAD_CLIENTS = 6  # keep-alive connections, hashed over both workers (--reuse-port)
 ROUNDS = 8
 
 
