@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 
 import pytest
@@ -143,6 +144,22 @@ def test_a_sane_request_id_is_echoed_and_any_other_is_replaced(api):
     first = api.get("/healthz").headers["X-Request-Id"]
     assert first != api.get("/healthz").headers["X-Request-Id"]
     assert len(first) == 32 and int(first, 16) >= 0  # 128 bits in hex, as uuid4().hex
+
+
+def test_forked_workers_do_not_repeat_each_others_request_ids(api):
+    # gunicorn forks its workers from one master: ids come from a generator that each child
+    # seeds afresh, not from state the fork copied.
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child writes its id and leaves at once, without pytest's teardown
+        os.write(write, api.get("/healthz").headers["X-Request-Id"].encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read, "rb") as pipe:
+        from_child = pipe.read().decode()
+    assert len(from_child) == 32
+    assert from_child != api.get("/healthz").headers["X-Request-Id"]
 
 
 def test_every_response_carries_a_request_id(api):
