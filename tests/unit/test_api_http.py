@@ -155,8 +155,10 @@ def test_forked_workers_do_not_repeat_each_others_request_ids():
     read, write = os.pipe()
     child = os.fork()
     if child == 0:
-        os.write(write, new_request_id().encode())
-        os._exit(0)
+        try:
+            os.write(write, new_request_id().encode())
+        finally:  # whatever happens, the child never goes on to run pytest's session
+            os._exit(0)
     os.close(write)
     os.waitpid(child, 0)
     with os.fdopen(read, "rb") as pipe:
