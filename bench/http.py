@@ -112,9 +112,10 @@ def run() -> str:
             balanced(s, lambda: wrk(s.url + current, headers=bearer, rate=half)),
             lowest_p99=True,
         )
-        profile = py_spy_profile(
+        samples = py_spy_samples(
             s.pids()["workers"][0], lambda: wrk(s.url + current, headers=bearer)
         )
+        profile, steps = by_component(samples), by_step(samples)
         direct = in_process(s, current)
 
         issue = s.url + "/v4/apiAccessTokens"
@@ -143,8 +144,8 @@ def run() -> str:
         raw_save, issue_bearer = raw_saves.rate, issues.rate
         raw_save_cpu, issue_cpu = raw_saves.cpu, issues.cpu
         issue_basic = balanced(s, lambda: wrk(issue, headers=BASIC, body="{}"))()
-        issue_profile = py_spy_profile(
-            s.pids()["workers"][0], lambda: wrk(issue, headers=bearer, body="{}")
+        issue_profile = by_component(
+            py_spy_samples(s.pids()["workers"][0], lambda: wrk(issue, headers=bearer, body="{}"))
         )
         argon2_ms, argon2_cpu_ms = argon2_cost_ms(s.settings.argon2)
 
@@ -236,6 +237,8 @@ def run() -> str:
     floor = raw_save_cpu["total"] / (ours_cpu["total"] + raw_save_cpu["total"])
     allowed_us = plain_cpu["total"] / 0.85 - plain_cpu["total"]
     gunicorn_share = dict(profile).get(GUNICORN, 0.0)
+    our_steps = [(share, name) for name, share, ours in steps if ours]
+    flask_share = next(share for name, share, _ in steps if name == REQUEST_STEPS[0][0])
     issue_gunicorn = dict(issue_profile).get(GUNICORN, 0.0)
     store_share = sum(dict(issue_profile).get(name, 0.0) for name in STORE_COMPONENTS)
     lines = [
@@ -283,6 +286,13 @@ def run() -> str:
         "",
         *_profile_table(profile),
         "",
+        "The same samples by step of the request, each with what it calls (the steps of ours",
+        "run inside Flask's):",
+        "",
+        "| step | share |",
+        "|---|---|",
+        *(f"| {name} | {share:.1%} |" for name, share, _ in steps),
+        "",
         "The same request in a direct loop over each app's WSGI callable, in the benchmark's",
         "process (no gunicorn, no sockets but Redis's, no load generator): CPU per request,",
         f"the median of {IN_PROCESS_ROUNDS} rounds of {IN_PROCESS_CALLS:,} calls each.",
@@ -323,6 +333,9 @@ def run() -> str:
         "headers and the metrics. Under gunicorn and load it costs"
         f" {extra_us / direct_extra_us:.1f} times what it costs in the direct loop"
         f"{', for reasons we have not measured' if extra_us > 1.3 * direct_extra_us else ''}.",
+        f"In the worker's profile our own steps hold {sum(s for s, _ in our_steps):.0%} of its time"
+        f" in Python (Flask {flask_share:.0%}, theirs included); the largest,"
+        f" {max(our_steps)[1]}, {max(our_steps)[0]:.0%}.",
         "Meeting 0.85 would take most of that",
         "work off this route: a handler outside the blueprint and its hooks, a second way of",
         "answering HTTP for one route, which we have not built. At half the plain app's",
@@ -591,16 +604,27 @@ COMPONENTS = (  # by where a frame's file lives, as py-spy names it
     ("prometheus-client", ("prometheus_client/",)),
     ("our code (api/, projections/, ledger/)", ("api/", "projections/", "ledger/")),
 )
+# Steps of a request, each found by a frame's function and file as py-spy names it, and
+# whether it is ours (our code, or flask-smorest's wrapper around our view).
+REQUEST_STEPS = (
+    ("Flask, all told (`Flask.wsgi_app`)", "Flask.wsgi_app (flask/", False),
+    ("our `_start`: request id, body check", "_start (api/app.py", True),
+    ("our `authenticate`: verify() and the audit context", "authenticate (api/auth.py", True),
+    ("flask-smorest's response: our view, the schema, the JSON", "ResponseMixin.response", True),
+    ("our `_finish`: headers, metrics", "_finish (api/app.py", True),
+    ("gunicorn's access log (both apps)", "Logger.access (gunicorn/", False),
+)
 FRAME_FILE = re.compile(r"\((.+?):\d+\)$")
 
 
-def py_spy_profile(pid: int, load: Callable[[], Wrk]) -> list[tuple[str, float]]:
-    """Where one worker spends its CPU under load: py-spy's samples of the thread holding the
-    GIL, each charged to the component of its innermost frame outside the standard library
-    (so json.dumps called by Flask is Flask's)."""
+def py_spy_samples(pid: int, load: Callable[[], Wrk]) -> list[tuple[list[str], int]]:
+    """py-spy's samples of the thread holding the GIL in one worker under load: each stack
+    (outermost frame first, as `Function (path:line)`) and its count. Empty when py-spy is
+    missing or recorded nothing."""
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy is None:
-        return [("py-spy is not installed: pip install py-spy", 0.0)]
+        print("bench.http: py-spy is not installed (pip install py-spy)", file=sys.stderr)
+        return []
     lines: list[str] = []
     for _ in range(3):  # now and then a recording comes back empty, with exit status 0
         with tempfile.TemporaryDirectory() as folder:
@@ -615,22 +639,44 @@ def py_spy_profile(pid: int, load: Callable[[], Wrk]) -> list[tuple[str, float]]
             lines = raw.read_text().splitlines() if raw.exists() else []
         if lines:
             break
-    if not lines:
-        return [(f"py-spy recorded nothing (exit status {recorder.returncode})", 0.0)]
-    counts: dict[str, int] = {}
+    samples = []
     for line in lines:
         stack, _, count = line.rpartition(" ")
+        samples.append((stack.split(";"), int(count)))
+    return samples
+
+
+def by_component(samples: list[tuple[list[str], int]]) -> list[tuple[str, float]]:
+    """Each sample charged to the component of its innermost frame outside the standard
+    library (so json.dumps called by Flask is Flask's)."""
+    if not samples:
+        return [("py-spy recorded nothing", 0.0)]
+    counts: dict[str, int] = {}
+    for frames, count in samples:
         name = "the standard library alone (threads, selectors)"
-        for frame in reversed(stack.split(";")):
+        for frame in reversed(frames):
             found = FRAME_FILE.search(frame)
             path = found.group(1) if found else ""
             component = next((c for c, starts in COMPONENTS if path.startswith(starts)), None)
             if component:
                 name = component
                 break
-        counts[name] = counts.get(name, 0) + int(count)
-    total = sum(counts.values()) or 1
+        counts[name] = counts.get(name, 0) + count
+    total = sum(counts.values())
     return sorted(((n, c / total) for n, c in counts.items()), key=lambda item: -item[1])
+
+
+def by_step(samples: list[tuple[list[str], int]]) -> list[tuple[str, float, bool]]:
+    """The share of samples with each of REQUEST_STEPS on the stack, callees included."""
+    total = sum(count for _, count in samples) or 1
+    return [
+        (
+            name,
+            sum(c for frames, c in samples if any(f.startswith(prefix) for f in frames)) / total,
+            ours,
+        )
+        for name, prefix, ours in REQUEST_STEPS
+    ]
 
 
 def _row(name: str, ours: float, baseline: float, goal: str) -> str:
