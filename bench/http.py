@@ -238,7 +238,7 @@ def run() -> str:
     allowed_us = plain_cpu["total"] / 0.85 - plain_cpu["total"]
     gunicorn_share = dict(profile).get(GUNICORN, 0.0)
     our_steps = [(share, name) for name, share, ours in steps if ours]
-    flask_share = next(share for name, share, _ in steps if name == REQUEST_STEPS[0][0])
+    flask_share = steps[0][1]  # by_step keeps REQUEST_STEPS' order: Flask, all told, first
     issue_gunicorn = dict(issue_profile).get(GUNICORN, 0.0)
     store_share = sum(dict(issue_profile).get(name, 0.0) for name in STORE_COMPONENTS)
     lines = [
