@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 from uuid import UUID
@@ -502,7 +502,7 @@ class Ledger(Application[UUID]):
 
     def _find(self, cls: type[A], aggregate_id: UUID) -> A | None:
         try:
-            aggregate: object = self.repository.get(aggregate_id)
+            aggregate: object = self.repository.get(aggregate_id, projector_func=_replay)
         except AggregateNotFoundError:
             return None
         return aggregate if isinstance(aggregate, cls) else None
@@ -527,6 +527,14 @@ class Ledger(Application[UUID]):
 
 
 A = TypeVar("A", Person, Workspace, Token)
+
+
+def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
+    """The library's `project_aggregate` without its check that each event is a
+    `CanMutateProtocol`: on Python 3.11 that isinstance costs about 20 µs an event."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 def person_as_dict(person: Person) -> dict[str, Any]:
