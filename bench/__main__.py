@@ -52,17 +52,24 @@ def main(names: list[str]) -> None:
             print(f"{name}: not there yet, skipped", file=sys.stderr)
             continue
         print(f"== {name}", flush=True)
-        sections[name] = f"{MARK}{name} -->\n{module.run().strip()}\n"
+        sections[name] = f"{MARK}{name} -->\n{stamped(module.run().strip())}\n"
     header = (
         "# Benchmarks\n\n"
-        f"Written by `make bench` (`python -m bench [readmodel|audit|http]`), last on "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on: {machine()}.\n"
+        "Written by `make bench` (`python -m bench [readmodel|audit|http]`); each section says "
+        "when it was last run and on what machine.\n"
         "Load generators run on the same machine. Every goal is a ratio to a baseline measured "
         "in the same run, so the figures carry over between machines better than raw rates.\n"
     )
     body = "\n".join(sections[name] for name in MODULES if name in sections)
     OUTPUT.write_text(header + "\n" + body)
     print(f"wrote {OUTPUT}")
+
+
+def stamped(section: str) -> str:
+    """The section with when and where it ran under its heading: a run of some sections keeps
+    the others, which may come from another day's machine."""
+    heading, _, rest = section.partition("\n")
+    return f"{heading}\n\nRun on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on: {machine()}.\n{rest}"
 
 
 def previous_sections() -> dict[str, str]:
