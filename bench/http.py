@@ -290,12 +290,7 @@ def run() -> str:
         "",
         *_profile_table(profile),
         "",
-        "The same samples by step of the request, each with what it calls (the steps of ours",
-        "run inside Flask's):",
-        "",
-        "| step | share |",
-        "|---|---|",
-        *(f"| {name} | {share:.1%} |" for name, share, _ in steps),
+        *_steps_table(steps),
         "",
         "The same request in a direct loop over each app's WSGI callable, in the benchmark's",
         "process (no gunicorn, no sockets but Redis's, no load generator): CPU per request,",
@@ -318,12 +313,7 @@ def run() -> str:
         "",
         *_profile_table(issue_profile),
         "",
-        "The same samples by step of the request, each with what it calls (the steps of ours",
-        "run inside Flask's):",
-        "",
-        "| step | share |",
-        "|---|---|",
-        *(f"| {name} | {share:.1%} |" for name, share, _ in issue_steps),
+        *_steps_table(issue_steps),
         "",
         "### Why goals miss",
         "",
@@ -504,6 +494,17 @@ def balanced(served: Served, measure: Callable[[], T]) -> Callable[[], T]:
 
 def _profile_table(profile: list[tuple[str, float]]) -> list[str]:
     return ["| component | share |", "|---|---|", *(f"| {n} | {s:.0%} |" for n, s in profile)]
+
+
+def _steps_table(steps: list[tuple[str, float, bool]]) -> list[str]:
+    return [
+        "The same samples by step of the request, each with what it calls (the steps of ours",
+        "run inside Flask's):",
+        "",
+        "| step | share |",
+        "|---|---|",
+        *(f"| {name} | {share:.1%} |" for name, share, _ in steps),
+    ]
 
 
 def _cpu_table(
