@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,19 +40,21 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 import orjson
 import psycopg
 import requests
 
 import cli.main  # noqa: F401  # registers the commands before cli.serve is imported
+from api.schemas import timestamp
 from cli.serve import ACCESS_LOG_FORMAT
 from ledger import tokens
 from ledger.application import Ledger
 from ledger.config import Argon2Parameters, Settings
 from ledger.domainmodel import MEMBER, VERIFIER, AuditContext, Token
 from ledger.passwords import Passwords
-from projections.readmodel import Batch
+from projections.readmodel import Batch, _from_ms
 from projections.verification_cache import VerificationCache
 from projections.wiring import AuditFollowerProcess, Services, build_services, connect_redis
 from tests.integration.conftest import POSTGRES_URL, RedisServer, free_port
@@ -168,9 +171,12 @@ def run() -> str:
         s.settle()  # the projector's catching up on them would otherwise share the cores
         page = s.url + f"/v4/apiAccessTokens?limit={PAGE}&offset="
         small_first, big_first = paired(
-            balanced(s, lambda: wrk(page + "0", headers=small)),
-            balanced(s, lambda: wrk(page + "0", headers=big)),
+            balanced(s, with_cpu(with_store, lambda: wrk(page + "0", headers=small).rate)),
+            balanced(s, with_cpu(with_store, lambda: wrk(page + "0", headers=big).rate)),
         )
+        list_samples = py_spy_samples(s.pids()["workers"][0], lambda: wrk(page + "0", headers=big))
+        list_profile, list_steps = by_component(list_samples), by_step(list_samples, LIST_STEPS)
+        conversions_us = item_conversions_us()
         full_first = best_of(balanced(s, lambda: wrk(page + "0", headers=full)))
         # Page 1 again, alternating with page 200, so that each pair shares what else the
         # machine was doing.
@@ -245,6 +251,13 @@ def run() -> str:
     flask_share = steps[0][1]  # by_step keeps REQUEST_STEPS' order: Flask, all told, first
     issue_gunicorn = dict(issue_profile).get(GUNICORN, 0.0)
     issue_step = {name: share for name, share, _ in issue_steps}
+    list_step = {name: share for name, share, _ in list_steps}
+    # What each of the 10,000-token page's PAGE - 1 more items costs, by process.
+    per_item = {
+        name: (big_first.cpu[name] - small_first.cpu.get(name, 0)) / (PAGE - 1)
+        for name in big_first.cpu
+    }
+    allowed_per_item_us = small_first.cpu["total"] * 0.5 / (PAGE - 1)
     lines = [
         "## HTTP (issue 6)",
         "",
@@ -315,6 +328,21 @@ def run() -> str:
         "",
         *_steps_table(issue_steps),
         "",
+        f"### Where the time of a page of {PAGE} tokens goes",
+        "",
+        "CPU per page in the runs of goal 5's first row, by process: the first page for a",
+        f"person with 1 token and for one with {LISTED_TOKENS:,}, both with Bearer:",
+        "",
+        *_cpu_table("1 token", small_first.cpu, f"{LISTED_TOKENS:,} tokens", big_first.cpu),
+        "",
+        f"A py-spy profile of one of our workers while listing the {LISTED_TOKENS:,}-token"
+        " page: its CPU in",
+        "Python, by component:",
+        "",
+        *_profile_table(list_profile),
+        "",
+        *_steps_table(list_steps),
+        "",
         "### Why goals miss",
         "",
         f"1 ({'holds' if ours_max.rate >= 0.85 * plain_max.rate else 'misses'}) and 2"
@@ -380,10 +408,39 @@ def run() -> str:
         f"difference. Against a person with {PAGE} tokens (both pages full) the row above shows",
         "listing does not grow with the number of tokens; page 200 cost"
         f" {big_page_1.rate / big_page_200.rate:.2f} times page 1.",
+        f"Each of the {PAGE - 1} items more costs {per_item['total']:.1f} µs of CPU, all"
+        f" processes counted: {per_item['workers']:.1f} in the workers and"
+        f" {per_item['redis-server']:.1f} in redis-server (the listing script reads two hashes"
+        " per item).",
+        f"1.5 would allow {allowed_per_item_us:.1f}. In the worker's"
+        " profile the read model's page (its script call, and each item's id and times made"
+        f" into a UUID and datetimes) takes {list_step[LISTED]:.0%} of the Python time, the"
+        f" response's dump (the same made into strings) {list_step[DUMPED]:.0%}, and the"
+        " caller's read from the store, the one step that is not per item,"
+        f" {list_step[OWNER]:.0%}.",
+        "Making an item's id and two times into those types and then into strings takes"
+        f" {conversions_us:.1f} µs (timeit, in the benchmark's process), as much as"
+        f" {conversions_us / per_item['workers']:.0%} of what an item costs the workers (the"
+        " standard library's UUID and datetime, which the rest of the code speaks); the goal"
+        f" needs {per_item['total'] - allowed_per_item_us:.1f} µs an item gone.",
         "",
     ]
     print("\n".join(lines))
     return "\n".join(lines)
+
+
+def item_conversions_us() -> float:
+    """µs to make one listed item's id and two times (created, expires) into what the read
+    model returns, a UUID and datetimes, and those into the wire's strings."""
+    raw_id, ms = uuid.uuid4().bytes, b"1764950000123"
+
+    def convert() -> None:
+        str(UUID(bytes=raw_id))
+        timestamp(_from_ms(ms))
+        timestamp(_from_ms(ms))
+
+    calls = 20_000
+    return min(timeit.repeat(convert, number=calls, repeat=5)) / calls * 1e6
 
 
 PLAIN, UNCACHED, CACHED = (
@@ -626,6 +683,7 @@ REQUEST_STEPS = (
     ("our `_finish`: headers, metrics", "_finish (api/app.py", True),
     ("gunicorn's access log (both apps)", "Logger.access (gunicorn/", False),
 )
+ACCESS_LOG = ("gunicorn's access log", "Logger.access (gunicorn/", False)
 READS = "the store's reads: the person, the workspace, the token used (`Ledger._find`)"
 SAVE = "the store's save (eventsourcing's `Application.save`)"
 READ_YOUR_WRITES = "the write to Redis before the call returns (`ReadModel.apply_aggregates`)"
@@ -635,7 +693,20 @@ ISSUANCE_STEPS = (
     (READS, "Ledger._find (ledger/application.py", True),
     (SAVE, "Application.save (eventsourcing/application.py", True),
     (READ_YOUR_WRITES, "ReadModel.apply_aggregates (projections/readmodel.py", True),
-    ("gunicorn's access log", "Logger.access (gunicorn/", False),
+    ACCESS_LOG,
+)
+OWNER = "the caller, read from the store (`Ledger.token_owner`)"
+LISTED = "the read model's page (`ReadModel.list_tokens`)"
+DUMPED = "the response's dump (`PlainDump.dump`)"
+LIST_STEPS = (
+    REQUEST_STEPS[0],
+    REQUEST_STEPS[2],
+    (OWNER, "Ledger.token_owner (ledger/application.py", True),
+    (LISTED, "ReadModel.list_tokens (projections/readmodel.py", True),
+    (DUMPED, "PlainDump.dump (api/schemas.py", True),
+    ("the JSON (`JsonProvider.response`)", "JsonProvider.response (api/http.py", True),
+    REQUEST_STEPS[4],
+    ACCESS_LOG,
 )
 FRAME_FILE = re.compile(r"\((.+?):\d+\)$")
 
