@@ -9,7 +9,6 @@ are the ledger's, which answers 400/403 with the reason.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import marshmallow as ma
@@ -25,6 +24,7 @@ from ledger.domainmodel import (
     check_description,
 )
 from ledger.passwords import MAX_LENGTH as PASSWORD_MAX_LENGTH
+from ledger.timestamps import timestamp
 
 PAGE_LIMIT_MAX = 1000
 OFFSET_MAX = 2**31 - 1  # keeps Redis range arithmetic far from overflow
@@ -73,18 +73,11 @@ class Text(fields.String):
         return text
 
 
-def timestamp(value: datetime | None) -> str | None:
-    """ISO-8601 UTC with milliseconds and `Z`: 2026-11-23T10:15:30.123Z."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds")[: -len("+00:00")] + "Z"
-
-
 class Timestamp(fields.DateTime):
     """A `timestamp` on the wire."""
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
-        return timestamp(value)
+        return None if value is None else timestamp(value)
 
 
 def _description(value: str) -> None:
@@ -104,8 +97,9 @@ class PlainDump(Schema):
     per-field machinery cost more than the rest of `GET /v4/people/current`'s handling, and
     most of a page of 50 tokens. Each field's value is already of its type (the ledger's and
     the read model's dicts), so a UUID becomes its string, a time a `timestamp`, and the rest
-    is written as it is; a key the object lacks is left out, as marshmallow leaves it out.
-    The tests hold this to marshmallow's own dump."""
+    is written as it is; so is a value already text (the read model's listing hands ids and
+    times over as the wire writes them). A key the object lacks is left out, as marshmallow
+    leaves it out. The tests hold this to marshmallow's own dump."""
 
     CONVERTERS: ClassVar[dict[type[fields.Field[Any]], Callable[[Any], Any] | None]] = {
         fields.UUID: str,
@@ -134,7 +128,9 @@ class PlainDump(Schema):
         for attribute, key, convert in self._plan:
             if attribute in obj:
                 value = obj[attribute]
-                out[key] = value if convert is None or value is None else convert(value)
+                if convert is not None and value is not None and type(value) is not str:
+                    value = convert(value)
+                out[key] = value
         return out
 
 

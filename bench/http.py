@@ -47,13 +47,13 @@ import psycopg
 import requests
 
 import cli.main  # noqa: F401  # registers the commands before cli.serve is imported
-from api.schemas import timestamp
 from cli.serve import ACCESS_LOG_FORMAT
 from ledger import tokens
 from ledger.application import Ledger
 from ledger.config import Argon2Parameters, Settings
 from ledger.domainmodel import MEMBER, VERIFIER, AuditContext, Token
 from ledger.passwords import Passwords
+from ledger.timestamps import timestamp
 from projections.readmodel import Batch, _from_ms
 from projections.verification_cache import VerificationCache
 from projections.wiring import AuditFollowerProcess, Services, build_services, connect_redis

@@ -44,6 +44,7 @@ from ledger.audit_store import (
 from ledger.audit_verify import PROBLEMS, Verifier
 from ledger.config import ConfigError, Settings
 from ledger.domainmodel import InvalidInput, LedgerError
+from ledger.timestamps import timestamp
 
 __all__ = [
     "EVENT_TYPES",
@@ -221,7 +222,7 @@ class AuditTrail:
         if self.clock() - since <= GENESIS_GRACE:
             return None
         return first[0].id, (
-            f"the event store holds events since {_iso(since)} but the audit trail has none "
+            f"the event store holds events since {timestamp(since)} but the audit trail has none "
             "chained: its tables were wiped, or it never ran on this store. Investigate, then "
             "`ledger audit adopt` chains the events as they are now"
         )
@@ -369,7 +370,7 @@ class AuditTrail:
             expires = (
                 None
                 if e.lifetime_seconds is None
-                else _iso(e.timestamp + timedelta(seconds=e.lifetime_seconds))
+                else timestamp(e.timestamp + timedelta(seconds=e.lifetime_seconds))
             )
             return _Subject(e.workspace_id, e.owner_id, e.originator_id), {
                 "description": e.description,
@@ -384,7 +385,11 @@ class AuditTrail:
                 e.originator_id,
             ), {}
         assert kind == "lockout.started", kind
-        details: dict[str, Any] = {"scope": e.scope, "failures": e.failures, "until": _iso(e.until)}
+        details: dict[str, Any] = {
+            "scope": e.scope,
+            "failures": e.failures,
+            "until": timestamp(e.until),
+        }
         # An unknown "username" may be a password typed into the wrong field: never shown.
         if e.scope == "ip" or e.person_id is not None:
             details["subject"] = e.subject
@@ -627,8 +632,3 @@ def _csv_lines(rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
-
-
-def _iso(moment: datetime) -> str:
-    """ISO-8601 UTC with milliseconds, as every timestamp in the API."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -20,6 +20,7 @@ from api.schemas import (
     TokenInfoSchema,
     TokenListSchema,
 )
+from ledger.timestamps import timestamp
 
 CREATED = datetime(2026, 11, 23, 10, 15, 30, 123456, tzinfo=UTC)
 INFOS = [
@@ -52,6 +53,17 @@ def marshmallows(schema: ma.Schema, obj: object, many: bool | None = None) -> ob
 def test_a_token_info_is_dumped_as_its_fields_would_dump_it(info):
     assert TokenInfoSchema().dump(info) == marshmallows(TokenInfoSchema(), info)
     assert TokenInfoSchema().dump(info)["createdAt"] == "2026-11-23T10:15:30.123Z"
+
+
+@pytest.mark.parametrize("info", INFOS)
+def test_a_token_info_with_ids_and_times_as_text_is_dumped_as_the_typed_one(info):
+    """The read model's listing hands them over as the wire writes them."""
+    as_text = {
+        **info,
+        "token_id": str(info["token_id"]),
+        **{k: timestamp(info[k]) for k in ("created_at", "expires_at", "last_used") if info[k]},
+    }
+    assert TokenInfoSchema().dump(as_text) == TokenInfoSchema().dump(info)
 
 
 def test_pages_and_issued_tokens_nest_the_same_token_info():

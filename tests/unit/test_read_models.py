@@ -50,6 +50,7 @@ from ledger.domainmodel import (
     Workspace,
     token_is_usable,
 )
+from ledger.timestamps import timestamp
 from projections import readmodel
 from projections.attempts import RedisAttemptLimiter
 from projections.projector import USAGE_FLUSH_SECONDS, Projector
@@ -374,7 +375,7 @@ def test_token_issued_is_looked_up_by_its_hash_and_listed(rig):
     assert rig.hash(b"m:", owner) == {s: b" deploy"}  # lastUsed (none yet) and description
     items, count = rig.read_model.list_tokens(world.admin_id, limit=10, offset=0)
     assert count == 1
-    assert [i["token_id"] for i in items] == [info["token_id"]]
+    assert [i["token_id"] for i in items] == [str(info["token_id"])]  # as the wire writes it
     assert items[0]["description"] == "deploy"
     assert items[0]["status"] == "active"
     assert items[0]["last_used"] is None
@@ -388,7 +389,7 @@ def test_token_deleted_is_refused_and_unlisted_and_leaves_a_tombstone(rig):
     rig.sync()
     assert (rig.status(kept), rig.status(gone)) == ("valid", "refused")
     items, count = rig.read_model.list_tokens(world.admin_id, limit=10, offset=0)
-    assert (count, [i["token_id"] for i in items]) == (1, [kept_info["token_id"]])
+    assert (count, [i["token_id"] for i in items]) == (1, [str(kept_info["token_id"])])
     sha = bytes.fromhex(tokens.digest(gone))
     if rig.path == "read-your-writes":
         # The API ran ahead of the projector: a tombstone, so that the issue the projector has
@@ -416,12 +417,13 @@ def test_an_expired_token_loses_its_lookup_and_stays_listed_until_deleted(rig, r
     (item,), count = rig.read_model.list_tokens(world.admin_id, limit=10, offset=0)
     assert count == 1
     assert (item["token_id"], item["status"], item["description"]) == (
-        info["token_id"],
+        str(info["token_id"]),
         "expired",
         "nightly",
     )
-    assert item["last_used"] == used_at is not None
-    assert abs(item["expires_at"] - info["expires_at"]) < timedelta(milliseconds=1)
+    assert used_at is not None
+    assert item["last_used"] == timestamp(used_at)
+    assert item["expires_at"] == timestamp(info["expires_at"])
     assert rig.read_model.list_tokens(world.admin_id, limit=10, offset=0, status="expired")[1] == 1
 
     rig.ledger.delete_token(world.as_(world.admin_id), info["token_id"])
@@ -532,7 +534,7 @@ def test_a_usage_report_restores_last_used_on_a_rebuild(rig, redis_clock):
     rig.projector.run_once()  # not ready: rebuilds from the store
     assert rig.read_model.last_used(info["token_hash"]) == used_at
     items, _ = rig.read_model.list_tokens(world.admin_id, limit=1, offset=0)
-    assert items[0]["last_used"] == used_at
+    assert items[0]["last_used"] == timestamp(used_at)
 
 
 # Rule 4 in Redis is rule 4 in the domain.
@@ -688,19 +690,19 @@ def test_rule_7_listings_newest_first_paged_and_counted(live, redis_clock):
     for n in range(7):
         issued.append(world.issue(description=f"t{n}", lifetime_seconds=60 * (n + 1))[1])
         time.sleep(0.002)  # distinct milliseconds, so "newest first" is unambiguous
-    newest_first = [i["token_id"] for i in reversed(issued)]
+    newest_first = [str(i["token_id"]) for i in reversed(issued)]  # as the wire writes ids
     rm = live.read_model
 
     items, count = rm.list_tokens(world.admin_id, limit=100, offset=0)
     assert count == 7
     assert [i["token_id"] for i in items] == newest_first
     assert [i["description"] for i in items] == [f"t{n}" for n in reversed(range(7))]
-    # The same order and fields as the store's own listing.
+    # The same order and fields as the store's own listing, as the wire writes them.
     stored = live.ledger.list_tokens(world.as_(world.admin_id))
-    assert [t["token_id"] for t in stored] == newest_first
+    assert [str(t["token_id"]) for t in stored] == newest_first
     for item, token in zip(items, stored, strict=True):
-        assert abs(item["created_at"] - token["created_at"]) < timedelta(milliseconds=1)
-        assert abs(item["expires_at"] - token["expires_at"]) < timedelta(milliseconds=1)
+        assert item["created_at"] == timestamp(token["created_at"])
+        assert item["expires_at"] == timestamp(token["expires_at"])
 
     pages = [rm.list_tokens(world.admin_id, limit=3, offset=o) for o in (0, 3, 6, 9)]
     assert [c for _, c in pages] == [7, 7, 7, 7]
@@ -731,6 +733,11 @@ def test_rule_7_listings_newest_first_paged_and_counted(live, redis_clock):
     assert rm.list_tokens(world.admin_id, limit=10, offset=0, status="active")[1] == 3
 
 
+@given(st.binary(min_size=16, max_size=16))
+def test_listed_ids_are_written_as_uuids_are(raw):
+    assert readmodel._uuid_text(raw) == str(UUID(bytes=raw))
+
+
 def test_listings_are_per_person_and_show_last_used(live, redis_clock):
     world = live.world()
     live.ledger.update_person(CLI, world.member_id, can_generate_tokens=True)
@@ -739,10 +746,10 @@ def test_listings_are_per_person_and_show_last_used(live, redis_clock):
     redis_clock.fixed_ms = int(time.time() * 1000) + 5000
     assert live.status(maxs) == "valid"
     (item,), _ = live.read_model.list_tokens(world.member_id, limit=10, offset=0)
-    assert item["token_id"] == maxs_info["token_id"]
-    assert item["last_used"] == datetime.fromtimestamp(redis_clock.fixed_ms / 1000, UTC)
+    assert item["token_id"] == str(maxs_info["token_id"])
+    assert item["last_used"] == timestamp(datetime.fromtimestamp(redis_clock.fixed_ms / 1000, UTC))
     (item,), _ = live.read_model.list_tokens(world.admin_id, limit=10, offset=0)
-    assert (item["token_id"], item["last_used"]) == (ada_info["token_id"], None)
+    assert (item["token_id"], item["last_used"]) == (str(ada_info["token_id"]), None)
 
 
 # Exactly-once effect.
@@ -1380,7 +1387,7 @@ def test_verification_answers_correctly_throughout_a_rebuild(passwords):
     listed = {
         i["token_id"] for i in rig.read_model.list_tokens(world.admin_id, limit=500, offset=0)[0]
     }
-    assert listed == {t["token_id"] for t in rig.ledger.list_tokens(admin)}
+    assert listed == {str(t["token_id"]) for t in rig.ledger.list_tokens(admin)}
 
 
 COMMANDS = st.one_of(
