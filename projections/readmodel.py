@@ -81,6 +81,7 @@ end
 _LUA_COMMON = (
     LUA_CLOCK
     + """
+local unpack = unpack or table.unpack
 -- the token a SHA-256 names: s, its owner's id, its own id, created and expires ms (''
 -- for never); nothing once it is deleted
 local function token_ref(g, sha)
@@ -91,12 +92,14 @@ local function token_ref(g, sha)
       string.sub(ref, 46)
   end
 end
--- lastUsed ('' for never) and description of a token
-local function extra(records, s)
-  local value = redis.call('HGET', records, s)
+-- lastUsed ('' for never) and description of a token, from its m: record (or none)
+local function split_extra(value)
   if not value then return '', '' end
   local space = string.find(value, ' ', 1, true)
   return string.sub(value, 1, space - 1), string.sub(value, space + 1)
+end
+local function extra(records, s)
+  return split_extra(redis.call('HGET', records, s))
 end
 local function set_extra(records, s, used, description)
   if used == '' and description == '' then return end
@@ -123,7 +126,6 @@ end
 _APPLY = (
     _LUA_COMMON
     + """
-local unpack = unpack or table.unpack
 local prefix, target, position = ARGV[1], ARGV[2], ARGV[3]
 local now  -- Redis's clock, read once if an issue needs it
 local current = redis.call('GET', KEYS[1])
@@ -268,29 +270,29 @@ local g = prefix .. gen .. ':'
 local listing, records = g .. 'l:' .. owner, g .. 'm:' .. owner
 local now = now_ms()
 local out = {0, now}
-local function add(s, created)
-  local _, _, id, _, expires = token_ref(g, s)
-  local used, description = extra(records, s)
-  out[#out + 1] = id; out[#out + 1] = created; out[#out + 1] = expires
-  out[#out + 1] = description; out[#out + 1] = used
-end
+local page = {}  -- the page's tokens, by s
 if status == '' then
   out[1] = redis.call('ZCARD', listing)
-  if limit > 0 then
-    local page = redis.call('ZREVRANGE', listing, offset, offset + limit - 1, 'WITHSCORES')
-    for n = 1, #page, 2 do add(page[n], page[n + 1]) end
-  end
+  if limit > 0 then page = redis.call('ZREVRANGE', listing, offset, offset + limit - 1) end
 else
-  local all, count = redis.call('ZREVRANGE', listing, 0, -1, 'WITHSCORES'), 0
-  for n = 1, #all, 2 do
-    local _, _, _, _, expires = token_ref(g, all[n])
+  local all, count = redis.call('ZREVRANGE', listing, 0, -1), 0
+  for _, s in ipairs(all) do
+    local _, _, _, _, expires = token_ref(g, s)
     local expired = expires ~= '' and tonumber(expires) <= now
     if expired == (status == 'expired') then
-      if count >= offset and count < offset + limit then add(all[n], all[n + 1]) end
+      if count >= offset and count < offset + limit then page[#page + 1] = s end
       count = count + 1
     end
   end
   out[1] = count
+end
+-- The page's m: records in one read, not one per token.
+local extras = #page > 0 and redis.call('HMGET', records, unpack(page)) or {}
+for n, s in ipairs(page) do
+  local _, _, id, created, expires = token_ref(g, s)
+  local used, description = split_extra(extras[n])
+  out[#out + 1] = id; out[#out + 1] = created; out[#out + 1] = expires
+  out[#out + 1] = description; out[#out + 1] = used
 end
 return out
 """
@@ -501,7 +503,7 @@ class ReadModel:
                 {
                     "token_id": _uuid_text(token_id),
                     "description": description.decode(),
-                    "created_at": timestamp_ms(int(float(created))),  # a score: may read "1.0"
+                    "created_at": timestamp_ms(int(created)),
                     "expires_at": None if expires_ms is None else timestamp_ms(expires_ms),
                     "last_used": timestamp_ms(int(last_used)) if last_used else None,
                     "status": "expired"
