@@ -231,12 +231,18 @@ def test_listing_is_newest_first_without_deleted_tokens_and_pages_with_count(api
 def test_a_token_is_listed_and_shown_as_its_creation_showed_it(api):
     api.settings(maxTokenLifetimeDays=-1)
     _, created = api.issue(basic("ada"), description="ci", lifetimeSeconds=3600)
-    _, never = api.issue(basic("ada"), lifetimeSeconds=-1)
+    used, never = api.issue(basic("ada"), lifetimeSeconds=-1)
     listed = api.get("/v4/apiAccessTokens", basic("ada")).json["data"]
     assert listed == [never, created]  # from Redis, to the millisecond and the character
     for info in (created, never):
         shown = api.get(f"/v4/apiAccessTokens/{info['tokenId']}", basic("ada")).json
         assert shown == info  # from the store
+    # Once used, its lastUsed reads the same in the listing as on its own.
+    assert api.get("/v4/people/current", bearer(used)).status_code == 200
+    listed = api.get("/v4/apiAccessTokens", basic("ada")).json["data"]
+    shown = api.get(f"/v4/apiAccessTokens/{never['tokenId']}", basic("ada")).json
+    assert listed[0]["lastUsed"] is not None
+    assert listed[0] == shown == {**never, "lastUsed": shown["lastUsed"]}
 
 
 def test_admins_list_anyones_tokens_and_members_only_their_own(api):
