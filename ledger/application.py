@@ -16,7 +16,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError, Notification, Recording
 from eventsourcing.postgres import PostgresDatastore
 from psycopg import connect as postgres_connect
 from psycopg.sql import SQL, Identifier
@@ -398,6 +398,22 @@ class Ledger(Application[UUID]):
             found = conn.execute(SQL("SELECT MAX(notification_id) AS max FROM {}").format(events))
             row = found.fetchone()
             return int(row["max"] or 0) if row else 0
+
+    def settled_notifications(self, after: int, limit: int) -> Sequence[Notification]:
+        """Up to `limit` stored events after position `after`, none of them past a position
+        that an event still to appear has: what a reader that never reads a position twice
+        (the read models' projector, the audit trail) may take.
+
+        Such an event leaves a hole in the positions read, and only then is the horizon
+        needed: its lock holds up every insert while it waits, so a reader that took it for
+        every read stalled all writes as often as it read (a hole may also be an insert that
+        failed, which costs one horizon, once)."""
+        found = self.recorder.select_notifications(start=after + 1, limit=limit)
+        if found and found[-1].id - after != len(found):
+            found = self.recorder.select_notifications(
+                start=after + 1, limit=limit, stop=self.horizon()
+            )
+        return found
 
     def record_token_usage(self, last_used: dict[str, int]) -> None:
         """Make the read models' lastUsed times durable: token hash -> epoch milliseconds."""

@@ -167,13 +167,10 @@ class AuditTrail:
             refusal = self.genesis_refusal()
             if refusal is not None:
                 raise AuditTrailRefused(refusal[1])
-        horizon = self.ledger.horizon() if latest > head.position else head.position
-        while head.position < horizon and processed < max_events:
-            notifications = self.ledger.recorder.select_notifications(
-                head.position,
-                min(BATCH, max_events - processed),
-                stop=horizon,
-                inclusive_of_start=False,
+        while head.position < latest and processed < max_events:
+            # A chain that stepped over an event still to appear would call it inserted later.
+            notifications = self.ledger.settled_notifications(
+                head.position, min(BATCH, max_events - processed)
             )
             if not notifications:
                 break

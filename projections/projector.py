@@ -208,15 +208,8 @@ class Projector:
 
         A position passed is never read again, so an event that became visible after a later
         one (PostgreSQL hands out positions before commit) would be stepped over, and the API's
-        own write of it refused as older than the position: a deleted token left valid. Such an
-        event leaves a hole in the positions read; only then is the store's horizon needed,
-        which waits for the inserts in flight (a hole may also be an insert that failed)."""
-        recorder = self.ledger.recorder
-        stored = recorder.select_notifications(start=after + 1, limit=self.batch_size)
-        if stored and stored[-1].id - after != len(stored):
-            stored = recorder.select_notifications(
-                start=after + 1, limit=self.batch_size, stop=self.ledger.horizon()
-            )
+        own write of it refused as older than the position: a deleted token left valid."""
+        stored = self.ledger.settled_notifications(after, self.batch_size)
         position = stored[-1].id if stored else after
         return Batch.of([self._as_json(n) for n in stored], position)
 

@@ -392,6 +392,38 @@ def test_catch_up_is_incremental_and_bounded(world, trail):
     assert trail.store.head().events == 4
 
 
+def test_catch_up_never_steps_over_an_event_still_to_appear(world, trail, monkeypatch):
+    """On PostgreSQL an event can become visible after one with a higher position. The hole it
+    leaves makes catch-up read no further than the store's horizon, which waits for it; without
+    a hole, catch-up takes no horizon, whose lock would hold up every insert meanwhile."""
+    trail.catch_up()
+    ledger, recorder = world.ledger, world.ledger.recorder
+    for _ in range(3):
+        ledger.issue_token(world.admin())
+    in_flight = recorder.max_notification_id() - 1  # the second token's position
+    horizons: list[int] = []
+    visible = recorder.select_notifications
+
+    def select(start: int, limit: int, stop: int | None = None, **kwargs: object) -> object:
+        found = visible(start, limit, stop, **kwargs)
+        return found if horizons else [n for n in found if n.id != in_flight]
+
+    def horizon() -> int:  # it waits for the insert in flight, visible from here on
+        horizons.append(recorder.max_notification_id() or 0)
+        return horizons[-1]
+
+    monkeypatch.setattr(recorder, "select_notifications", select)
+    monkeypatch.setattr(ledger, "horizon", horizon)
+    assert trail.catch_up() == 3
+    assert len(horizons) == 1
+    assert trail.store.head().position == recorder.max_notification_id()
+    assert trail.verify()["ok"]
+
+    ledger.issue_token(world.admin())
+    assert trail.catch_up() == 1  # no hole: no horizon
+    assert len(horizons) == 1
+
+
 def test_a_failed_catch_up_writes_nothing_and_the_next_one_does_it_all(world, trail, monkeypatch):
     admin = world.admin()
     for _ in range(3):
