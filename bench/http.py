@@ -667,40 +667,43 @@ COMPONENTS = (  # by where a frame's file lives, as py-spy names it
     ("prometheus-client", ("prometheus_client/",)),
     ("our code (api/, projections/, ledger/)", ("api/", "projections/", "ledger/")),
 )
+Step = tuple[str, str, bool]  # a step's name, the frame that finds it, whether it is ours
+ACCESS_LOG = ("Logger.access (gunicorn/", False)  # gunicorn's access log: its frame, not ours
 # Steps of a request, each found by a frame's function and file as py-spy names it, and
 # whether it is ours (our code, or flask-smorest's wrapper around our view).
-REQUEST_STEPS = (
+REQUEST_STEPS: tuple[Step, ...] = (
     ("Flask, all told (`Flask.wsgi_app`)", "Flask.wsgi_app (flask/", False),
     ("our `_start`: request id, body check", "_start (api/app.py", True),
     ("our `authenticate`: verify() and the audit context", "authenticate (api/auth.py", True),
     ("flask-smorest's response: our view, the schema, the JSON", "ResponseMixin.response", True),
     ("our `_finish`: headers, metrics", "_finish (api/app.py", True),
-    ("gunicorn's access log (both apps)", "Logger.access (gunicorn/", False),
+    ("gunicorn's access log (both apps)", *ACCESS_LOG),
 )
-ACCESS_LOG = ("gunicorn's access log", "Logger.access (gunicorn/", False)
+
+
+def _route_steps(*own: Step) -> tuple[Step, ...]:
+    """A route's steps: Flask's all told and our `authenticate`, the route's own, and
+    gunicorn's access log."""
+    return (REQUEST_STEPS[0], REQUEST_STEPS[2], *own, ("gunicorn's access log", *ACCESS_LOG))
+
+
 READS = "the store's reads: the person, the workspace, the token used (`Ledger._find`)"
 SAVE = "the store's save (eventsourcing's `Application.save`)"
 READ_YOUR_WRITES = "the write to Redis before the call returns (`ReadModel.apply_aggregates`)"
-ISSUANCE_STEPS = (
-    REQUEST_STEPS[0],
-    REQUEST_STEPS[2],
+ISSUANCE_STEPS = _route_steps(
     (READS, "Ledger._find (ledger/application.py", True),
     (SAVE, "Application.save (eventsourcing/application.py", True),
     (READ_YOUR_WRITES, "ReadModel.apply_aggregates (projections/readmodel.py", True),
-    ACCESS_LOG,
 )
 OWNER = "the caller, read from the store (`Ledger.token_owner`)"
 LISTED = "the read model's page (`ReadModel.list_tokens`)"
 DUMPED = "the response's dump (`PlainDump.dump`)"
-LIST_STEPS = (
-    REQUEST_STEPS[0],
-    REQUEST_STEPS[2],
+LIST_STEPS = _route_steps(
     (OWNER, "Ledger.token_owner (ledger/application.py", True),
     (LISTED, "ReadModel.list_tokens (projections/readmodel.py", True),
     (DUMPED, "PlainDump.dump (api/schemas.py", True),
     ("the JSON (`JsonProvider.response`)", "JsonProvider.response (api/http.py", True),
     REQUEST_STEPS[4],
-    ACCESS_LOG,
 )
 FRAME_FILE = re.compile(r"\((.+?):\d+\)$")
 
@@ -755,7 +758,7 @@ def by_component(samples: list[tuple[list[str], int]]) -> list[tuple[str, float]
 
 
 def by_step(
-    samples: list[tuple[list[str], int]], steps: tuple[tuple[str, str, bool], ...]
+    samples: list[tuple[list[str], int]], steps: tuple[Step, ...]
 ) -> list[tuple[str, float, bool]]:
     """The share of samples with each step on the stack, callees included, in `steps`' order."""
     total = sum(count for _, count in samples) or 1
