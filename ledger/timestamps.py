@@ -22,7 +22,8 @@ def timestamp_ms(ms: int) -> str:
     seconds, milli = divmod(ms_of_day, 1000)
     minutes, second = divmod(seconds, 60)
     hour, minute = divmod(minutes, 60)
-    return "%sT%02d:%02d:%02d.%03dZ" % (_day(days), hour, minute, second, milli)  # noqa: UP031 - %-format: a third faster than an f-string here
+    # %-formatting: a third faster than the same f-string, here
+    return "%sT%02d:%02d:%02d.%03dZ" % (_day(days), hour, minute, second, milli)  # noqa: UP031
 
 
 @lru_cache(maxsize=4096)  # a page's times fall on few days
