@@ -1,8 +1,8 @@
 """The domain: workspaces, people, tokens and lockouts, their events and every rule about them.
 
-Each event has an explicit, versioned topic (`ledger:<Aggregate>.<Event>.v1`) so that stored
-events never depend on where a class lives. Every event carries `context`: who caused it and how
-(see `AuditContext`). No event holds a token value or a password.
+Each event's topic comes from the catalogue (ledger/events.py), explicit and versioned, so that
+stored events never depend on where a class lives. Every event carries `context`: who caused it
+and how (see `AuditContext`). No event holds a token value or a password.
 """
 
 from __future__ import annotations
@@ -15,6 +15,21 @@ from typing import Any, ClassVar, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
+
+from ledger.events import (
+    LOCKOUT_STARTED,
+    PASSWORD_CHANGED,
+    PERSON_ADDED,
+    PERSON_DISABLED,
+    PERSON_ENABLED,
+    ROLE_CHANGED,
+    SETTING_CHANGED,
+    TOKEN_DELETED,
+    TOKEN_ISSUED,
+    TOKEN_PERMISSION_CHANGED,
+    USAGE_RECORDED,
+    WORKSPACE_CREATED,
+)
 
 ADMIN, MEMBER, VERIFIER = "admin", "member", "verifier"
 ROLES = (ADMIN, MEMBER, VERIFIER)
@@ -93,7 +108,7 @@ class Workspace(Aggregate):
         # Deterministic: a second workspace with the same name collides in the store itself.
         return uuid5(NAMESPACE_URL, f"/token-ledger/workspaces/{name.casefold()}")
 
-    @event("Created", topic="ledger:Workspace.Created.v1")
+    @event("Created", topic=WORKSPACE_CREATED.topic)
     def __init__(self, name: str, context: EventContext) -> None:
         check_workspace_name(name)
         self.name = name
@@ -107,7 +122,7 @@ class Workspace(Aggregate):
         self._setting_changed(name, value, context)
         return True
 
-    @event("SettingChanged", topic="ledger:Workspace.SettingChanged.v1")
+    @event("SettingChanged", topic=SETTING_CHANGED.topic)
     def _setting_changed(self, name: str, value: bool | int, context: EventContext) -> None:
         self.settings[name] = value
 
@@ -173,7 +188,7 @@ class Person(Aggregate):
         # Deterministic: usernames are unique in the store itself, not by read-then-write.
         return person_id_for(username)
 
-    @event("Added", topic="ledger:Person.Added.v1")
+    @event("Added", topic=PERSON_ADDED.topic)
     def __init__(
         self,
         username: str,
@@ -201,11 +216,11 @@ class Person(Aggregate):
             self._enabled(context)
         return True
 
-    @event("Disabled", topic="ledger:Person.Disabled.v1")
+    @event("Disabled", topic=PERSON_DISABLED.topic)
     def _disabled(self, context: EventContext) -> None:
         self.disabled = True
 
-    @event("Enabled", topic="ledger:Person.Enabled.v1")
+    @event("Enabled", topic=PERSON_ENABLED.topic)
     def _enabled(self, context: EventContext) -> None:
         self.disabled = False
 
@@ -216,7 +231,7 @@ class Person(Aggregate):
         self._role_changed(role, context)
         return True
 
-    @event("RoleChanged", topic="ledger:Person.RoleChanged.v1")
+    @event("RoleChanged", topic=ROLE_CHANGED.topic)
     def _role_changed(self, role: str, context: EventContext) -> None:
         self.role = role
 
@@ -226,11 +241,11 @@ class Person(Aggregate):
         self._token_permission_changed(can_generate_tokens, context)
         return True
 
-    @event("TokenPermissionChanged", topic="ledger:Person.TokenPermissionChanged.v1")
+    @event("TokenPermissionChanged", topic=TOKEN_PERMISSION_CHANGED.topic)
     def _token_permission_changed(self, can_generate_tokens: bool, context: EventContext) -> None:
         self.can_generate_tokens = can_generate_tokens
 
-    @event("PasswordChanged", topic="ledger:Person.PasswordChanged.v1")
+    @event("PasswordChanged", topic=PASSWORD_CHANGED.topic)
     def change_password(self, password_hash: str, context: EventContext) -> None:
         self.password_hash = password_hash
 
@@ -251,7 +266,7 @@ class Token(Aggregate):
     class Created(Aggregate.Created):
         TOPIC = "ledger:Token.Created"
 
-    @event("Issued", topic="ledger:Token.Issued.v1")
+    @event("Issued", topic=TOKEN_ISSUED.topic)
     def __init__(
         self,
         owner_id: UUID,
@@ -273,7 +288,7 @@ class Token(Aggregate):
         self.check_not_deleted()
         self._deleted(self.token_hash, context)
 
-    @event("Deleted", topic="ledger:Token.Deleted.v1")
+    @event("Deleted", topic=TOKEN_DELETED.topic)
     def _deleted(self, token_hash: str, context: EventContext) -> None:
         # The hash travels with the event so that a projection can drop the lookup key
         # without reading the token's history.
@@ -313,7 +328,7 @@ class Lockout(Aggregate):
     class Created(Aggregate.Created):
         TOPIC = "ledger:Lockout.Created"
 
-    @event("Started", topic="ledger:Lockout.Started.v1")
+    @event("Started", topic=LOCKOUT_STARTED.topic)
     def __init__(
         self,
         scope: str,
@@ -342,7 +357,7 @@ class UsageReport(Aggregate):
     class Created(Aggregate.Created):
         TOPIC = "ledger:UsageReport.Created"
 
-    @event("Recorded", topic="ledger:UsageReport.Recorded.v1")
+    @event("Recorded", topic=USAGE_RECORDED.topic)
     def __init__(self, last_used: dict[str, int], context: EventContext) -> None:
         self.last_used = last_used
 

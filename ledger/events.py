@@ -1,0 +1,73 @@
+"""The catalogue of event types: each one's stored topic and what the rest of the service does
+with it. The domain names its events by these topics, the read models project the `projected`
+ones, the verification caches are emptied after the `revokes` ones (Rule 5), and the audit
+trail lists the `audited` ones under their `name`. A new event type is added here first.
+
+Topics are explicit and versioned (`ledger:<Aggregate>.<Event>.v<N>`), so that a stored event
+never depends on where its class lives, and a changed event shape gets a topic of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EventType:
+    topic: str
+    projected: bool  # changes what the Redis read models hold
+    audited: bool  # listed in the audit trail for admins to review
+    revokes: bool = False  # may stop a token verifying (Rule 4): caches must forget
+
+    @property
+    def name(self) -> str:
+        """`ledger:Person.RoleChanged.v1` -> `person.role_changed`: the audit trail's type."""
+        match = re.fullmatch(r"[^:]+:(\w+)\.(\w+)\.v\d+", self.topic)
+        assert match is not None, self.topic
+        return ".".join(re.sub(r"(?<!^)(?=[A-Z])", "_", part).lower() for part in match.groups())
+
+
+WORKSPACE_CREATED = EventType("ledger:Workspace.Created.v1", projected=True, audited=True)
+SETTING_CHANGED = EventType(
+    "ledger:Workspace.SettingChanged.v1", projected=True, audited=True, revokes=True
+)
+PERSON_ADDED = EventType("ledger:Person.Added.v1", projected=True, audited=True)
+PERSON_DISABLED = EventType("ledger:Person.Disabled.v1", projected=True, audited=True, revokes=True)
+PERSON_ENABLED = EventType("ledger:Person.Enabled.v1", projected=True, audited=True)
+ROLE_CHANGED = EventType("ledger:Person.RoleChanged.v1", projected=True, audited=True, revokes=True)
+TOKEN_PERMISSION_CHANGED = EventType(
+    "ledger:Person.TokenPermissionChanged.v1", projected=True, audited=True, revokes=True
+)
+# Projected for its version alone: a person's hash in Redis takes changes in version order.
+PASSWORD_CHANGED = EventType("ledger:Person.PasswordChanged.v1", projected=True, audited=True)
+TOKEN_ISSUED = EventType("ledger:Token.Issued.v1", projected=True, audited=True)
+TOKEN_DELETED = EventType("ledger:Token.Deleted.v1", projected=True, audited=True, revokes=True)
+LOCKOUT_STARTED = EventType("ledger:Lockout.Started.v1", projected=False, audited=True)
+# The read models' own lastUsed times made durable: restored on a rebuild, of no audit interest.
+USAGE_RECORDED = EventType("ledger:UsageReport.Recorded.v1", projected=True, audited=False)
+
+CATALOGUE: tuple[EventType, ...] = (
+    WORKSPACE_CREATED,
+    SETTING_CHANGED,
+    PERSON_ADDED,
+    PERSON_DISABLED,
+    PERSON_ENABLED,
+    ROLE_CHANGED,
+    TOKEN_PERMISSION_CHANGED,
+    PASSWORD_CHANGED,
+    TOKEN_ISSUED,
+    TOKEN_DELETED,
+    LOCKOUT_STARTED,
+    USAGE_RECORDED,
+)
+BY_TOPIC: dict[str, EventType] = {event_type.topic: event_type for event_type in CATALOGUE}
+PROJECTED_TOPICS = frozenset(e.topic for e in CATALOGUE if e.projected)
+REVOKING_TOPICS = frozenset(e.topic for e in CATALOGUE if e.revokes)
+AUDITED = tuple(e for e in CATALOGUE if e.audited)
+
+
+def revokes_any(topics: Iterable[str]) -> bool:
+    """Whether any of these stored topics may stop a token verifying."""
+    return not REVOKING_TOPICS.isdisjoint(topics)
