@@ -45,7 +45,6 @@ import orjson
 import psycopg
 import requests
 
-import cli.main  # noqa: F401  # registers the commands before cli.serve is imported
 from cli.serve import ACCESS_LOG_FORMAT
 from ledger import tokens
 from ledger.application import Ledger

@@ -22,13 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from cli.main import Env
+from cli.common import Env
 from ledger.audit import EVENT_TYPES, AuditFilter, AuditTrail, AuditTrailRefused
 
 CATCH_UP_BATCH = 5000
 
 
-# Annotated, so that cli.main, which imports this module at its end, knows its type.
 audit: click.Group = click.Group(
     "audit", help="Review, export and verify the audit trail (LEDGER_AUDIT_KEY signs it)."
 )

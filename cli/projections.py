@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from cli.main import Env, fail
+from cli.common import Env, fail
 from projections.wiring import AuditFollowerProcess
 
 

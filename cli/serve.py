@@ -22,7 +22,7 @@ import click
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from cli.main import Env, fail
+from cli.common import Env, fail
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, AuditContext, WorkspaceExists
 from projections.wiring import build_services

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import cli.main  # registers the commands before cli.serve is imported
 from cli import serve
+from cli.main import cli
 
 
 @pytest.fixture
@@ -23,9 +23,7 @@ def started(monkeypatch) -> list[dict[str, Any]]:
 
 
 def run(*args: str, **env: str) -> Any:
-    return CliRunner().invoke(
-        cli.main.cli, ["serve", *args], env={"LEDGER_REDIS_URL": "redis://x", **env}
-    )
+    return CliRunner().invoke(cli, ["serve", *args], env={"LEDGER_REDIS_URL": "redis://x", **env})
 
 
 def test_threads_per_worker_default_to_four(started):
