@@ -16,8 +16,8 @@ from api.context import request_id
 from api.errors import LedgerApi
 from api.http import MAX_BODY_BYTES, JsonProvider, check_body
 from api.metrics import LATENCY, REQUESTS, labelled
+from bootstrap import Role, Services, build
 from ledger.config import Settings
-from projections.wiring import Services, build_services
 
 # The /v4 areas, each a flask-smorest blueprint documented in /v4/openapi.json.
 BLUEPRINTS: list[flask_smorest.Blueprint] = [tokens.blp, people.blp, workspaces.blp, audit.blp]
@@ -37,8 +37,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     """
     trusted_networks(settings.trusted_proxies)  # a typo in LEDGER_TRUSTED_PROXIES fails here
     if services is None:
-        services = build_services(settings)
-        services.start_background()
+        services = build(settings, Role.API).start()
         atexit.register(services.close)
     app = Flask(__name__)
     app.json = JsonProvider(app)

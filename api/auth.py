@@ -17,7 +17,8 @@ from api.context import request_id, services
 from api.metrics import VERIFICATIONS, labelled
 from ledger.config import ConfigError
 from ledger.domainmodel import AuditContext, AuthenticationFailed, AuthMethod
-from projections.readmodel import NotReady, Principal
+from projections.keys import NotReady
+from projections.verifier import Principal
 
 USER_AGENT_MAX_LENGTH = 256
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -61,7 +62,7 @@ def _from_credentials() -> AuditContext:
 def verify(value: str) -> Principal | None:
     """The verifier, counted by outcome for /metrics."""
     try:
-        principal = services().read_model.verify(value)
+        principal = services().verifier.verify(value)
     except NotReady:
         labelled(VERIFICATIONS, "not_ready").inc()
         raise

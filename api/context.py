@@ -7,7 +7,7 @@ import re
 
 from flask import current_app, g, request
 
-from projections.wiring import Services
+from bootstrap import Services
 
 # Accepted from the client as is: short, printable, and harmless in a log line or an event.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")

@@ -29,7 +29,7 @@ from ledger.domainmodel import (
     LockedOut,
     NotFound,
 )
-from projections.readmodel import NotReady
+from projections.keys import NotReady
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ def readyz() -> Response:
     checks = {
         "store": _check(lambda: services().ledger.recorder.max_notification_id()),
         "redis": _check(lambda: services().redis.ping()),
-        "readModel": _check(lambda: services().read_model.is_ready() or "rebuilding"),
+        "readModel": _check(lambda: services().generations.is_ready() or "rebuilding"),
     }
     if all(result == "ok" for result in checks.values()):
         return jsonify({"status": "ready", "checks": checks})

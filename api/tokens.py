@@ -46,7 +46,7 @@ def create_token(body: dict[str, Any]) -> dict[str, Any]:
 def list_tokens(query: dict[str, Any]) -> dict[str, Any]:
     """The caller's tokens (admins: anyone's in the workspace, by `userId`), newest first."""
     owner = services().ledger.token_owner(caller(), query.get("user_id"))
-    items, count = services().read_model.list_tokens(
+    items, count = services().listings.list_tokens(
         owner, limit=query["limit"], offset=query["offset"], status=query.get("status")
     )
     return {"data": items, "count": count}
@@ -57,7 +57,7 @@ def list_tokens(query: dict[str, Any]) -> dict[str, Any]:
 def get_token(tokenId: UUID) -> dict[str, Any]:
     """One token, to its owner or a workspace admin."""
     info = services().ledger.get_token(caller(), tokenId)
-    return {**info, "last_used": services().read_model.last_used(info["token_hash"])}
+    return {**info, "last_used": services().listings.last_used(info["token_hash"])}
 
 
 @blp.route("/<uuid:tokenId>", methods=["DELETE"])

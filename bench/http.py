@@ -35,7 +35,7 @@ import timeit
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -45,6 +45,7 @@ import orjson
 import psycopg
 import requests
 
+from bootstrap import AuditFollowerProcess, Role, Services, build
 from cli.serve import ACCESS_LOG_FORMAT
 from ledger import tokens
 from ledger.application import Ledger
@@ -52,9 +53,8 @@ from ledger.config import Argon2Parameters, Settings
 from ledger.domainmodel import MEMBER, VERIFIER, AuditContext, Token
 from ledger.passwords import Passwords
 from ledger.timestamps import timestamp_ms
-from projections.readmodel import Batch, _uuid_text
-from projections.verification_cache import VerificationCache
-from projections.wiring import AuditFollowerProcess, Services, build_services, connect_redis
+from projections.keys import uuid_text
+from projections.writer import Batch
 from tests.integration.conftest import POSTGRES_URL, RedisServer, free_port
 
 SECONDS = int(os.environ.get("BENCH_HTTP_SECONDS", "4"))
@@ -428,7 +428,7 @@ def item_conversions_us() -> float:
     raw_id, ms = uuid.uuid4().bytes, 1_764_950_000_123
 
     def convert() -> None:
-        _uuid_text(raw_id)
+        uuid_text(raw_id)
         timestamp_ms(ms)
         timestamp_ms(ms)
 
@@ -447,12 +447,14 @@ IN_PROCESS_ROUNDS = 5
 
 def in_process(s: Stack, path: str) -> dict[str, float]:
     """CPU per request of GET `path` called straight through each app's WSGI callable: the
-    plain app, and ours without and with its verification cache."""
+    plain app, and ours without and with its verification cache, each an API process's app as
+    `bootstrap.build` makes it."""
     from api.app import create_app
     from bench.plain_app import app as plain
 
-    ours = create_app(s.settings, s.services)
-    read_model = s.services.read_model
+    uncached = build(replace(s.settings, verification_cache=False), Role.API)
+    cached = build(s.settings, Role.API).start()
+    ours, ours_cached = create_app(uncached.settings, uncached), create_app(s.settings, cached)
 
     def loop(app: Any, authorization: str | None) -> float:
         environ = {
@@ -476,21 +478,20 @@ def in_process(s: Stack, path: str) -> dict[str, float]:
             b"".join(app(dict(environ, **{"wsgi.input": io.BytesIO()}), start_response))
         return (time.process_time() - started) / IN_PROCESS_CALLS * 1e6
 
-    def cached() -> float:
-        cache = VerificationCache(read_model.redis, connect_redis(s.settings, retries=False))
-        read_model.cache = cache.start()
-        try:
-            while cache.ticket() is None:  # its first lease
-                time.sleep(0.01)
-            return loop(ours.wsgi_app, f"Bearer {s.token}")
-        finally:
-            read_model.cache = None
-            cache.close()
+    def with_cache() -> float:
+        assert cached.cache is not None
+        while cached.cache.ticket() is None:  # a lease
+            time.sleep(0.01)
+        return loop(ours_cached.wsgi_app, f"Bearer {s.token}")
 
-    rounds = [
-        (loop(plain.wsgi_app, None), loop(ours.wsgi_app, f"Bearer {s.token}"), cached())
-        for _ in range(IN_PROCESS_ROUNDS)
-    ]
+    try:
+        rounds = [
+            (loop(plain.wsgi_app, None), loop(ours.wsgi_app, f"Bearer {s.token}"), with_cache())
+            for _ in range(IN_PROCESS_ROUNDS)
+        ]
+    finally:
+        cached.close()
+        uncached.close()
     return {
         name: statistics.median(r[n] for r in rounds)
         for n, name in enumerate((PLAIN, UNCACHED, CACHED))
@@ -688,18 +689,18 @@ def _route_steps(*own: Step) -> tuple[Step, ...]:
 
 READS = "the store's reads: the person, the workspace, the token used (`Ledger._find`)"
 SAVE = "the store's save (eventsourcing's `Application.save`)"
-READ_YOUR_WRITES = "the write to Redis before the call returns (`ReadModel.apply_aggregates`)"
+READ_YOUR_WRITES = "the write to Redis before the call returns (`Writer.apply_saved`)"
 ISSUANCE_STEPS = _route_steps(
     (READS, "Ledger._find (ledger/application.py", True),
     (SAVE, "Application.save (eventsourcing/application.py", True),
-    (READ_YOUR_WRITES, "ReadModel.apply_aggregates (projections/readmodel.py", True),
+    (READ_YOUR_WRITES, "Writer.apply_saved (projections/writer.py", True),
 )
 OWNER = "the caller, read from the store (`Ledger.token_owner`)"
-LISTED = "the read model's page (`ReadModel.list_tokens`)"
+LISTED = "the read model's page (`Listings.list_tokens`)"
 DUMPED = "the response's dump (`PlainDump.dump`)"
 LIST_STEPS = _route_steps(
     (OWNER, "Ledger.token_owner (ledger/application.py", True),
-    (LISTED, "ReadModel.list_tokens (projections/readmodel.py", True),
+    (LISTED, "Listings.list_tokens (projections/listings.py", True),
     (DUMPED, "PlainDump.dump (api/schemas.py", True),
     ("the JSON (`JsonProvider.response`)", "JsonProvider.response (api/http.py", True),
     REQUEST_STEPS[4],
@@ -829,7 +830,7 @@ class Stack(Served):
         everything written so far."""
         head = self.services.ledger.recorder.max_notification_id() or 0
         deadline = time.monotonic() + timeout
-        while (self.services.read_model.position() or 0) < head or (
+        while (self.services.generations.position() or 0) < head or (
             self.services.audit.store.head().position < head
         ):
             if time.monotonic() > deadline:
@@ -892,13 +893,11 @@ def stack() -> Iterator[Stack]:
     logs = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
     server = _ledger_serve(env, logs / "server.log")
     settings = Settings.from_env(env)
-    services = build_services(settings)
-    stop = threading.Event()
     # As `ledger projector` runs: the read models on a thread, the audit trail in a process.
     audit = AuditFollowerProcess(settings, poll_seconds=1.0)
-    projector = services.projector
-    projector.followers = [audit]
-    running = threading.Thread(target=projector.run_forever, args=(stop,))
+    services = build(settings, Role.PROJECTOR, followers=[audit])
+    stop = threading.Event()
+    running = threading.Thread(target=services.projector.run_forever, args=(stop,))
     uncached: Served | None = None
     try:
         s = Stack(server.url, server.server, redis_server, services)
@@ -949,8 +948,9 @@ def _ledger_serve(env: dict[str, str], log: Path) -> Served:
 
 
 def _instrument(services: Services, lags: list[float]) -> None:
-    """Record, for each event the projector applies, how long after its save that was."""
-    apply_batch = services.read_model.apply_batch
+    """Record, for each event the projector applies, how long after its save that was (its
+    writer's `apply_batch`, timed in place)."""
+    apply_batch = services.writer.apply_batch
 
     def timed(batch: Batch, generation: int) -> bool:
         written = apply_batch(batch, generation)
@@ -959,7 +959,7 @@ def _instrument(services: Services, lags: list[float]) -> None:
         lags.extend((now - datetime.fromisoformat(at)).total_seconds() for at in saved)
         return written
 
-    services.read_model.apply_batch = timed  # type: ignore[method-assign]
+    services.writer.apply_batch = timed  # type: ignore[method-assign]
 
 
 @contextmanager

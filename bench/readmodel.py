@@ -24,14 +24,14 @@ from uuid import uuid4
 
 from redis import Redis
 
+from bootstrap import Role, Services, build
 from ledger import tokens
 from ledger.application import Ledger
-from ledger.config import database_env
+from ledger.config import Settings
 from ledger.domainmodel import ADMIN, AuditContext, Person, Token, Workspace
-from ledger.passwords import Passwords
-from projections import readmodel
-from projections.projector import Projector
-from projections.readmodel import GENERATION, PREFIX, ReadModel, person_fields
+from projections.keys import GENERATION, PREFIX
+from projections.verifier import TokenVerifier
+from projections.writer import _hash, ops_for_event, person_fields
 from tests.conftest import FAST_ARGON2
 from tests.integration.conftest import RedisServer
 
@@ -129,12 +129,12 @@ def calls_per_second(calls: int, action: Callable[[], None]) -> float:
 
 def bench_verify(redis: Redis) -> tuple[str, str, str]:
     redis.flushall()
-    read_model = ReadModel(redis, "tlk")
-    ledger = _ledger("memory://", read_model)
+    services = _services("memory://", redis)
+    ledger, verifier = services.ledger, services.verifier
     ctx = _admin(ledger)
     value, _ = ledger.issue_token(ctx)
-    Projector(ledger, read_model).rebuild()
-    assert read_model.verify(value) is not None
+    services.projector.rebuild()
+    assert verifier.verify(value) is not None
     redis.set("bench:plain", b"x" * 16)
     # verify() keeps a connection of its own open; so does the baseline, which then pays no
     # pool checkout per call either.
@@ -144,7 +144,7 @@ def bench_verify(redis: Redis) -> tuple[str, str, str]:
     # sees the same conditions, so that a burst spoils a pair or two, not the figure.
     pairs = [
         (
-            calls_per_second(CALLS, lambda: read_model.verify(value)),
+            calls_per_second(CALLS, lambda: verifier.verify(value)),
             calls_per_second(CALLS, lambda: plain.get("bench:plain")),
         )
         for _ in range(VERIFY_ROUNDS)
@@ -161,16 +161,16 @@ def bench_rebuild(redis: Redis) -> tuple[tuple[str, str, str], dict[str, float]]
     HSET per event, and the median of their ratios (as for verify()); and where a rebuild's time
     goes, in µs per event."""
     redis.flushall()
-    read_model = ReadModel(redis, "tlk")
     fields = {"v": 1, "i": b"x" * 16, "o": b"y" * 16, "c": 1, "e": 2, "d": ""}
     with tempfile.TemporaryDirectory() as folder:
-        ledger = _ledger(f"sqlite:///{folder}/ledger.sqlite", read_model)
+        services = _services(f"sqlite:///{folder}/ledger.sqlite", redis)
+        ledger = services.ledger
         ctx = _admin(ledger)
         people = _people(ledger, REBUILD_TOKENS // TOKENS_PER_PERSON)
         for start in range(0, REBUILD_TOKENS, 500):
             ledger.save(*(_token(people[n % len(people)], ctx) for n in range(start, start + 500)))
         events = ledger.recorder.max_notification_id() or 0
-        projector = Projector(ledger, read_model)
+        projector = services.projector
         rounds = []
         for _ in range(REBUILD_ROUNDS):
             redis.flushall()
@@ -186,7 +186,7 @@ def bench_rebuild(redis: Redis) -> tuple[tuple[str, str, str], dict[str, float]]
                         pipe.hset(f"bench:h:{n}", mapping=fields)
                     pipe.execute()
             rounds.append((ours, events / (time.perf_counter() - started), cpu))
-        profile = rebuild_profile(ledger, redis, events)
+        profile = rebuild_profile(services, events)
         ledger.close()
     ours = statistics.median(r[0] for r in rounds)
     raw = statistics.median(r[1] for r in rounds)
@@ -206,20 +206,21 @@ def _cpu(redis: Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def rebuild_profile(ledger: Ledger, redis: Redis, events: int) -> dict[str, float]:
+def rebuild_profile(services: Services, events: int) -> dict[str, float]:
     """The rebuild's parts one at a time, in µs per event: reading the store (in the
     projector's reader thread), the ops made from the stored JSON, and the write script's own
     time inside Redis (commandstats). The rest of a rebuild is redis-py packing the calls."""
+    ledger, redis = services.ledger, services.redis
     started = time.perf_counter()
     notifications = ledger.recorder.select_notifications(start=1, limit=events)
     read = time.perf_counter()
     mapped = [ledger.mapper.to_domain_event(n) for n in notifications]
     decode = time.perf_counter()
-    ops = [readmodel.ops_for_event(stored, events) for stored in notifications]
+    ops = [ops_for_event(stored, events) for stored in notifications]
     built = time.perf_counter()
     redis.flushall()
     redis.config_resetstat()
-    assert Projector(ledger, ReadModel(redis, "tlk")).rebuild() == events
+    assert services.projector.rebuild() == events
     stats = redis.info("commandstats")["cmdstat_evalsha"]
     assert len(ops) == len(mapped) == events
     return {
@@ -237,13 +238,18 @@ def bench_scale(redis: Redis) -> tuple[str, str, str, float]:
     redis.flushall()
     port = redis.connection_pool.connection_kwargs["port"]
     samples = [tokens.generate("tlk") for _ in range(1000)]
-    small, large = ReadModel(Redis(port=port, db=1), "tlk"), ReadModel(redis, "tlk")
+    small = _services("memory://", Redis(port=port, db=1))
+    large = _services("memory://", redis)
     _load_generation(small, samples, 1000)
     before = int(redis.info("memory")["used_memory"])
     _load_generation(large, samples, SCALE_TOKENS)
     per_token = (int(redis.info("memory")["used_memory"]) - before) / SCALE_TOKENS
-    pairs = [(_latency(large, samples), _latency(small, samples)) for _ in range(SCALE_ROUNDS)]
-    small.redis.close()
+    pairs = [
+        (_latency(large.verifier, samples), _latency(small.verifier, samples))
+        for _ in range(SCALE_ROUNDS)
+    ]
+    small.close()
+    large.ledger.close()  # its Redis client is the caller's
     return (
         f"{statistics.median(p[0] for p in pairs) * 1e6:.0f} µs median",
         f"{statistics.median(p[1] for p in pairs) * 1e6:.0f} µs median",
@@ -252,37 +258,37 @@ def bench_scale(redis: Redis) -> tuple[str, str, str, float]:
     )
 
 
-def _load_generation(read_model: ReadModel, samples: list[str], count: int) -> None:
-    generation = read_model.begin_rebuild()
+def _load_generation(services: Services, samples: list[str], count: int) -> None:
+    generation = services.generations.begin_rebuild()
     assert generation is not None
-    _load(read_model, generation, samples, count)
-    assert read_model.finish_rebuild(generation)
+    _load(services, generation, samples, count)
+    assert services.generations.finish_rebuild(generation)
 
 
-def _latency(read_model: ReadModel, values: list[str]) -> float:
+def _latency(verifier: TokenVerifier, values: list[str]) -> float:
     """The median latency of verifying each of `values` twice."""
     timings = []
     for value in values * 2:
         start = time.perf_counter()
-        read_model.verify(value)
+        verifier.verify(value)
         timings.append(time.perf_counter() - start)
     return statistics.median(timings)
 
 
-def _load(read_model: ReadModel, generation: int, samples: list[str], count: int) -> None:
+def _load(services: Services, generation: int, samples: list[str], count: int) -> None:
     """`count` active tokens, `samples` among them, 10 to a person, in one workspace, through
     the read model's own write script, 2,000 ops a call and 10 calls a pipeline."""
     workspace = uuid4()
     now = int(datetime.now(UTC).timestamp() * 1000)
     ops: list[list[bytes | str | int]] = [
-        readmodel._hash("F", 1, b"w:" + workspace.bytes, 1, {"en": "1", "mg": "1"})
+        _hash("F", 1, b"w:" + workspace.bytes, 1, {"en": "1", "mg": "1"})
     ]
-    pipe = read_model.redis.pipeline(transaction=False)
+    pipe = services.redis.pipeline(transaction=False)
     for n in range(count):
         if n % TOKENS_PER_PERSON == 0:
             person = uuid4()
             fields = person_fields(f"p{n}", workspace.bytes, ADMIN, can_generate_tokens=False)
-            ops.append(readmodel._hash("F", 1, b"p:" + person.bytes, 1, fields))
+            ops.append(_hash("F", 1, b"p:" + person.bytes, 1, fields))
         sha = (
             hashlib.sha256(samples[n].encode()).digest()
             if n < len(samples)
@@ -291,17 +297,18 @@ def _load(read_model: ReadModel, generation: int, samples: list[str], count: int
         ops.append(["T", 1, sha, uuid4().bytes, person.bytes, now, now + 86_400_000, ""])
         if len(ops) >= 2000 or n == count - 1:
             args = [PREFIX, generation, "", *(part for op in ops for part in op)]
-            read_model._apply(keys=[GENERATION], args=args, client=pipe)
+            services.writer._apply(keys=[GENERATION], args=args, client=pipe)
             ops = []
             if len(pipe) >= 10 or n == count - 1:
                 pipe.execute()
-                read_model.keep_building(generation)
+                services.generations.keep_building(generation)
 
 
-def _ledger(url: str, read_model: ReadModel) -> Ledger:
-    ledger = Ledger(database_env(url), passwords=Passwords(FAST_ARGON2))
-    ledger.on_saved = read_model.apply_aggregates
-    return ledger
+def _services(url: str, redis: Redis) -> Services:
+    """An API process's objects on `redis` (no verification cache: no LEDGER_REDIS_URL), its
+    saves written to the read models as they return; no audit follower."""
+    settings = Settings(database_url=url, argon2=FAST_ARGON2)
+    return build(settings, Role.API, redis=redis, followers=[])
 
 
 def _admin(ledger: Ledger) -> AuditContext:

@@ -13,10 +13,10 @@ import psycopg
 import redis
 from eventsourcing.persistence import OperationalError
 
+from bootstrap import FollowerExited, Role, Services, build
 from ledger.application import Ledger
 from ledger.config import ConfigError, Settings
 from ledger.domainmodel import LedgerError
-from projections.wiring import FollowerExited, Services, build_services
 
 
 class Env:
@@ -27,13 +27,14 @@ class Env:
         return Settings.from_env()
 
     @cached_property
-    def ledger(self) -> Ledger:
-        return Ledger.from_settings(self.settings)
-
-    @cached_property
     def services(self) -> Services:
-        """The ledger wired to the Redis read models, for the commands that need them."""
-        return build_services(self.settings)
+        """A CLI command's objects: its saves reach the read models, and those that revoke are
+        refused by every API process before the command returns (Rule 5)."""
+        return build(self.settings, Role.CLI)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.services.ledger
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

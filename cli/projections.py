@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from bootstrap import AuditFollowerProcess, Role, build
 from cli.common import Env, fail
-from projections.wiring import AuditFollowerProcess
+from ledger.audit import keyring_from_settings
 
 
 @click.command()
@@ -33,12 +34,15 @@ def projector(env: Env, poll: float) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    services = env.services  # a missing audit key stops it here, before it claims to follow
+    keyring_from_settings(env.settings)  # a missing audit key stops it here, before it starts
     click.echo(f"projector following {env.settings.database_url.split('@')[-1]}", err=True)
+    # The audit trail follows in a process of its own, off the read models' GIL.
     with AuditFollowerProcess(env.settings, poll) as audit:
-        # The audit trail follows in a process of its own, off the read models' GIL.
-        services.projector.followers = [audit]
-        services.projector.run_forever(stop, poll_seconds=poll)
+        services = build(env.settings, Role.PROJECTOR, followers=[audit])
+        try:
+            services.projector.run_forever(stop, poll_seconds=poll)
+        finally:
+            services.close()
 
 
 @click.group()
@@ -90,5 +94,5 @@ def projections_rebuild(env: Env) -> None:
     if applied is None:
         fail("the rebuild did not go live: another rebuild is running, or Redis was flushed")
     click.echo(
-        f"Rebuilt from {applied} events into generation {env.services.read_model.generation()}"
+        f"Rebuilt from {applied} events into generation {env.services.generations.generation()}"
     )

@@ -22,10 +22,10 @@ import click
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from bootstrap import Role, build
 from cli.common import Env, fail
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, AuditContext, WorkspaceExists
-from projections.wiring import build_services
 
 DEFAULT_WORKSPACE = "default"
 DEFAULT_ADMIN = "admin"
@@ -117,7 +117,7 @@ def bootstrap(settings: Settings) -> None:
 
     The admin's password is LEDGER_ADMIN_PASSWORD, or generated and printed here, once.
     """
-    services = build_services(settings)
+    services = build(settings, Role.CLI)
     try:
         ledger = services.ledger
         if ledger.recorder.max_notification_id():

@@ -21,7 +21,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg import connect as postgres_connect
 from psycopg.sql import SQL, Identifier
 
-from ledger import tokens
+from ledger import events, tokens
 from ledger.attempts import AttemptLimiter, InMemoryAttemptLimiter
 from ledger.config import Settings
 from ledger.domainmodel import (
@@ -88,6 +88,14 @@ class IssuedToken(NamedTuple):
     info: dict[str, Any]
 
 
+class Saved(NamedTuple):
+    """What one save stored, for the read models: each aggregate with the position of its last
+    new event, and whether any new event may stop a token verifying (ledger/events.py)."""
+
+    aggregates: list[tuple[Aggregate, int]]
+    revokes: bool
+
+
 class Verified(Protocol):
     """What the token verifier found of a Bearer caller in this request (the read model's
     principal): the same read model, kept to Rule 5, that let the call in at all."""
@@ -110,7 +118,7 @@ class Ledger(Application[UUID]):
         attempts: AttemptLimiter | None = None,
         token_prefix: str = "tlk",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        on_saved: Callable[[Sequence[tuple[Aggregate, int]]], None] | None = None,
+        on_saved: Callable[[Saved], None] | None = None,
     ) -> None:
         super().__init__(env)
         self.passwords = passwords or Passwords()
@@ -126,18 +134,27 @@ class Ledger(Application[UUID]):
         version can be applied in any order, so two processes saving the same aggregate at
         once cannot leave a read model with a gap. Each comes with the position (notification
         id) of its last saved event, so that a read model that has got further already can
-        leave it. The composition root sets `on_saved`; the ledger itself knows nothing of Redis.
+        leave it. The composition root (bootstrap.py) passes `on_saved`; the ledger itself
+        knows nothing of Redis.
         """
         recordings = super().save(*objs, **kwargs)
         if self.on_saved is not None:
             at = {r.domain_event.originator_id: r.notification.id for r in recordings}
-            self.on_saved(
-                [(obj, at[obj.id]) for obj in objs if isinstance(obj, Aggregate) and obj.id in at]
-            )
+            aggregates = [
+                (obj, at[obj.id]) for obj in objs if isinstance(obj, Aggregate) and obj.id in at
+            ]
+            revokes = events.revokes_any(r.notification.topic for r in recordings)
+            self.on_saved(Saved(aggregates, revokes))
         return recordings
 
     @classmethod
-    def from_settings(cls, settings: Settings, attempts: AttemptLimiter | None = None) -> Ledger:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        attempts: AttemptLimiter | None = None,
+        on_saved: Callable[[Saved], None] | None = None,
+    ) -> Ledger:
         env = settings.eventsourcing_env()
         with _one_process_at_a_time_creating_tables(env):
             return cls(
@@ -145,6 +162,7 @@ class Ledger(Application[UUID]):
                 passwords=Passwords(settings.argon2),
                 attempts=attempts,
                 token_prefix=settings.token_prefix,
+                on_saved=on_saved,
             )
 
     # Workspaces

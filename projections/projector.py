@@ -22,7 +22,9 @@ from eventsourcing.persistence import Notification
 from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger
-from projections.readmodel import Batch, ReadModel
+from projections.generations import Generations
+from projections.usage import UsageLog
+from projections.writer import Batch, Writer
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +40,18 @@ class Projector:
     def __init__(
         self,
         ledger: Ledger,
-        read_model: ReadModel,
+        writer: Writer,
+        generations: Generations,
+        usage: UsageLog,
         *,
         followers: Sequence[Callable[[], int]] = (),
         batch_size: int = BATCH_SIZE,
         usage_flush_seconds: float = USAGE_FLUSH_SECONDS,
     ) -> None:
         self.ledger = ledger
-        self.read_model = read_model
+        self.writer = writer
+        self.generations = generations
+        self.usage = usage
         # Other projections that keep their own position (the audit trail), called each round.
         self.followers = followers
         self.batch_size = batch_size
@@ -60,7 +66,7 @@ class Projector:
         return applied
 
     def _project(self) -> int:
-        live = self.read_model.live()
+        live = self.generations.live()
         if live is None:
             return self.rebuild() or 0
         generation, position = live
@@ -80,29 +86,29 @@ class Projector:
         both. Returns how many events it replayed, or None when it did not go live: another
         process is rebuilding, or this rebuild's keys were flushed or taken over meanwhile.
         """
-        generation = self.read_model.begin_rebuild()
+        generation = self.generations.begin_rebuild()
         if generation is None:
             return None
         log.info("rebuilding the read models into generation %d", generation)
-        start = self.read_model.position(generation) or 0
+        start = self.generations.position(generation) or 0
         applied = self._catch_up(generation, start, rebuilding=True, progress=progress)
         # Events saved while switching are caught by the next round, and by the API's writes.
-        if not self.read_model.finish_rebuild(generation):
+        if not self.generations.finish_rebuild(generation):
             log.warning("rebuild %d was overtaken (another rebuild, or Redis flushed)", generation)
             return None
-        self.read_model.revoked_elsewhere()  # what the old generation missed, if anything
+        self.writer.revoked_elsewhere()  # what the old generation missed, if anything
         return applied
 
     def flush_usage(self) -> int:
         """Make the lastUsed times seen since the last flush durable, in a few events."""
         self._last_usage_flush = time.monotonic()
-        usage = self.read_model.drain_usage()
+        usage = self.usage.drain()
         if not usage:
             return 0
         try:
             self.ledger.record_token_usage(usage)
         except Exception:
-            self.read_model.return_usage(usage)
+            self.usage.give_back(usage)
             raise
         return len(usage)
 
@@ -110,7 +116,7 @@ class Projector:
         """Position, head, and the lag in events (counted, up to LAG_COUNT_LIMIT: PostgreSQL
         leaves gaps in the ids, so `head - position` would overcount) and in seconds (the age
         of the oldest event not yet applied)."""
-        position = self.read_model.position()
+        position = self.generations.position()
         head = self.ledger.recorder.max_notification_id() or 0
         behind: Sequence[Any] = []
         if position is not None and position < head:
@@ -121,7 +127,7 @@ class Projector:
             lag_seconds = (datetime.now(UTC) - event.timestamp).total_seconds()
         return {
             "ready": position is not None,
-            "generation": self.read_model.generation(),
+            "generation": self.generations.generation(),
             "position": position,
             "head": head,
             "lagEvents": None if position is None else len(behind),
@@ -173,14 +179,14 @@ class Projector:
         head = (self.ledger.recorder.max_notification_id() or 0) if progress else 0
         applied = 0
         for batch in self._batches(position):
-            if not self.read_model.apply_batch(batch, generation):
+            if not self.writer.apply_batch(batch, generation):
                 log.info("generation %d is gone; starting over", generation)
                 return applied
             applied += len(batch.events)
             if rebuilding:
-                self.read_model.keep_building(generation)
+                self.generations.keep_building(generation)
             elif batch.revokes:
-                self.read_model.revoked_elsewhere()
+                self.writer.revoked_elsewhere()
             if progress:
                 progress(batch.position, max(head, batch.position))
         return applied

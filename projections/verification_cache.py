@@ -12,15 +12,16 @@ keeps the principals it verified and answers a token it saw lately without Redis
 - the token's lastUsed was stamped less than a minute ago, so that lastUsed stays true to the
   minute, and the token has not expired.
 
-**Rule 5.** A write that may revoke (`readmodel.revokes`) lands in Redis first; then
-`Revocations.announce` publishes on `{tl}:revoked` and waits until every process holding a
-lease has acknowledged (it empties its cache before it does) or its lease has run out. A process
-whose subscription broke misses the message but cannot renew, so its lease runs out; one that
-subscribed again empties its cache on the new subscription's confirmation. Only the registry
-itself can be lost (Redis flushed or restarted): a process that still holds a lease from before
-is not in it until its next renewal, so while the registry is younger than a lease the writer
-waits a whole lease. Revocations that no API call announced (the projector applying a write
-that never reached Redis) are published by the projector, without waiting.
+**Rule 5.** A write that may revoke (the catalogue's `revokes`, ledger/events.py) lands in Redis
+first; then `Revocations.announce` (revocations.py) publishes on `{tl}:revoked` and waits until
+every process holding a lease has acknowledged (it empties its cache before it does) or its
+lease has run out. A process whose subscription broke misses the message but cannot renew, so
+its lease runs out; one that subscribed again empties its cache on the new subscription's
+confirmation. Only the registry itself can be lost (Redis flushed or restarted): a process that
+still holds a lease from before is not in it until its next renewal, so while the registry is
+younger than a lease the writer waits a whole lease. Revocations that no call announced (the
+projector applying a write that never reached Redis) are published by the projector, without
+waiting.
 
 Leases are timed by Redis's clock, so they assume that clock does not jump forward by more than
 a lease (NTP slews a clock rather than steps it).
@@ -37,18 +38,21 @@ from typing import NamedTuple
 
 from redis import Redis
 
-from projections.readmodel import LUA_CLOCK, PREFIX, Principal
+from projections.keys import LUA_CLOCK
+from projections.revocations import (
+    ACKS,
+    ACKS_TTL_MS,
+    CHANNEL,
+    LEASE_SECONDS,
+    REGISTRY,
+    REGISTRY_SINCE,
+)
+from projections.verifier import Principal, Verifier
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 1.0  # how long a writer may wait for a process that stopped answering
 RENEW_SECONDS = 0.25
 MAX_ENTRIES = 100_000  # a full cache starts again empty: bounded memory, no per-hit bookkeeping
-REGISTRY = PREFIX + "verifiers"
-REGISTRY_SINCE = PREFIX + "verifiers:since"  # when the registry was last created afresh
-CHANNEL = PREFIX + "revoked"
-ACKS = PREFIX + "acks:"  # + the announcement's nonce: a list of the ids that acknowledged it
-ACKS_TTL_MS = 60_000
 
 # KEYS: registry, since. ARGV: process id, lease ms. 1 when the process was not registered (new,
 # or dropped: its lease ran out, or Redis lost the registry), 0 when its lease was renewed.
@@ -62,18 +66,6 @@ return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 """
 )
 
-# KEYS: registry, since. ARGV: channel, nonce. Who holds a lease now, in the same instant as
-# the message goes out: {now, since or '', {id, lease end, ...}}.
-_ANNOUNCE = (
-    LUA_CLOCK
-    + """
-local now = now_ms()
-local leases = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'WITHSCORES')
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return {now, redis.call('GET', KEYS[2]) or '', leases}
-"""
-)
-
 
 class Entry(NamedTuple):
     principal: Principal
@@ -81,7 +73,7 @@ class Entry(NamedTuple):
 
 
 class VerificationCache:
-    """One per API process; `ReadModel.verify` asks it first and fills it after a miss."""
+    """One per API process; `CachingVerifier` asks it first and fills it after a miss."""
 
     def __init__(
         self,
@@ -206,37 +198,24 @@ class VerificationCache:
         pipe.execute()
 
 
-class Revocations:
-    """The writers' side: `ReadModel.apply_aggregates` calls `announce` after a write that may
-    revoke has landed in Redis."""
+class CachingVerifier:
+    """The verifier, answering a token this process verified lately from its cache."""
 
-    def __init__(self, redis: Redis, lease_seconds: float = LEASE_SECONDS) -> None:
-        self.redis = redis
-        self.lease_seconds = lease_seconds
-        self._announce = redis.register_script(_ANNOUNCE)
+    def __init__(self, verifier: Verifier, cache: VerificationCache) -> None:
+        self.verifier = verifier
+        self.cache = cache
 
-    def announce(self, *, wait: bool = True) -> None:
-        """Return once no API process can answer from a cache that predates the write; without
-        `wait`, at once, the caches emptying shortly after."""
-        nonce = secrets.token_hex(8)
-        now, since, leases = self._announce(keys=[REGISTRY, REGISTRY_SINCE], args=[CHANNEL, nonce])
-        if not wait:
-            return
-        started = time.monotonic()
-        # Seconds from `now` to the end of each lease held when the message went out.
-        waiting = {leases[n]: (float(leases[n + 1]) - now) / 1000 for n in range(0, len(leases), 2)}
-        key = ACKS + nonce
-        while waiting:
-            left = max(waiting.values()) - (time.monotonic() - started)
-            if left <= 0:
-                break
-            # BLPOP reads a timeout that rounds to 0 ms as "block for ever".
-            acknowledged = self.redis.blpop([key], timeout=max(left, 0.01))
-            if acknowledged is not None:
-                waiting.pop(acknowledged[1], None)
-        # A registry younger than a lease may not list a process that renewed before it was lost.
-        lease_ms = self.lease_seconds * 1000
-        young = lease_ms if not since else int(since) + lease_ms - now
-        rest = young / 1000 - (time.monotonic() - started)
-        if rest > 0:
-            time.sleep(rest)
+    def verify(self, value: str) -> Principal | None:
+        digest = self.verifier.digest(value)
+        if digest is None:
+            return None
+        cached = self.cache.get(digest)
+        if cached is not None:
+            return cached
+        ticket = self.cache.ticket()  # before Redis: a revocation meanwhile voids the answer
+        found = self.verifier.lookup(digest)
+        if found is None:
+            return None
+        if ticket is not None:
+            self.cache.put(digest, found.principal, found.fresh_until, ticket)
+        return found.principal

@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from projections.readmodel import NotReady, ReadModel
+from projections.keys import NotReady
+from projections.verifier import TokenVerifier
 
 
 class Secret(str):
@@ -18,10 +19,10 @@ class Secret(str):
         return "<token value>"
 
 
-def status(read_model: ReadModel, value: str) -> str:
+def status(verifier: TokenVerifier, value: str) -> str:
     """What the API would answer: "valid" (200), "refused" (401) or "not ready" (503)."""
     try:
-        principal = read_model.verify(value)
+        principal = verifier.verify(value)
     except NotReady:
         return "not ready"
     return "refused" if principal is None else "valid"

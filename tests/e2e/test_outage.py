@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from projections.verification_cache import LEASE_SECONDS
+from projections.revocations import LEASE_SECONDS
 from tests.e2e.conftest import ADMIN, BIN, Http, Server, Supervised, free_port
 from tests.integration.conftest import RedisServer
 

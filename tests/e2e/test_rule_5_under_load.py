@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import redis
 import requests
 
-from projections.verification_cache import REGISTRY
+from projections.revocations import REGISTRY
 from tests.e2e.conftest import ADMIN, PASSWORD, Http
 from tests.read_model_support import wait_for
 

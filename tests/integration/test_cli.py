@@ -19,10 +19,20 @@ FAST_ARGON2 = {
     "LEDGER_ARGON2_MEMORY_KIB": "8",
     "LEDGER_ARGON2_PARALLELISM": "1",
 }
+# Every command builds its process through `bootstrap.build`, which reads the audit key first:
+# on PostgreSQL, the deployment's key (every process needs the same one).
+AUDIT_KEY = {"LEDGER_AUDIT_KEY": "the CLI tests' own audit key"}
 
 
-def run(url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **FAST_ARGON2, "LEDGER_DATABASE_URL": url}
+def run(
+    url: str, *args: str, stdin: str = "", audit_key: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        **FAST_ARGON2,
+        **(AUDIT_KEY if audit_key else {}),
+        "LEDGER_DATABASE_URL": url,
+    }
     return subprocess.run(
         [LEDGER, *args], input=stdin, capture_output=True, text=True, env=env, timeout=60
     )
@@ -84,7 +94,7 @@ def test_operator_errors_are_one_line_and_non_zero(store_url, name):
 
 def test_the_password_is_prompted_twice_on_a_terminal(store_url, name):
     assert run(store_url, "workspaces", "create", name).returncode == 0
-    env = {**os.environ, **FAST_ARGON2, "LEDGER_DATABASE_URL": store_url}
+    env = {**os.environ, **FAST_ARGON2, **AUDIT_KEY, "LEDGER_DATABASE_URL": store_url}
     child = pexpect.spawn(
         LEDGER,
         ["users", "add", f"{name}-tty", "--workspace", name],
@@ -122,11 +132,13 @@ def test_every_command_has_help(command, tmp_path):
     assert "Usage:" in result.stdout
 
 
-@pytest.mark.parametrize("command", [["projector"], ["serve", "--port", "1"]])
-def test_postgresql_without_an_audit_key_stops_the_projector_and_server_at_start(
+@pytest.mark.parametrize(
+    "command", [["projector"], ["serve", "--port", "1"], ["workspaces", "create", "x"]]
+)
+def test_postgresql_without_an_audit_key_stops_every_command_at_start(
     command, postgres_url, monkeypatch
 ):
     for name in ("LEDGER_AUDIT_KEY", "LEDGER_AUDIT_KEY_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LEDGER_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
-    assert_one_line_error(run(postgres_url, *command), 2, "LEDGER_AUDIT_KEY")
+    assert_one_line_error(run(postgres_url, *command, audit_key=False), 2, "LEDGER_AUDIT_KEY")

@@ -27,13 +27,13 @@ import pytest
 import redis
 from eventsourcing.persistence import OperationalError
 
+from bootstrap import AuditFollowerProcess, Role, Services, Tuning, build
 from ledger.application import Ledger
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, MEMBER, AuditContext, TokenAlreadyDeleted, WorkspaceExists
 from projections import projector as projector_module
-from projections import verification_cache
-from projections.projector import Projector
-from projections.wiring import AuditFollowerProcess, Services, build_services
+from projections import revocations, verification_cache
+from projections.verifier import TokenVerifier
 from tests.conftest import FAST_ARGON2, PASSWORD, make_ledger
 from tests.integration.conftest import POSTGRES_URL, RedisServer, free_port
 from tests.read_model_support import Secret, dump, generations, status, wait_for
@@ -55,16 +55,14 @@ FAST_ARGON2_ENV = {
 # so that the projector started after it need not wait the default 10 s to take over.
 KILLED_AFTER_K_EVENTS = """
 import os, signal, sys
+from bootstrap import Role, Tuning, build
 from ledger.config import Settings
-from projections import readmodel
-from projections import projector as projector_module
-from projections.projector import Projector
-from projections.wiring import build_services
+from projections import generations
 
-readmodel.BUILDING_TTL_SECONDS = 1
+generations.BUILDING_TTL_SECONDS = 1
 k = int(sys.argv[1])
-services = build_services(Settings.from_env())
-apply_batch = services.read_model.apply_batch
+services = build(Settings.from_env(), Role.PROJECTOR, tuning=Tuning(batch_size=1))
+apply_batch = services.writer.apply_batch
 seen = 0
 
 def apply_then_die(batch, generation):
@@ -75,24 +73,25 @@ def apply_then_die(batch, generation):
         os.kill(os.getpid(), signal.SIGKILL)
     return written
 
-services.read_model.apply_batch = apply_then_die
-Projector(services.ledger, services.read_model, batch_size=1).run_once()
+services.writer.apply_batch = apply_then_die
+services.projector.run_once()
 sys.exit("fewer than k events to apply")
 """
 
-# Another API process: its own Ledger and ReadModel from build_services, verifying the token
+# Another API process, as `bootstrap.build` makes it (its own Ledger, Redis client and
+# verifier; its cache not started, so that every verification asks Redis), verifying the token
 # values it reads on stdin, one a line.
 VERIFIER_PROCESS = """
 import sys
+from bootstrap import Role, build
 from ledger.config import Settings
-from projections.readmodel import NotReady
-from projections.wiring import build_services
+from projections.keys import NotReady
 
-services = build_services(Settings.from_env())
+services = build(Settings.from_env(), Role.API)
 print("ready", flush=True)
 for line in sys.stdin:
     try:
-        principal = services.read_model.verify(line.strip())
+        principal = services.verifier.verify(line.strip())
     except NotReady:
         print("not ready", flush=True)
         continue
@@ -123,18 +122,17 @@ def environment(store_url: str, redis_url: str) -> dict[str, str]:
 
 
 @contextmanager
-def services(store_url: str, redis_url: str) -> Iterator[Services]:
-    """What one API process builds: its own Ledger, Redis client, ReadModel and Projector, and
-    starts: its verification cache, which every write that revokes waits for (Rule 5)."""
-    built = build_services(
-        Settings(
-            database_url=store_url,
-            redis_url=redis_url,
-            argon2=FAST_ARGON2,
-            audit_key=AUDIT_KEY.encode(),
-        )
+def services(store_url: str, redis_url: str, tuning: Tuning | None = None) -> Iterator[Services]:
+    """What one API process builds (`bootstrap.build`): its own Ledger, Redis client, verifier
+    and Projector, and starts: its verification cache, which every write that revokes waits for
+    (Rule 5)."""
+    settings = Settings(
+        database_url=store_url,
+        redis_url=redis_url,
+        argon2=FAST_ARGON2,
+        audit_key=AUDIT_KEY.encode(),
     )
-    built.start_background()
+    built = build(settings, Role.API, tuning=tuning or Tuning()).start()
     try:
         yield built
     finally:
@@ -172,7 +170,7 @@ def head(ledger: Ledger) -> int:
 
 
 def caught_up(api: Services, ledger: Ledger) -> bool:
-    return api.read_model.is_ready() and api.read_model.position() == head(ledger)
+    return api.generations.is_ready() and api.generations.position() == head(ledger)
 
 
 class Expectations:
@@ -285,9 +283,9 @@ class Scenario:
 class Checker(threading.Thread):
     """Verifies every token over and over, against what it should answer at that moment."""
 
-    def __init__(self, read_model: Any, expected: Expectations) -> None:
+    def __init__(self, verifier: TokenVerifier, expected: Expectations) -> None:
         super().__init__(daemon=True)
-        self.read_model = read_model
+        self.verifier = verifier
         self.expected = expected
         self.stop = threading.Event()
         self.wrong: list[str] = []
@@ -299,7 +297,7 @@ class Checker(threading.Thread):
             for value, seen in self.expected.snapshot().items():
                 if seen[0] is None:
                     continue
-                answer = status(self.read_model, value)
+                answer = status(self.verifier, value)
                 if not self.expected.unchanged(value, seen):
                     continue
                 self.checks += 1
@@ -321,7 +319,7 @@ def answers(api: Services, scenario: Scenario) -> dict[str, int]:
     """How many tokens answer as they should, and how many do not (by kind of mistake)."""
     tally: dict[str, int] = {}
     for value, (expected, _) in scenario.expected.snapshot().items():
-        got = status(api.read_model, value)
+        got = status(api.verifier, value)
         key = "right" if got == expected else f"{expected} answered {got}"
         tally[key] = tally.get(key, 0) + 1
     return tally
@@ -344,14 +342,16 @@ def test_a_projector_killed_after_k_events_resumes_and_equals_a_clean_run(
 ):
     url, reference_url = redis_urls
     env = environment(store_url, url)
-    writer = make_ledger(store_url, passwords)  # like the CLI: writes to the store only
+    # A writer that skips Redis (as a process that died between its save and its write to
+    # Redis would): only the projector brings its writes in.
+    writer = make_ledger(store_url, passwords)
     scenario = Scenario(writer)
     rng = random.Random(1)
     with services(store_url, url) as api:
         api.projector.run_once()  # the first generation
         for k in ks:
             api.projector.run_once()
-            position = api.read_model.position()
+            position = api.generations.position()
             scenario.churn(rng, 30)
             assert head(writer) - position >= k
             killed = subprocess.run(
@@ -360,7 +360,7 @@ def test_a_projector_killed_after_k_events_resumes_and_equals_a_clean_run(
             assert killed.returncode == -signal.SIGKILL
             # It got exactly k events in, and no further.
             kth = writer.recorder.select_notifications(position + 1, k)[-1].id
-            assert api.read_model.position() == kth
+            assert api.generations.position() == kth
 
             with projector_process(env) as restarted:
                 assert wait_for(lambda: caught_up(api, writer), timeout=30)
@@ -387,7 +387,7 @@ def test_a_projector_killed_during_its_rebuild_is_replaced_cleanly(
                 [sys.executable, "-c", KILLED_AFTER_K_EVENTS, str(k)], env=env, timeout=60
             )
             assert killed.returncode == -signal.SIGKILL
-            assert not api.read_model.is_ready()
+            assert not api.generations.is_ready()
             assert api.redis.get("{tl}:building") is not None  # its claim outlives it for now
             assert answers(api, scenario) == {
                 f"{a} answered not ready": n
@@ -446,15 +446,15 @@ def test_a_flushed_redis_answers_not_ready_then_recovers_by_itself(
     url, reference_url = redis_urls
     env = environment(store_url, url)
     with services(store_url, url) as api, projector_process(env) as projector:
-        assert wait_for(api.read_model.is_ready, timeout=30)
+        assert wait_for(api.generations.is_ready, timeout=30)
         scenario = Scenario(api.ledger)  # an API process: read-your-writes
         rng = random.Random(4)
         scenario.churn(rng, 20)
         not_ready_right_after = 0
-        with Checker(api.read_model, scenario.expected) as checker:
+        with Checker(api.verifier, scenario.expected) as checker:
             for _ in range(3):
                 api.redis.flushall()  # the tests' own server
-                if status(api.read_model, next(iter(scenario.ids))) == "not ready":
+                if status(api.verifier, next(iter(scenario.ids))) == "not ready":
                     not_ready_right_after += 1
                 # Writes while not ready reach only the store; the rebuild brings them in.
                 scenario.churn(rng, 4)
@@ -480,12 +480,12 @@ def test_the_first_verification_after_a_redis_restart_is_answered_not_failed(sto
         with services(store_url, own.url) as api:
             api.projector.run_once()
             value = Scenario(api.ledger).issue()
-            assert status(api.read_model, value) == "valid"
+            assert status(api.verifier, value) == "valid"
             own.kill()
             own.start()
-            assert status(api.read_model, value) == "not ready"
+            assert status(api.verifier, value) == "not ready"
             api.projector.run_once()
-            assert status(api.read_model, value) == "valid"
+            assert status(api.verifier, value) == "valid"
     finally:
         own.stop()
 
@@ -500,18 +500,18 @@ def test_a_redis_outage_ends_every_cache_at_once(store_url, passwords):
         with services(store_url, own.url) as api, services(store_url, own.url) as other:
             api.projector.run_once()
             value = Scenario(api.ledger).issue()
-            caches = [api.read_model.cache, other.read_model.cache]
+            caches = [api.cache, other.cache]
             assert all(wait_for(lambda c=c: c.ticket() is not None, timeout=5) for c in caches)
-            assert [status(p.read_model, value) for p in (api, other)] == ["valid", "valid"]
+            assert [status(p.verifier, value) for p in (api, other)] == ["valid", "valid"]
             own.kill()
             # Before the lease would run out: the broken subscription ends it.
-            lease = verification_cache.LEASE_SECONDS
+            lease = revocations.LEASE_SECONDS
             assert all(wait_for(lambda c=c: c.ticket() is None, timeout=lease / 2) for c in caches)
             with pytest.raises(redis.ConnectionError):
-                status(other.read_model, value)
+                status(other.verifier, value)
             own.start()
             api.projector.run_once()
-            assert wait_for(lambda: status(other.read_model, value) == "valid", timeout=10)
+            assert wait_for(lambda: status(other.verifier, value) == "valid", timeout=10)
     finally:
         own.stop()
 
@@ -521,12 +521,12 @@ def test_a_flushed_redis_empties_every_cache_by_its_next_renewal(store_url, redi
     with services(store_url, url) as api:
         api.projector.run_once()
         value = Scenario(api.ledger).issue()
-        cache = api.read_model.cache
+        cache = api.cache
         assert wait_for(lambda: cache.ticket() is not None, timeout=5)
-        assert status(api.read_model, value) == "valid"
+        assert status(api.verifier, value) == "valid"
         api.redis.flushall()  # the registry goes with the read model: the cache re-registers
         renewals = 4 * verification_cache.RENEW_SECONDS
-        assert wait_for(lambda: status(api.read_model, value) == "not ready", timeout=renewals)
+        assert wait_for(lambda: status(api.verifier, value) == "not ready", timeout=renewals)
 
 
 # Rebuilds while serving.
@@ -534,15 +534,18 @@ def test_a_flushed_redis_empties_every_cache_by_its_next_renewal(store_url, redi
 
 def test_verification_is_right_throughout_a_rebuild(store_url, redis_urls, passwords):
     url, reference_url = redis_urls
-    with services(store_url, url) as api, services(store_url, url) as operator:
+    with (
+        services(store_url, url) as api,
+        services(store_url, url, Tuning(batch_size=5)) as operator,
+    ):
         api.projector.run_once()
         scenario = Scenario(api.ledger)
         rng = random.Random(5)
         scenario.churn(rng, 40)
-        before = api.read_model.generation()
+        before = api.generations.generation()
         # The operator's process rebuilds, a few events a batch; for its first ten batches it
         # waits for the API process to complete a command between one batch and the next.
-        rebuilder = Projector(operator.ledger, operator.read_model, batch_size=5)
+        rebuilder = operator.projector
         results: list[int | None] = []
         commands_during = 0
 
@@ -561,17 +564,17 @@ def test_verification_is_right_throughout_a_rebuild(store_url, redis_urls, passw
                 results.append(rebuilder.rebuild(progress=interleave))
 
         # And commands that complete after its last read of the store, before its switch.
-        finish = operator.read_model.finish_rebuild
+        finish = operator.generations.finish_rebuild
 
         def finish_after_a_command(generation: int) -> bool:
             seen = commands_during
             wait_for(lambda: commands_during > seen + 1, timeout=5, every=0.001)
             return finish(generation)
 
-        operator.read_model.finish_rebuild = finish_after_a_command  # type: ignore[method-assign]
+        operator.generations.finish_rebuild = finish_after_a_command  # type: ignore[method-assign]
 
         thread = threading.Thread(target=rebuild_twice)
-        with Checker(api.read_model, scenario.expected) as checker:
+        with Checker(api.verifier, scenario.expected) as checker:
             thread.start()
             try:
                 while thread.is_alive():
@@ -580,16 +583,16 @@ def test_verification_is_right_throughout_a_rebuild(store_url, redis_urls, passw
                     # is live.
                     if scenario.tokens_enabled:
                         value = scenario.issue(scenario.admin_id)
-                        assert status(api.read_model, value) == "valid"
+                        assert status(api.verifier, value) == "valid"
                         scenario.delete(value)
-                        assert status(api.read_model, value) == "refused"
+                        assert status(api.verifier, value) == "refused"
                     scenario.churn(rng, 1)
                     time.sleep(0.002)
             finally:
                 thread.join()
         assert None not in results and len(results) == 2
         assert commands_during >= 20
-        assert api.read_model.generation() == before + 2
+        assert api.generations.generation() == before + 2
         assert generations(api.redis) == {str(before + 2).encode()}
         assert checker.wrong == [] and checker.not_ready == 0 and checker.checks > 0
         assert answers(api, scenario) == {"right": len(scenario.ids)}
@@ -607,8 +610,8 @@ def test_ledger_projections_rebuild_while_serving(store_url, redis_urls, passwor
         scenario = Scenario(api.ledger)
         rng = random.Random(6)
         scenario.churn(rng, 20)
-        before = api.read_model.generation()
-        with Checker(api.read_model, scenario.expected) as checker:
+        before = api.generations.generation()
+        with Checker(api.verifier, scenario.expected) as checker:
             rebuild = subprocess.Popen(
                 [LEDGER, "projections", "rebuild"],
                 env=env,
@@ -624,7 +627,7 @@ def test_ledger_projections_rebuild_while_serving(store_url, redis_urls, passwor
         assert rebuild.returncode == 0, err
         assert re.fullmatch(rf"Rebuilt from \d+ events into generation {before + 1}\n", out)
         assert "Traceback" not in err
-        assert api.read_model.generation() == before + 1
+        assert api.generations.generation() == before + 1
         assert checker.wrong == [] and checker.not_ready == 0
         assert answers(api, scenario) == {"right": len(scenario.ids)}
 
@@ -633,13 +636,13 @@ def test_ledger_projections_rebuild_while_serving(store_url, redis_urls, passwor
 
 
 def test_read_your_writes_across_two_processes(store_url, redis_urls, passwords):
-    """Process A commands, process B (a separate Python process, its own Ledger and ReadModel)
+    """Process A commands, process B (a separate Python process, its own Ledger and verifier)
     verifies the moment A's command returns. No projector runs."""
     url, _ = redis_urls
     env = environment(store_url, url)
     with services(store_url, url) as a:
         a.projector.run_once()  # ready; from here on, only the API processes write
-        position = a.read_model.position()
+        position = a.generations.position()
         scenario = Scenario(a.ledger)
         b = subprocess.Popen(
             [sys.executable, "-c", VERIFIER_PROCESS],
@@ -676,7 +679,7 @@ def test_read_your_writes_across_two_processes(store_url, redis_urls, passwords)
             b.stdin.close()
             b.wait(timeout=10)
         assert b.returncode == 0
-        assert a.read_model.position() == position  # no projector did this
+        assert a.generations.position() == position  # no projector did this
 
 
 # The projector process and the status command.
@@ -851,8 +854,8 @@ def test_on_postgres_the_projector_wakes_on_notify_and_leaves_no_connection_list
     monkeypatch.setattr(projector_module, "LISTEN_RENEW_SECONDS", 0.3)  # renew often
     writer = make_ledger(postgres_url, passwords)
     scenario = Scenario(writer)
-    with services(postgres_url, url) as api:
-        api.ledger.on_saved = None  # only the projector brings changes in
+    # Only the projector brings changes in.
+    with services(postgres_url, url, Tuning(read_your_writes=False)) as api:
         api.projector.run_once()
         stop = threading.Event()
         follower = threading.Thread(target=api.projector.run_forever, args=(stop, 30.0))
@@ -864,7 +867,7 @@ def test_on_postgres_the_projector_wakes_on_notify_and_leaves_no_connection_list
                 value = scenario.issue()
                 # Well before the 30 s poll: NOTIFY woke it.
                 assert wait_for(
-                    lambda value=value: status(api.read_model, value) == "valid", timeout=5
+                    lambda value=value: status(api.verifier, value) == "valid", timeout=5
                 )
                 assert time.monotonic() - started < 5
         finally:

@@ -12,8 +12,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api.app import create_app
+from bootstrap import Role, Services, build
 from ledger.config import Settings
-from projections.wiring import Services, build_services
 from tests.conftest import FAST_ARGON2, PASSWORD, World
 
 PROXY = "127.0.0.1"  # the test client's address, trusted so that tests can vary client IPs
@@ -81,8 +81,8 @@ def assert_error(response: TestResponse, status: int, name: str | None = None) -
 @pytest.fixture
 def services() -> Iterator[Services]:
     settings = Settings(database_url="memory://", argon2=FAST_ARGON2, trusted_proxies=(PROXY,))
-    built = build_services(settings)
-    # The rebuild that start_background does, without its follower thread: every write here
+    built = build(settings, Role.API)
+    # The rebuild that start() does, without its follower thread: every write here
     # goes through this process's ledger, which applies it at once (read-your-writes).
     built.projector.run_once()
     yield built

@@ -12,9 +12,9 @@ import pytest
 from eventsourcing.persistence import DatabaseError
 
 import api.audit as endpoints
+from bootstrap import Role, build
 from ledger.config import ConfigError, Settings
 from ledger.domainmodel import AuditContext
-from projections.wiring import build_services
 from tests.conftest import PASSWORD
 from tests.unit.conftest import assert_error, basic, bearer
 
@@ -286,7 +286,8 @@ def test_a_database_error_is_503_with_retry_after(api, monkeypatch):
     assert "said no" not in response.get_data(as_text=True)
 
 
-def test_postgresql_without_an_audit_key_fails_when_the_services_are_built():
+@pytest.mark.parametrize("role", list(Role))
+def test_postgresql_without_an_audit_key_fails_when_the_services_are_built(role):
     settings = Settings(database_url="postgresql://u@db.invalid/ledger")  # never connected to
     with pytest.raises(ConfigError, match="LEDGER_AUDIT_KEY"):
-        build_services(settings)
+        build(settings, role)

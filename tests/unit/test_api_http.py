@@ -239,7 +239,7 @@ def test_a_dependency_that_is_down_is_503_and_logged_with_the_request_id(
     def fail(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(api.services.read_model, "verify", fail)
+    monkeypatch.setattr(api.services.verifier, "verify", fail)
     monkeypatch.setattr(api.ledger, "authenticate", fail)
     with caplog.at_level(logging.WARNING):
         for auth in (bearer(value), basic("ada")):

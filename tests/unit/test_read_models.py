@@ -1,9 +1,9 @@
 """The Redis read models (issue 3), on fakeredis and the in-memory store.
 
 What verification and listings answer must follow from the events alone, whichever way the
-events reached Redis: the API process's own writes (`apply_aggregates`, read-your-writes), the
-projector following the store (`apply_events`), or a rebuild from scratch. Token values live in
-`Secret`s so that no assertion message can print one.
+events reached Redis: the API process's own writes (`Writer.apply_saved`, read-your-writes),
+the projector following the store (`Writer.apply_events`), or a rebuild from scratch. Token
+values live in `Secret`s so that no assertion message can print one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,9 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from ledger import tokens
-from ledger.application import Ledger
-from ledger.config import Settings, database_env
+from bootstrap import Role, Services, Tuning, build
+from ledger import events, tokens
+from ledger.application import Ledger, Saved
+from ledger.config import Settings
 from ledger.domainmodel import (
     ADMIN,
     MEMBER,
@@ -51,16 +52,14 @@ from ledger.domainmodel import (
     token_is_usable,
 )
 from ledger.timestamps import timestamp
-from projections import readmodel
+from projections import keys, verifier
 from projections.attempts import RedisAttemptLimiter
+from projections.generations import BUILDING_TTL_SECONDS, Generations
+from projections.keys import LAST_USED_GRANULARITY_MS, NotReady
 from projections.projector import USAGE_FLUSH_SECONDS, Projector
-from projections.readmodel import (
-    BUILDING_TTL_SECONDS,
-    LAST_USED_GRANULARITY_MS,
-    NotReady,
-    ReadModel,
-)
-from projections.wiring import build_services
+from projections.usage import UsageLog
+from projections.verifier import Verifier
+from projections.writer import PERSON_FIELDS, Batch, Writer
 from tests.conftest import FAST_ARGON2, PASSWORD, make_ledger
 from tests.read_model_support import Secret, dump, generations, mentions, status, wait_for
 
@@ -115,7 +114,7 @@ class RedisClock:
         with (
             mock.patch.object(fakeredis_socket, "time", self),
             mock.patch.object(fakeredis_server, "time", self),
-            mock.patch.object(readmodel, "_now_ms", self),
+            mock.patch.object(verifier, "now_ms", self),
         ):
             yield self
 
@@ -126,41 +125,49 @@ def redis_clock() -> Iterator[RedisClock]:
         yield clock
 
 
+SETTINGS = Settings(database_url="memory://", argon2=FAST_ARGON2)
+
+
 class Rig:
-    """One process wired as `build_services` wires it, on fakeredis and `memory://`.
+    """One API process as `bootstrap.build` makes it, on fakeredis and `memory://`, with no
+    audit follower (the audit trail has tests of its own).
 
     `path` says how events reach Redis:
-    - "read-your-writes": the ledger hands each save to `apply_aggregates`; no projector runs;
+    - "read-your-writes": the ledger hands each save to `Writer.apply_saved`; no projector runs;
     - "projector": the ledger writes only to the store; `sync()` is a projector round;
     - "rebuild": the ledger writes only to the store; `sync()` rebuilds from scratch.
     """
 
-    def __init__(
-        self,
-        passwords: Any,
-        path: str = "read-your-writes",
-        batch_size: int = 500,
-        env: dict[str, str] | None = None,
-    ):
+    def __init__(self, path: str = "read-your-writes", batch_size: int = 500):
         self.path = path
         self.server = fakeredis.FakeServer()
         self.redis = CountingRedis(server=self.server)
-        self.read_model = ReadModel(self.redis, "tlk")
-        self.saved: list[list[Any]] = []  # deep copies of what each save handed over:
-        # (aggregate, position of its last event) pairs
-        self.ledger = Ledger(
-            {**database_env("memory://"), **(env or {})},
-            passwords=passwords,
-            attempts=RedisAttemptLimiter(self.redis),
-            on_saved=self._on_saved,
+        # Deep copies of what each save handed over: (aggregate, position of its last event)
+        # pairs, and whether the save may revoke.
+        self.saved: list[Saved] = []
+        self.services: Services = build(
+            SETTINGS,
+            Role.API,
+            redis=self.redis,
+            followers=[],
+            tuning=Tuning(batch_size=batch_size, read_your_writes=path == "read-your-writes"),
+            on_saved=lambda saved: self.saved.append(copy.deepcopy(saved)),
         )
-        self.projector = Projector(self.ledger, self.read_model, batch_size=batch_size)
+        self.ledger = self.services.ledger
+        self.verifier = self.services.verifier
+        self.listings = self.services.listings
+        self.generations = self.services.generations
+        self.writer = self.services.writer
+        self.projector = self.services.projector
         self.projector.run_once()  # an empty store: the first generation, ready and empty
 
-    def _on_saved(self, saved: list[Any]) -> None:
-        self.saved.append(copy.deepcopy(saved))
-        if self.path == "read-your-writes":
-            self.read_model.apply_aggregates(saved)
+    def projector_apart(self, redis: Any = None, **tuning: Any) -> Projector:
+        """A projector of this rig's store as another process has it, tuned apart (batch size,
+        usage flushes): its own writer and generations (so its own rebuild claims), on this
+        rig's Redis or on `redis`. The in-memory store is this process's own, so no second
+        `build` can share it."""
+        redis = self.redis if redis is None else redis
+        return Projector(self.ledger, Writer(redis), Generations(redis), UsageLog(redis), **tuning)
 
     def sync(self) -> None:
         if self.path == "projector":
@@ -174,7 +181,7 @@ class Rig:
         return World(self)
 
     def status(self, value: str) -> str:
-        return status(self.read_model, value)
+        return status(self.verifier, value)
 
     def stored(self) -> list[Notification]:
         """Every event as stored: what the projector reads."""
@@ -187,11 +194,11 @@ class Rig:
         return self.ledger.recorder.max_notification_id() or 0
 
     def hash(self, kind: bytes, subject: UUID | bytes) -> dict[bytes, bytes]:
-        """One read-model hash of the live generation (the key layout of readmodel.py)."""
+        """One read-model hash of the live generation (the key layout of projections/keys.py)."""
         raw = subject.bytes if isinstance(subject, UUID) else subject
-        generation = self.read_model.generation()
+        generation = self.generations.generation()
         assert generation is not None
-        return self.redis.hgetall(readmodel._key(generation, kind, raw))
+        return self.redis.hgetall(keys.key(generation, kind, raw))
 
 
 class World:
@@ -215,13 +222,13 @@ PATHS = ["read-your-writes", "projector", "rebuild"]
 
 
 @pytest.fixture(params=PATHS)
-def rig(request: pytest.FixtureRequest, passwords: Any) -> Rig:
-    return Rig(passwords, request.param)
+def rig(request: pytest.FixtureRequest) -> Rig:
+    return Rig(request.param)
 
 
 @pytest.fixture
-def live(passwords: Any) -> Rig:
-    return Rig(passwords, "read-your-writes")
+def live() -> Rig:
+    return Rig("read-your-writes")
 
 
 # Every event type, through every path.
@@ -271,7 +278,7 @@ def test_person_added_is_who_a_token_speaks_for(rig):
     world = rig.world()
     value, info = world.issue(description="ci")
     rig.sync()
-    principal = rig.read_model.verify(value)
+    principal = rig.verifier.verify(value)
     assert principal is not None
     assert principal.token_id == info["token_id"]
     assert principal.person_id == world.admin_id
@@ -318,13 +325,13 @@ def test_role_changes_decide_whether_tokens_still_work(rig):
     rig.ledger.update_person(world.as_(world.admin_id), second_admin, role=VERIFIER)
     rig.ledger.update_person(CLI, second_admin, can_generate_tokens=True)
     rig.sync()
-    principal = rig.read_model.verify(beas)
+    principal = rig.verifier.verify(beas)
     assert principal is not None
     assert (principal.role, principal.can_generate_tokens) == (VERIFIER, True)
     rig.ledger.update_person(CLI, second_admin, can_generate_tokens=False)
     rig.ledger.update_person(CLI, second_admin, role=ADMIN)
     rig.sync()
-    principal = rig.read_model.verify(beas)
+    principal = rig.verifier.verify(beas)
     assert principal is not None
     assert (principal.role, principal.can_generate_tokens) == (ADMIN, False)
 
@@ -373,7 +380,7 @@ def test_token_issued_is_looked_up_by_its_hash_and_listed(rig):
         (s, created_ms)
     ]
     assert rig.hash(b"m:", owner) == {s: b" deploy"}  # lastUsed (none yet) and description
-    items, count = rig.read_model.list_tokens(world.admin_id, limit=10, offset=0)
+    items, count = rig.listings.list_tokens(world.admin_id, limit=10, offset=0)
     assert count == 1
     assert [i["token_id"] for i in items] == [str(info["token_id"])]  # as the wire writes it
     assert items[0]["description"] == "deploy"
@@ -388,7 +395,7 @@ def test_token_deleted_is_refused_and_unlisted_and_leaves_a_tombstone(rig):
     rig.ledger.delete_token(world.as_(world.admin_id), gone_info["token_id"])
     rig.sync()
     assert (rig.status(kept), rig.status(gone)) == ("valid", "refused")
-    items, count = rig.read_model.list_tokens(world.admin_id, limit=10, offset=0)
+    items, count = rig.listings.list_tokens(world.admin_id, limit=10, offset=0)
     assert (count, [i["token_id"] for i in items]) == (1, [str(kept_info["token_id"])])
     sha = bytes.fromhex(tokens.digest(gone))
     if rig.path == "read-your-writes":
@@ -407,14 +414,14 @@ def test_an_expired_token_loses_its_lookup_and_stays_listed_until_deleted(rig, r
     value, info = world.issue(description="nightly", lifetime_seconds=60)
     rig.sync()
     assert rig.status(value) == "valid"
-    used_at = rig.read_model.last_used(info["token_hash"])
+    used_at = rig.listings.last_used(info["token_hash"])
     assert rig.projector.flush_usage() == 1  # durable, so that a rebuild restores it
     sha = bytes.fromhex(info["token_hash"])
     redis_clock.advance(seconds=61)
     rig.sync()
     assert rig.redis.exists(key(rig, b"t:", sha)) == 0
     assert rig.status(value) == "refused"
-    (item,), count = rig.read_model.list_tokens(world.admin_id, limit=10, offset=0)
+    (item,), count = rig.listings.list_tokens(world.admin_id, limit=10, offset=0)
     assert count == 1
     assert (item["token_id"], item["status"], item["description"]) == (
         str(info["token_id"]),
@@ -424,12 +431,12 @@ def test_an_expired_token_loses_its_lookup_and_stays_listed_until_deleted(rig, r
     assert used_at is not None
     assert item["last_used"] == timestamp(used_at)
     assert item["expires_at"] == timestamp(info["expires_at"])
-    assert rig.read_model.list_tokens(world.admin_id, limit=10, offset=0, status="expired")[1] == 1
+    assert rig.listings.list_tokens(world.admin_id, limit=10, offset=0, status="expired")[1] == 1
 
     rig.ledger.delete_token(world.as_(world.admin_id), info["token_id"])
     rig.sync()
     rig.projector.run_once()
-    assert rig.read_model.list_tokens(world.admin_id, limit=10, offset=0) == ([], 0)
+    assert rig.listings.list_tokens(world.admin_id, limit=10, offset=0) == ([], 0)
     assert rig.status(value) == "refused"
     assert mentions(rig.redis, sha[:16]) == mentions(rig.redis, info["token_id"].bytes) == []
     assert dump(rig.redis, generation_only=True).keys() == {
@@ -440,41 +447,41 @@ def test_an_expired_token_loses_its_lookup_and_stays_listed_until_deleted(rig, r
     }
 
 
-def test_a_late_issue_never_brings_a_deleted_token_back(passwords):
+def test_a_late_issue_never_brings_a_deleted_token_back():
     """An API process that stalls between saving a token and writing it to Redis, while
     another deletes it and the projector passes both: its late write changes nothing, however
     the tombstone has gone (the projector clears it) and whichever order the writes come in."""
-    rig = Rig(passwords, "projector")  # the ledger writes to the store; the test to Redis
+    rig = Rig("projector")  # the ledger writes to the store; the test to Redis
     world = rig.world()
     value, info = world.issue()
     rig.ledger.delete_token(world.as_(world.admin_id), info["token_id"])
     issued, deleted = rig.saved[-2:]
-    rm = rig.read_model
+    writer = rig.writer
 
-    rm.apply_aggregates(deleted)  # the deleting process, ahead of everyone
-    rm.apply_aggregates(issued)  # the issuing one, late: the tombstone refuses it
+    writer.apply_saved(deleted)  # the deleting process, ahead of everyone
+    writer.apply_saved(issued)  # the issuing one, late: the tombstone refuses it
     assert rig.status(value) == "refused"
     rig.projector.run_once()  # passes both, and clears the tombstone
-    rm.apply_aggregates(issued)  # later still: its position refuses it
+    writer.apply_saved(issued)  # later still: its position refuses it
     assert rig.status(value) == "refused"
-    events = rig.stored()
-    for position, event in reversed(list(enumerate(events, start=1))):
-        rm.apply_events([event], position, rm.generation() or 0)  # old batches, replayed
+    stored = rig.stored()
+    for position, event in reversed(list(enumerate(stored, start=1))):
+        writer.apply_events([event], position, rig.generations.generation() or 0)  # old batches
     assert rig.status(value) == "refused"
-    assert rm.list_tokens(world.admin_id, limit=10, offset=0) == ([], 0)
+    assert rig.listings.list_tokens(world.admin_id, limit=10, offset=0) == ([], 0)
     sha = bytes.fromhex(info["token_hash"])
     assert mentions(rig.redis, sha[:16]) == mentions(rig.redis, info["token_id"].bytes) == []
 
 
-def test_every_read_model_key_shares_one_hash_tag(passwords):
+def test_every_read_model_key_shares_one_hash_tag():
     """Redis Cluster: every key the scripts touch is in the slot of `{tl}:gen`, the key each
     of them declares."""
-    rig = Rig(passwords, "read-your-writes")
+    rig = Rig("read-your-writes")
     busy_world(rig)
     assert rig.projector.rebuild() is not None
-    keys = [k for k in rig.redis.scan_iter() if not k.startswith(b"tl:attempts:")]
-    assert len(keys) > 10
-    assert {key_slot(k) for k in keys} == {key_slot(readmodel.GENERATION.encode())}
+    found = [k for k in rig.redis.scan_iter() if not k.startswith(b"tl:attempts:")]
+    assert len(found) > 10
+    assert {key_slot(k) for k in found} == {key_slot(keys.GENERATION.encode())}
 
 
 def test_delete_all_tokens_refuses_every_one_of_them(rig):
@@ -483,19 +490,19 @@ def test_delete_all_tokens_refuses_every_one_of_them(rig):
     assert rig.ledger.delete_all_tokens(world.as_(world.admin_id)) == 3
     rig.sync()
     assert [rig.status(v) for v in values] == ["refused"] * 3
-    assert rig.read_model.list_tokens(world.admin_id, limit=10, offset=0) == ([], 0)
+    assert rig.listings.list_tokens(world.admin_id, limit=10, offset=0) == ([], 0)
 
 
 def test_the_live_generation_comes_with_its_position_in_one_read(live):
     live.redis.flushall()
-    assert live.read_model.live() is None
-    assert live.read_model.position() is None
+    assert live.generations.live() is None
+    assert live.generations.position() is None
     live.world()
     live.projector.run_once()
-    generation = live.read_model.generation()
+    generation = live.generations.generation()
     assert generation is not None
-    assert live.read_model.live() == (generation, live.head())
-    assert live.read_model.position() == live.read_model.position(generation) == live.head()
+    assert live.generations.live() == (generation, live.head())
+    assert live.generations.position() == live.generations.position(generation) == live.head()
 
 
 def test_a_lockout_moves_the_position_and_nothing_else(rig):
@@ -503,7 +510,7 @@ def test_a_lockout_moves_the_position_and_nothing_else(rig):
     value, _ = world.issue()
     rig.projector.run_once()
     before = dump(rig.redis, generation_only=True)
-    position = rig.read_model.position()
+    position = rig.generations.position()
     for _ in range(USERNAME_LIMIT.limit):
         with pytest.raises(AuthenticationFailed):
             rig.ledger.authenticate("max", "not the password at all", AuditContext("password"))
@@ -511,7 +518,7 @@ def test_a_lockout_moves_the_position_and_nothing_else(rig):
     rig.sync()
     rig.projector.run_once()
     after = dump(rig.redis, generation_only=True)
-    assert rig.read_model.position() == position + 1 == rig.head()
+    assert rig.generations.position() == position + 1 == rig.head()
     assert {k: v for k, v in after.items() if k != b"{tl}:G:pos"} == {
         k: v for k, v in before.items() if k != b"{tl}:G:pos"
     }
@@ -523,7 +530,7 @@ def test_a_usage_report_restores_last_used_on_a_rebuild(rig, redis_clock):
     value, info = world.issue()
     rig.projector.run_once()
     assert rig.status(value) == "valid"
-    used_at = rig.read_model.last_used(info["token_hash"])
+    used_at = rig.listings.last_used(info["token_hash"])
     assert used_at is not None
     assert rig.projector.flush_usage() == 1
     rig.sync()
@@ -532,8 +539,8 @@ def test_a_usage_report_restores_last_used_on_a_rebuild(rig, redis_clock):
     assert report.last_used == {info["token_hash"]: int(used_at.timestamp() * 1000)}
     rig.redis.flushall()
     rig.projector.run_once()  # not ready: rebuilds from the store
-    assert rig.read_model.last_used(info["token_hash"]) == used_at
-    items, _ = rig.read_model.list_tokens(world.admin_id, limit=1, offset=0)
+    assert rig.listings.last_used(info["token_hash"]) == used_at
+    items, _ = rig.listings.list_tokens(world.admin_id, limit=1, offset=0)
     assert items[0]["last_used"] == timestamp(used_at)
 
 
@@ -563,8 +570,8 @@ def situations(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(situation=situations())
-def test_rule_4_in_redis_is_rule_4_in_the_domain(passwords, situation):
-    rig = Rig(passwords, situation["path"])
+def test_rule_4_in_redis_is_rule_4_in_the_domain(situation):
+    rig = Rig(situation["path"])
     world = rig.world()
     ledger = rig.ledger
     owner = ledger.add_person(CLI, "owner", PASSWORD, ADMIN, world.workspace_id)
@@ -599,7 +606,7 @@ def test_rule_4_in_redis_is_rule_4_in_the_domain(passwords, situation):
     clock = RedisClock()
     clock.fixed_ms = int(now.timestamp() * 1000)
     with clock.running():
-        principal = rig.read_model.verify(value)
+        principal = rig.verifier.verify(value)
     assert (principal is not None) == token_is_usable(token, person, workspace, now)
     if principal is not None:
         assert (principal.token_id, principal.person_id, principal.workspace_id) == (
@@ -623,7 +630,7 @@ def test_an_issue_applied_again_after_the_token_expired_changes_nothing(live, re
     before = dump(live.redis)
     assert any(b"m:" in k for k in before)  # lastUsed and description, kept with the listing
 
-    live.read_model.apply_aggregates(issued)
+    live.writer.apply_saved(issued)
     assert dump(live.redis) == before
     assert live.status(value) == "refused"
 
@@ -640,9 +647,9 @@ def test_a_token_expires_at_its_expired_at_to_the_millisecond(live, redis_clock)
     ):
         redis_clock.fixed_ms = now_ms
         assert live.status(value) == answer
-        (item,), _ = live.read_model.list_tokens(world.admin_id, limit=1, offset=0)
+        (item,), _ = live.listings.list_tokens(world.admin_id, limit=1, offset=0)
         assert item["status"] == listed
-        assert live.read_model.list_tokens(world.admin_id, limit=1, offset=0, status=listed)[1] == 1
+        assert live.listings.list_tokens(world.admin_id, limit=1, offset=0, status=listed)[1] == 1
 
 
 # Rule 5: effective when the command returns, on the API path alone.
@@ -652,7 +659,7 @@ def test_rule_5_every_command_takes_effect_before_it_returns(live):
     world = live.world()
     admin = world.as_(world.admin_id)
     ledger = live.ledger
-    position = live.read_model.position()
+    position = live.generations.position()
 
     value, info = world.issue()
     assert live.status(value) == "valid"
@@ -678,7 +685,63 @@ def test_rule_5_every_command_takes_effect_before_it_returns(live):
     ledger.delete_token(admin, info["token_id"])
     assert live.status(value) == "refused"
     # All of it without the projector: its position has not moved.
-    assert live.read_model.position() == position
+    assert live.generations.position() == position
+
+
+def test_the_saves_and_batches_that_may_revoke_are_those_the_catalogue_says():
+    """Rule 5 empties the verification caches after a write that may stop a token verifying:
+    the catalogue's `revokes` decides which, for the API's saves (`Saved.revokes`) and for
+    the projector's batches (`Batch.revokes`) alike."""
+    rig = Rig("read-your-writes")
+    world = rig.world()  # workspace created, people added
+    assert len(rig.saved) == 3
+    assert [saved.revokes for saved in rig.saved] == [False] * 3
+    assert not Batch.of(rig.stored(), rig.head()).revokes
+    admin = world.as_(world.admin_id)
+    ledger = rig.ledger
+    _, info = world.issue()
+    used, _ = world.issue()
+    assert rig.status(used) == "valid"  # a lastUsed for the flush below to make durable
+
+    def bad_logins() -> None:
+        for _ in range(USERNAME_LIMIT.limit):
+            with pytest.raises(AuthenticationFailed):
+                ledger.authenticate("max", "not the password at all", AuditContext("password"))
+
+    def member(**change: Any) -> Callable[[], object]:
+        return lambda: ledger.update_person(admin, world.member_id, **change)
+
+    def setting_changed() -> None:
+        ledger.change_settings(admin, {"maxTokenLifetimeDays": 9})
+
+    def password_changed() -> None:
+        ledger.change_password(admin, PASSWORD, "another long passphrase")
+
+    commands: list[tuple[str, Callable[[], object], bool]] = [  # (what, command, revokes)
+        ("token issued", lambda: world.issue(), False),
+        ("token deleted", lambda: ledger.delete_token(admin, info["token_id"]), True),
+        ("person disabled", member(disabled=True), True),
+        ("person enabled", member(disabled=False), False),
+        ("role changed", member(role=VERIFIER), True),
+        ("token permission changed", member(can_generate_tokens=True), True),
+        ("setting changed", setting_changed, True),
+        ("password changed", password_changed, False),
+        ("usage recorded", lambda: rig.projector.flush_usage(), False),
+        ("lockout started", bad_logins, False),
+        ("all tokens deleted", lambda: ledger.delete_all_tokens(admin), True),
+    ]
+    for name, command, revokes in commands:
+        saves, head = len(rig.saved), rig.head()
+        command()
+        assert len(rig.saved) == saves + 1, name
+        new = rig.stored()[head:]
+        assert new, name
+        assert {events.BY_TOPIC[stored.topic].revokes for stored in new} == {revokes}, name
+        assert rig.saved[-1].revokes is revokes, name
+        assert Batch.of(new, rig.head()).revokes is revokes, name
+    # A batch revokes when any of its events may: one issue and one deletion, say.
+    issued_then_deleted = [e for e in rig.stored() if e.originator_id == info["token_id"]]
+    assert Batch.of(issued_then_deleted, rig.head()).revokes
 
 
 # Rule 7: listings.
@@ -691,7 +754,7 @@ def test_rule_7_listings_newest_first_paged_and_counted(live, redis_clock):
         issued.append(world.issue(description=f"t{n}", lifetime_seconds=60 * (n + 1))[1])
         time.sleep(0.002)  # distinct milliseconds, so "newest first" is unambiguous
     newest_first = [str(i["token_id"]) for i in reversed(issued)]  # as the wire writes ids
-    rm = live.read_model
+    rm = live.listings
 
     items, count = rm.list_tokens(world.admin_id, limit=100, offset=0)
     assert count == 7
@@ -735,7 +798,7 @@ def test_rule_7_listings_newest_first_paged_and_counted(live, redis_clock):
 
 @given(st.binary(min_size=16, max_size=16))
 def test_listed_ids_are_written_as_uuids_are(raw):
-    assert readmodel._uuid_text(raw) == str(UUID(bytes=raw))
+    assert keys.uuid_text(raw) == str(UUID(bytes=raw))
 
 
 def test_listings_are_per_person_and_show_last_used(live, redis_clock):
@@ -745,10 +808,10 @@ def test_listings_are_per_person_and_show_last_used(live, redis_clock):
     maxs, maxs_info = world.issue(world.member_id)
     redis_clock.fixed_ms = int(time.time() * 1000) + 5000
     assert live.status(maxs) == "valid"
-    (item,), _ = live.read_model.list_tokens(world.member_id, limit=10, offset=0)
+    (item,), _ = live.listings.list_tokens(world.member_id, limit=10, offset=0)
     assert item["token_id"] == str(maxs_info["token_id"])
     assert item["last_used"] == timestamp(datetime.fromtimestamp(redis_clock.fixed_ms / 1000, UTC))
-    (item,), _ = live.read_model.list_tokens(world.admin_id, limit=10, offset=0)
+    (item,), _ = live.listings.list_tokens(world.admin_id, limit=10, offset=0)
     assert (item["token_id"], item["last_used"]) == (str(ada_info["token_id"]), None)
 
 
@@ -756,10 +819,10 @@ def test_listings_are_per_person_and_show_last_used(live, redis_clock):
 
 
 def key(rig: Rig, kind: bytes, subject: bytes) -> bytes:
-    """A key of the live generation (the layout of readmodel.py)."""
-    generation = rig.read_model.generation()
+    """A key of the live generation (the layout of projections/keys.py)."""
+    generation = rig.generations.generation()
     assert generation is not None
-    return readmodel._key(generation, kind, subject)
+    return keys.key(generation, kind, subject)
 
 
 def busy_world(rig: Rig) -> World:
@@ -785,23 +848,23 @@ def busy_world(rig: Rig) -> World:
     return world
 
 
-def test_applying_events_twice_or_late_changes_nothing(passwords):
-    rig = Rig(passwords, "projector")
+def test_applying_events_twice_or_late_changes_nothing():
+    rig = Rig("projector")
     busy_world(rig)
     rig.projector.run_once()
-    generation = rig.read_model.generation()
+    generation = rig.generations.generation()
     head = rig.head()
-    assert rig.read_model.position() == head
+    assert rig.generations.position() == head
     expected = dump(rig.redis)
 
-    events = rig.stored()
-    assert rig.read_model.apply_events(events, head, generation)
+    stored = rig.stored()
+    assert rig.writer.apply_events(stored, head, generation)
     assert dump(rig.redis) == expected
-    for position, event in enumerate(events, start=1):  # again, one by one
-        rig.read_model.apply_events([event], position, generation)
+    for position, event in enumerate(stored, start=1):  # again, one by one
+        rig.writer.apply_events([event], position, generation)
     assert dump(rig.redis) == expected
-    for position, event in reversed(list(enumerate(events, start=1))):  # older after newer
-        rig.read_model.apply_events([event], position, generation)
+    for position, event in reversed(list(enumerate(stored, start=1))):  # older after newer
+        rig.writer.apply_events([event], position, generation)
     assert dump(rig.redis) == expected
     # And a whole projector round over it all again, from position 0.
     rig.redis.set(f"{{tl}}:{generation}:pos", 0)
@@ -822,12 +885,12 @@ class ReversingCipher:
         return ciphertext[::-1]
 
 
-def test_the_projector_never_steps_over_an_event_still_to_appear(passwords, monkeypatch):
+def test_the_projector_never_steps_over_an_event_still_to_appear(monkeypatch):
     """On PostgreSQL an event can become visible after one with a higher position. The hole it
     leaves makes the projector read no further than the store's horizon (which waits for the
     inserts in flight); the API's own write of it, late and older than the position, is refused,
     so the projector is the one to apply it. Without a hole, no horizon is needed."""
-    rig = Rig(passwords, "projector")
+    rig = Rig("projector")
     world = rig.world()
     rig.sync()
     recorder, ledger = rig.ledger.recorder, rig.ledger
@@ -857,14 +920,13 @@ def test_the_projector_never_steps_over_an_event_still_to_appear(passwords, monk
     assert len(horizons) == 1
 
 
-def test_the_projector_reads_events_that_the_store_compresses_and_encrypts(passwords):
+def test_the_projector_reads_events_that_the_store_compresses_and_encrypts(monkeypatch):
     """ops_for_event reads the transcoder's JSON, so the projector undoes the store's
-    compressor and cipher first, as the library's mapper would."""
-    sealed = {
-        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
-        "CIPHER_TOPIC": f"{__name__}:ReversingCipher",
-    }
-    rig = Rig(passwords, env=sealed)
+    compressor and cipher first, as the library's mapper would. The library reads both from
+    the environment, as a deployment would set them."""
+    monkeypatch.setenv("COMPRESSOR_TOPIC", "eventsourcing.compressor:ZlibCompressor")
+    monkeypatch.setenv("CIPHER_TOPIC", f"{__name__}:ReversingCipher")
+    rig = Rig()
     busy_world(rig)
     with pytest.raises(ValueError):
         orjson.loads(rig.stored()[0].state)
@@ -878,34 +940,37 @@ def test_the_projector_reads_events_that_the_store_compresses_and_encrypts(passw
     assert rebuilt == {k: v for k, v in live.items() if k not in tombstones}
 
 
-def test_the_api_path_and_the_projector_path_commute(passwords):
-    """apply_aggregates (each save's aggregates) and apply_events (the store, in order) give the
+def fresh_writer() -> Writer:
+    """A writer on a Redis of its own, with an empty first generation live."""
+    redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    generations_ = Generations(redis)
+    generation = generations_.begin_rebuild()
+    assert generation is not None and generations_.finish_rebuild(generation)
+    return Writer(redis)
+
+
+def test_the_api_path_and_the_projector_path_commute():
+    """apply_saved (each save's aggregates) and apply_events (the store, in order) give the
     same keys, whichever runs first."""
-    source = Rig(passwords, "projector")
+    source = Rig("projector")
     busy_world(source)
-    events = source.stored()
+    stored = source.stored()
     head = source.head()
 
-    def fresh() -> ReadModel:
-        rm = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
-        generation = rm.begin_rebuild()
-        assert generation is not None and rm.finish_rebuild(generation)
-        return rm
-
-    events_only = fresh()
-    assert events_only.apply_events(events, head, 1)
-    aggregates_first = fresh()
+    events_only = fresh_writer()
+    assert events_only.apply_events(stored, head, 1)
+    aggregates_first = fresh_writer()
     for saved in source.saved:
-        aggregates_first.apply_aggregates(saved)
-    assert aggregates_first.apply_events(events, head, 1)
-    events_first = fresh()
-    assert events_first.apply_events(events, head, 1)
+        aggregates_first.apply_saved(saved)
+    assert aggregates_first.apply_events(stored, head, 1)
+    events_first = fresh_writer()
+    assert events_first.apply_events(stored, head, 1)
     for saved in source.saved:
-        events_first.apply_aggregates(saved)
-    aggregates_reversed = fresh()
+        events_first.apply_saved(saved)
+    aggregates_reversed = fresh_writer()
     for saved in reversed(source.saved):  # whole states: any order, the newest wins
-        aggregates_reversed.apply_aggregates(saved)
-    assert aggregates_reversed.apply_events(events, head, 1)
+        aggregates_reversed.apply_saved(saved)
+    assert aggregates_reversed.apply_events(stored, head, 1)
 
     expected = dump(events_only.redis)
     assert dump(aggregates_first.redis) == expected
@@ -915,32 +980,26 @@ def test_the_api_path_and_the_projector_path_commute(passwords):
 
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
-def test_any_interleaving_of_api_writes_with_the_projector_gives_the_same_keys(passwords, data):
-    source = Rig(passwords, "projector")
+def test_any_interleaving_of_api_writes_with_the_projector_gives_the_same_keys(data):
+    source = Rig("projector")
     busy_world(source)
-    events = list(enumerate(source.stored(), start=1))
+    stored = list(enumerate(source.stored(), start=1))
     saves = data.draw(st.permutations(source.saved), label="saves")
     order = data.draw(
-        st.permutations(["e"] * len(events) + ["s"] * len(saves)), label="interleaving"
+        st.permutations(["e"] * len(stored) + ["s"] * len(saves)), label="interleaving"
     )
 
-    def fresh() -> ReadModel:
-        rm = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
-        generation = rm.begin_rebuild()
-        assert generation is not None and rm.finish_rebuild(generation)
-        return rm
-
-    expected_rm = fresh()
-    expected_rm.apply_events([e for _, e in events], len(events), 1)
-    mixed = fresh()
-    pending_events, pending_saves = iter(events), iter(saves)
+    expected = fresh_writer()
+    expected.apply_events([e for _, e in stored], len(stored), 1)
+    mixed = fresh_writer()
+    pending_events, pending_saves = iter(stored), iter(saves)
     for step in order:
         if step == "e":
             position, event = next(pending_events)
             mixed.apply_events([event], position, 1)
         else:
-            mixed.apply_aggregates(next(pending_saves))
-    assert dump(mixed.redis) == dump(expected_rm.redis)
+            mixed.apply_saved(next(pending_saves))
+    assert dump(mixed.redis) == dump(expected.redis)
 
 
 # Malformed values cost no I/O; a well-formed one costs one round trip.
@@ -971,7 +1030,7 @@ def test_malformed_values_are_refused_without_touching_redis(live):
     assert live.status(value) == "valid"
     live.redis.refuse = True  # any command now fails the test
     for why, bad in mutations(value).items():
-        assert live.read_model.verify(bad) is None, why
+        assert live.verifier.verify(bad) is None, why
     live.redis.refuse = False
 
 
@@ -979,7 +1038,7 @@ def test_a_well_formed_value_costs_exactly_one_redis_command(live):
     world = live.world()
     value, _ = world.issue()
     unknown = Secret(tokens.generate("tlk"))
-    live.read_model.verify(unknown)  # loads the script once
+    live.verifier.verify(unknown)  # loads the script once
     for candidate, expected in ((value, "valid"), (unknown, "refused"), (value, "valid")):
         live.redis.commands.clear()
         assert live.status(candidate) == expected
@@ -995,11 +1054,11 @@ def test_verification_survives_redis_losing_its_scripts(live):
     assert live.status(Secret(tokens.generate("tlk"))) == "refused"
 
 
-def test_a_token_of_another_deployment_prefix_is_refused_without_io(passwords):
-    rig = Rig(passwords)
+def test_a_token_of_another_deployment_prefix_is_refused_without_io():
+    rig = Rig()
     world = rig.world()
     value, _ = world.issue()
-    other = ReadModel(rig.redis, "acme")
+    other = Verifier(rig.redis, "acme")
     rig.redis.refuse = True
     assert other.verify(value) is None
     rig.redis.refuse = False
@@ -1008,13 +1067,18 @@ def test_a_token_of_another_deployment_prefix_is_refused_without_io(passwords):
 # The projector's followers (the audit trail) keep up on a thread of their own.
 
 
-def following(passwords: Any, follower: Any) -> tuple[Ledger, ReadModel, Projector]:
-    ledger = make_ledger("memory://", passwords)  # only the projector writes to Redis
-    read_model = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
-    return ledger, read_model, Projector(ledger, read_model, followers=[follower])
+def following(follower: Any) -> Services:
+    """The projector's process, its follower handed in; only the projector writes to Redis."""
+    return build(
+        SETTINGS,
+        Role.PROJECTOR,
+        redis=fakeredis.FakeRedis(server=fakeredis.FakeServer()),
+        followers=[follower],
+        tuning=Tuning(read_your_writes=False),
+    )
 
 
-def test_a_slow_follower_does_not_hold_the_read_models_back(passwords):
+def test_a_slow_follower_does_not_hold_the_read_models_back():
     stuck, released = threading.Event(), threading.Event()
 
     def slow() -> int:
@@ -1022,7 +1086,8 @@ def test_a_slow_follower_does_not_hold_the_read_models_back(passwords):
         released.wait(10)  # an audit catch-up stuck in a long transaction
         return 0
 
-    ledger, read_model, projector = following(passwords, slow)
+    services = following(slow)
+    ledger, projector = services.ledger, services.projector
     workspace_id = ledger.create_workspace("acme", CLI)
     admin_id = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace_id)
     stop = threading.Event()
@@ -1031,7 +1096,7 @@ def test_a_slow_follower_does_not_hold_the_read_models_back(passwords):
     try:
         assert stuck.wait(10)
         value = Secret(ledger.issue_token(AuditContext("password", actor_id=admin_id)).value)
-        assert wait_for(lambda: status(read_model, value) == "valid")
+        assert wait_for(lambda: status(services.verifier, value) == "valid")
     finally:
         released.set()
         stop.set()
@@ -1039,11 +1104,11 @@ def test_a_slow_follower_does_not_hold_the_read_models_back(passwords):
     assert not runner.is_alive()
 
 
-def test_a_failing_follower_stops_the_projector_with_its_error(passwords):
+def test_a_failing_follower_stops_the_projector_with_its_error():
     def failing() -> int:
         raise RuntimeError("the audit trail's database went away")
 
-    _, _, projector = following(passwords, failing)
+    projector = following(failing).projector
     with pytest.raises(RuntimeError, match="went away"):
         projector.run_forever(threading.Event(), poll_seconds=0.02)
 
@@ -1051,31 +1116,36 @@ def test_a_failing_follower_stops_the_projector_with_its_error(passwords):
 # Not ready is not invalid.
 
 
-def test_a_fresh_redis_is_not_ready_until_the_projector_builds_it(passwords):
-    ledger = make_ledger("memory://", passwords)
+def test_a_fresh_redis_is_not_ready_until_the_projector_builds_it():
+    services = build(
+        SETTINGS,
+        Role.API,
+        redis=fakeredis.FakeRedis(server=fakeredis.FakeServer()),
+        followers=[],
+        tuning=Tuning(read_your_writes=False),  # the saves below reach the store alone
+    )
+    ledger = services.ledger
     workspace_id = ledger.create_workspace("acme", CLI)
     admin_id = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace_id)
     value, info = ledger.issue_token(AuditContext("password", actor_id=admin_id))
     value = Secret(value)
 
-    read_model = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
-    assert not read_model.is_ready()
-    assert status(read_model, value) == "not ready"
+    assert not services.generations.is_ready()
+    assert status(services.verifier, value) == "not ready"
     unknown = Secret(tokens.generate("tlk"))
-    assert status(read_model, unknown) == "not ready"
+    assert status(services.verifier, unknown) == "not ready"
     with pytest.raises(NotReady):
-        read_model.list_tokens(admin_id, limit=10, offset=0)
+        services.listings.list_tokens(admin_id, limit=10, offset=0)
     with pytest.raises(NotReady):
-        read_model.last_used(info["token_hash"])
+        services.listings.last_used(info["token_hash"])
     # Writes from an API process while nothing is built are dropped, not half-applied.
-    read_model.apply_aggregates([(ledger.repository.get(admin_id), 2)])
-    assert dump(read_model.redis) == {}
+    services.writer.apply_saved(Saved([(ledger.repository.get(admin_id), 2)], revokes=False))
+    assert dump(services.redis) == {}
 
-    projector = Projector(ledger, read_model)
-    assert projector.run_once() == ledger.recorder.max_notification_id()
-    assert read_model.is_ready()
-    assert status(read_model, value) == "valid"
-    assert read_model.list_tokens(admin_id, limit=10, offset=0)[1] == 1
+    assert services.projector.run_once() == ledger.recorder.max_notification_id()
+    assert services.generations.is_ready()
+    assert status(services.verifier, value) == "valid"
+    assert services.listings.list_tokens(admin_id, limit=10, offset=0)[1] == 1
 
 
 def test_a_flushed_redis_is_not_ready_then_rebuilds_by_itself(live):
@@ -1087,7 +1157,7 @@ def test_a_flushed_redis_is_not_ready_then_rebuilds_by_itself(live):
     live.redis.flushall()
     assert (live.status(good), live.status(bad)) == ("not ready", "not ready")
     with pytest.raises(NotReady):
-        live.read_model.list_tokens(world.admin_id, limit=10, offset=0)
+        live.listings.list_tokens(world.admin_id, limit=10, offset=0)
     # An API write while nothing is built goes nowhere; the rebuild brings it in.
     third, _ = world.issue()
     assert live.status(third) == "not ready"
@@ -1098,13 +1168,13 @@ def test_a_flushed_redis_is_not_ready_then_rebuilds_by_itself(live):
         "refused",
         "valid",
     )
-    assert live.read_model.position() == live.head()
-    assert live.read_model.list_tokens(world.admin_id, limit=10, offset=0)[1] == 2
+    assert live.generations.position() == live.head()
+    assert live.listings.list_tokens(world.admin_id, limit=10, offset=0)[1] == 2
     # The same keys as a model that was never flushed.
-    never_flushed = ReadModel(fakeredis.FakeRedis(server=fakeredis.FakeServer()), "tlk")
-    Projector(live.ledger, never_flushed).run_once()
+    never_flushed = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    live.projector_apart(never_flushed).run_once()
     assert dump(live.redis, generation_only=True, last_used=False) == dump(
-        never_flushed.redis, generation_only=True, last_used=False
+        never_flushed, generation_only=True, last_used=False
     )
 
 
@@ -1117,21 +1187,21 @@ def test_last_used_is_written_at_most_once_a_minute(live, redis_clock):
     sha = bytes.fromhex(info["token_hash"])
     start = int(time.time() * 1000)
     redis_clock.fixed_ms = start
-    assert live.read_model.last_used(info["token_hash"]) is None
+    assert live.listings.last_used(info["token_hash"]) is None
     assert live.status(value) == "valid"
-    assert live.read_model.last_used(info["token_hash"]) == readmodel._from_ms(start)
+    assert live.listings.last_used(info["token_hash"]) == keys.from_ms(start)
     assert live.redis.zscore("{tl}:used", sha) == start
 
     redis_clock.fixed_ms = start + LAST_USED_GRANULARITY_MS - 1
     live.redis.commands.clear()
     assert live.status(value) == "valid"
     assert live.redis.commands == ["EVALSHA"]
-    assert live.read_model.last_used(info["token_hash"]) == readmodel._from_ms(start)
+    assert live.listings.last_used(info["token_hash"]) == keys.from_ms(start)
     assert live.redis.zscore("{tl}:used", sha) == start
 
     redis_clock.fixed_ms = start + LAST_USED_GRANULARITY_MS
     assert live.status(value) == "valid"
-    assert live.read_model.last_used(info["token_hash"]) == readmodel._from_ms(
+    assert live.listings.last_used(info["token_hash"]) == keys.from_ms(
         start + LAST_USED_GRANULARITY_MS
     )
     assert live.redis.zscore("{tl}:used", sha) == start + LAST_USED_GRANULARITY_MS
@@ -1150,7 +1220,7 @@ def test_last_used_reaches_the_store_through_usage_reports(live, redis_clock):
     now_ms = redis_clock.fixed_ms = int(time.time() * 1000) + 5000
     assert (live.status(a), live.status(b)) == ("valid", "valid")
     head = live.head()
-    position = live.read_model.position()
+    position = live.generations.position()
 
     assert live.projector.flush_usage() == 2
     assert live.redis.exists("{tl}:used") == 0
@@ -1162,12 +1232,12 @@ def test_last_used_reaches_the_store_through_usage_reports(live, redis_clock):
     assert report.context["method"] == "system"
     assert live.projector.flush_usage() == 0  # nothing new: no event
     assert live.head() == head + 1
-    assert live.read_model.position() == position  # the projector has not run
+    assert live.generations.position() == position  # the projector has not run
 
     live.projector.rebuild()
-    assert live.read_model.generation() != 1
-    assert live.read_model.last_used(a_info["token_hash"]) == readmodel._from_ms(now_ms)
-    assert live.read_model.last_used(unused_info["token_hash"]) is None
+    assert live.generations.generation() != 1
+    assert live.listings.last_used(a_info["token_hash"]) == keys.from_ms(now_ms)
+    assert live.listings.last_used(unused_info["token_hash"]) is None
 
 
 def test_last_used_that_cannot_be_made_durable_is_kept_for_the_next_flush(live, redis_clock):
@@ -1191,7 +1261,7 @@ def test_the_projector_flushes_usage_on_its_own_often_enough(live):
     assert live.status(value) == "valid"
     live.projector.run_once()
     assert live.redis.zcard("{tl}:used") == 1  # not yet: the interval has not passed
-    eager = Projector(live.ledger, live.read_model, usage_flush_seconds=0)
+    eager = live.projector_apart(usage_flush_seconds=0)
     eager.run_once()
     assert live.redis.zcard("{tl}:used") == 0
     assert live.events()[-1].last_used.keys() == {info["token_hash"]}
@@ -1225,9 +1295,7 @@ def test_the_attempt_limiter_counts_within_the_window_blocks_and_clears():
 def test_five_failed_logins_lock_the_username_across_processes(live):
     live.world()
     # A second API process: its own ledger, the same Redis.
-    other = make_ledger(
-        "memory://", live.ledger.passwords, attempts=RedisAttemptLimiter(live.redis)
-    )
+    other = build(SETTINGS, Role.API, redis=live.redis, followers=[]).ledger
     ctx = AuditContext("password", ip="198.51.100.7")
     for n in range(USERNAME_LIMIT.limit):
         with pytest.raises(AuthenticationFailed):
@@ -1264,9 +1332,9 @@ def test_a_rebuild_switches_generations_and_drops_the_old_one(live):
     value, _ = world.issue()
     assert live.status(value) == "valid"
     before = dump(live.redis, generation_only=True, last_used=False)
-    old = live.read_model.generation()
+    old = live.generations.generation()
     assert live.projector.rebuild() == live.head()
-    new = live.read_model.generation()
+    new = live.generations.generation()
     assert new is not None and old is not None and new > old
     assert generations(live.redis) == {str(new).encode()}
     assert live.redis.get("{tl}:building") is None
@@ -1285,14 +1353,14 @@ def test_a_save_between_the_rebuilds_last_read_and_its_switch_is_not_lost(live, 
     admin = world.as_(world.admin_id)
     doomed, doomed_info = world.issue()
     late: list[Secret] = []
-    finish = live.read_model.finish_rebuild
+    finish = live.generations.finish_rebuild
 
     def save_then_finish(generation: int) -> bool:
         late.append(world.issue()[0])
         live.ledger.delete_token(admin, doomed_info["token_id"])
         return finish(generation)
 
-    monkeypatch.setattr(live.read_model, "finish_rebuild", save_then_finish)
+    monkeypatch.setattr(live.generations, "finish_rebuild", save_then_finish)
     assert live.projector.rebuild() is not None
     (issued_late,) = late
     assert (live.status(issued_late), live.status(doomed)) == ("valid", "refused")
@@ -1302,7 +1370,7 @@ def test_a_rebuild_that_died_leaves_nothing_behind_after_the_next_one(live, redi
     world = live.world()
     for _ in range(3):
         world.issue()
-    dying = Projector(live.ledger, live.read_model, batch_size=2)
+    dying = live.projector_apart(batch_size=2)
 
     def die(position: int, head: int) -> None:
         raise KeyboardInterrupt  # the process is killed mid-rebuild
@@ -1317,13 +1385,13 @@ def test_a_rebuild_that_died_leaves_nothing_behind_after_the_next_one(live, redi
     redis_clock.advance(seconds=2)
 
     assert live.projector.rebuild() is not None
-    assert generations(live.redis) == {str(live.read_model.generation()).encode()}
+    assert generations(live.redis) == {str(live.generations.generation()).encode()}
 
 
 def test_a_rebuild_whose_keys_are_flushed_does_not_claim_success(live):
     world = live.world()
     value, _ = world.issue()
-    rebuilder = Projector(live.ledger, live.read_model, batch_size=1)
+    rebuilder = live.projector_apart(batch_size=1)
     flushed = []
 
     def flush(position: int, head: int) -> None:
@@ -1332,7 +1400,7 @@ def test_a_rebuild_whose_keys_are_flushed_does_not_claim_success(live):
             flushed.append(position)
 
     assert rebuilder.rebuild(progress=flush) is None
-    assert not live.read_model.is_ready()
+    assert not live.generations.is_ready()
     assert live.status(value) == "not ready"
     live.projector.run_once()
     assert live.status(value) == "valid"
@@ -1341,14 +1409,14 @@ def test_a_rebuild_whose_keys_are_flushed_does_not_claim_success(live):
 def test_only_one_rebuild_at_a_time(live):
     world = live.world()
     world.issue()
-    claimed = live.read_model.begin_rebuild()
+    claimed = live.generations.begin_rebuild()
     assert claimed is not None
     assert live.projector.rebuild() is None
-    assert live.read_model.finish_rebuild(claimed)
+    assert live.generations.finish_rebuild(claimed)
 
 
-def test_verification_answers_correctly_throughout_a_rebuild(passwords):
-    rig = Rig(passwords, "read-your-writes", batch_size=1)
+def test_verification_answers_correctly_throughout_a_rebuild():
+    rig = Rig("read-your-writes", batch_size=1)
     world = rig.world()
     admin = world.as_(world.admin_id)
     expected: dict[Secret, str] = {}
@@ -1378,14 +1446,14 @@ def test_verification_answers_correctly_throughout_a_rebuild(passwords):
             expected[value] = "refused"
             assert rig.status(value) == "refused"
 
-    old = rig.read_model.generation()
+    old = rig.generations.generation()
     rig.projector.rebuild(progress=during)
     assert steps >= 10
-    assert rig.read_model.generation() != old
+    assert rig.generations.generation() != old
     for value, answer in expected.items():
         assert rig.status(value) == answer
     listed = {
-        i["token_id"] for i in rig.read_model.list_tokens(world.admin_id, limit=500, offset=0)[0]
+        i["token_id"] for i in rig.listings.list_tokens(world.admin_id, limit=500, offset=0)[0]
     }
     assert listed == {str(t["token_id"]) for t in rig.ledger.list_tokens(admin)}
 
@@ -1424,10 +1492,10 @@ COMMANDS = st.one_of(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(commands=st.lists(COMMANDS, max_size=30))
-def test_rebuild_equivalence(passwords, commands):
+def test_rebuild_equivalence(commands):
     """After any sequence of commands, the read model built as they happened equals one
     rebuilt from the events, key for key (lastUsed aside)."""
-    rig = Rig(passwords)
+    rig = Rig()
     world = rig.world()
     ledger = rig.ledger
     people = {
@@ -1498,62 +1566,70 @@ def run_command(
         pass  # refused commands are part of the story too: they must change nothing
 
 
-# Embedded mode: build_services with no LEDGER_REDIS_URL.
+# Embedded mode: an API process built with no LEDGER_REDIS_URL.
 
 
 @contextmanager
-def embedded(tmp_path: Any) -> Iterator[Any]:
+def embedded(tmp_path: Any) -> Iterator[Services]:
     settings_ = Settings(database_url=f"sqlite:///{tmp_path}/ledger.sqlite", argon2=FAST_ARGON2)
-    services = build_services(settings_)
+    services = build(settings_, Role.API)
     try:
         yield services
     finally:
         services.close()
 
 
-def test_build_services_wires_read_your_writes_and_the_shared_limiter(tmp_path):
+def test_build_wires_read_your_writes_and_the_shared_limiter(tmp_path):
     with embedded(tmp_path) as services:
         assert services.settings.embedded
         assert isinstance(services.redis, fakeredis.FakeRedis)
         assert isinstance(services.ledger.attempts, RedisAttemptLimiter)
         assert services.ledger.attempts.redis is services.redis
-        assert services.read_model.redis is services.redis
-        services.start_background()
-        assert services.read_model.is_ready()
+        # One process, one Redis: no verification cache, nothing to announce revocations to.
+        assert isinstance(services.verifier, Verifier) and services.cache is None
+        assert services.writer.revocations is None
+        for part in (services.verifier, services.listings, services.generations, services.writer):
+            assert part.redis is services.redis
+        assert services.projector.writer is services.writer
+        assert services.projector.generations is services.generations
+        services.start()
+        assert services.generations.is_ready()
         ledger = services.ledger
         workspace_id = ledger.create_workspace("acme", CLI)
         admin_id = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace_id)
         issued = ledger.issue_token(AuditContext("password", actor_id=admin_id))
         value = Secret(issued.value)
-        assert status(services.read_model, value) == "valid"
+        assert status(services.verifier, value) == "valid"
         ledger.delete_token(CLI, issued.info["token_id"])
-        assert status(services.read_model, value) == "refused"
+        assert status(services.verifier, value) == "refused"
 
 
 def test_embedded_mode_rebuilds_at_start_and_follows_other_writers(tmp_path, passwords):
     url = f"sqlite:///{tmp_path}/ledger.sqlite"
-    writer = make_ledger(url, passwords)  # e.g. the CLI: writes to the store only
+    writer = make_ledger(url, passwords)  # another process that writes to the store only
     workspace_id = writer.create_workspace("acme", CLI)
     admin_id = writer.add_person(CLI, "ada", PASSWORD, ADMIN, workspace_id)
     before = Secret(writer.issue_token(AuditContext("password", actor_id=admin_id)).value)
     with embedded(tmp_path) as services:
-        assert not services.read_model.is_ready()
-        services.start_background()
-        assert status(services.read_model, before) == "valid"
+        assert not services.generations.is_ready()
+        services.start()
+        assert status(services.verifier, before) == "valid"
         issued = writer.issue_token(AuditContext("password", actor_id=admin_id))
         after = Secret(issued.value)
-        assert wait_for(lambda: status(services.read_model, after) == "valid")
+        assert wait_for(lambda: status(services.verifier, after) == "valid")
         writer.delete_token(CLI, issued.info["token_id"])
-        assert wait_for(lambda: status(services.read_model, after) == "refused")
+        assert wait_for(lambda: status(services.verifier, after) == "refused")
         # A second process in embedded mode has a Redis of its own: nothing is shared.
         with embedded(tmp_path) as other:
-            assert not other.read_model.is_ready()
+            assert not other.generations.is_ready()
 
 
 def test_the_domain_topics_are_all_known_to_the_projection():
-    """Every event class the domain defines is either projected or deliberately ignored."""
-    known = set(readmodel.TOPICS.values()) | set(readmodel.PERSON_FIELD_TOPICS)
+    """Every event class the domain defines is in the catalogue, and either projected or
+    deliberately ignored; the person events that set one field are projected ones."""
+    known = events.PROJECTED_TOPICS
     ignored = {"ledger:Lockout.Started.v1"}
+    assert PERSON_FIELDS.keys() <= known
     defined = {
         get_topic(attribute)
         for aggregate in (Workspace, Person, Token, Lockout, UsageReport)
@@ -1562,6 +1638,7 @@ def test_the_domain_topics_are_all_known_to_the_projection():
     }
     defined = {topic for topic in defined if topic.endswith(".v1")}
     assert len(defined) == 12
+    assert defined == set(events.BY_TOPIC)
     assert defined - known == ignored
 
 
@@ -1582,7 +1659,7 @@ def test_a_rebuild_from_before_a_flush_cannot_go_live_with_a_gap(live):
         n for n, e in enumerate(events, start=1) if e.originator_id == early_info["token_id"]
     )
     b_events = events[:issued_at]  # B gets as far as early's Issued, not its Deleted
-    a = Projector(live.ledger, live.read_model, batch_size=3)
+    a = live.projector_apart(batch_size=3)
     steps = []
 
     def flush_then_b_begins(position: int, head: int) -> None:
@@ -1590,10 +1667,9 @@ def test_a_rebuild_from_before_a_flush_cannot_go_live_with_a_gap(live):
             return
         steps.append(position)  # A has applied the deletion; now Redis is flushed
         live.redis.flushall()
-        other_process = ReadModel(live.redis, "tlk")
-        b = other_process.begin_rebuild()  # B claims, and gets A's number
+        b = Generations(live.redis).begin_rebuild()  # B claims, and gets A's number
         assert b is not None
-        other_process.apply_events(b_events, len(b_events), b)  # B's first batch; B is slow
+        Writer(live.redis).apply_events(b_events, len(b_events), b)  # B's first batch; B is slow
 
     assert a.rebuild(progress=flush_then_b_begins) is None  # A did not go live
     assert steps
@@ -1604,7 +1680,7 @@ def test_a_rebuild_from_before_a_flush_cannot_go_live_with_a_gap(live):
     live.redis.delete("{tl}:building")
     live.projector.run_once()
     assert (live.status(early), live.status(kept)) == ("refused", "valid")
-    assert generations(live.redis) == {str(live.read_model.generation()).encode()}
+    assert generations(live.redis) == {str(live.generations.generation()).encode()}
 
 
 def test_a_rebuild_that_stalled_past_its_claim_leaves_the_rebuild_that_replaced_it_alone(
@@ -1615,9 +1691,9 @@ def test_a_rebuild_that_stalled_past_its_claim_leaves_the_rebuild_that_replaced_
     world = live.world()
     values = [world.issue()[0] for _ in range(6)]
     live.redis.flushall()
-    other_process = ReadModel(live.redis, "tlk")
-    b = Projector(live.ledger, other_process, batch_size=2)
-    a_apply = live.read_model.apply_batch
+    b = live.projector_apart(batch_size=2)
+    a = live.projector_apart(batch_size=2)
+    a_apply = a.writer.apply_batch
     results: dict[str, int | None] = {}
 
     def a_stalls_after_its_first_batch(*args: Any) -> bool:
@@ -1627,11 +1703,10 @@ def test_a_rebuild_that_stalled_past_its_claim_leaves_the_rebuild_that_replaced_
             results["b"] = b.rebuild()  # B claims, rebuilds and goes live meanwhile
         return written
 
-    monkeypatch.setattr(live.read_model, "apply_batch", a_stalls_after_its_first_batch)
-    a = Projector(live.ledger, live.read_model, batch_size=2)
+    monkeypatch.setattr(a.writer, "apply_batch", a_stalls_after_its_first_batch)
     results["a"] = a.rebuild()
     assert results["b"] is not None  # B went live
     assert results["a"] is None  # and A, which lost its claim, did not
     assert live.redis.get("{tl}:building") is None
     assert [live.status(v) for v in values] == ["valid"] * 6
-    assert generations(live.redis) == {str(live.read_model.generation()).encode()}
+    assert generations(live.redis) == {str(live.generations.generation()).encode()}

@@ -1,8 +1,9 @@
 """The verification cache (projections/verification_cache.py), on fakeredis and `memory://`.
 
-Two API processes share one Redis, each with its read model and its cache; the ledger's writes go
-through the first, as an API call's would. A token a process verified is then answered from its
-memory, and whatever revokes it is refused by both the moment the write returns (Rule 5).
+Two API processes share one Redis, each built by `bootstrap.build` with its verifier and its
+cache; the ledger's writes go through the first, as an API call's would. A token a process
+verified is then answered from its memory, and whatever revokes it is refused by both the moment
+the write returns (Rule 5).
 """
 
 from __future__ import annotations
@@ -17,24 +18,24 @@ from uuid import UUID
 import fakeredis
 import pytest
 
+from bootstrap import Role, Services, Tuning, build
 from ledger.application import Ledger
-from ledger.config import database_env
+from ledger.config import Settings
 from ledger.domainmodel import ADMIN, MEMBER, AuditContext
 from projections import verification_cache
-from projections.attempts import RedisAttemptLimiter
-from projections.projector import Projector
-from projections.readmodel import Principal, ReadModel
-from projections.verification_cache import (
-    REGISTRY,
-    REGISTRY_SINCE,
-    Revocations,
-    VerificationCache,
-)
-from tests.conftest import PASSWORD
+from projections.revocations import REGISTRY, REGISTRY_SINCE
+from projections.verification_cache import CachingVerifier
+from projections.verifier import Principal
+from tests.conftest import FAST_ARGON2, PASSWORD
 from tests.read_model_support import Secret
 
 LEASE, RENEW = 0.5, 0.05
 CLI = AuditContext.cli()
+# A Redis server's URL, so that the processes cache verifications; never connected to, as each
+# is handed fakeredis clients.
+SETTINGS = Settings(
+    database_url="memory://", redis_url="redis://redis.invalid:6379/0", argon2=FAST_ARGON2
+)
 
 
 def eventually(condition: Callable[[], bool], within: float = 5.0) -> bool:
@@ -47,49 +48,49 @@ def eventually(condition: Callable[[], bool], within: float = 5.0) -> bool:
 
 
 class Process:
-    """One API process: a Redis client, a read model that announces revocations, and a cache
-    whose subscription runs on a thread, as `Services.start_background` starts it."""
+    """One API process as `bootstrap.build` makes it: a Redis client, a writer that announces
+    revocations, and a cache whose subscription runs on a thread once `start`ed. Its ledger
+    has an in-memory store of its own."""
 
     def __init__(self, server: fakeredis.FakeServer) -> None:
         self.redis = fakeredis.FakeRedis(server=server)
-        self.read_model = ReadModel(self.redis, "tlk")
-        self.read_model.revocations = Revocations(self.redis, lease_seconds=LEASE)
-        self.cache = VerificationCache(
-            self.redis,
-            fakeredis.FakeRedis(server=server),
-            lease_seconds=LEASE,
-            renew_seconds=RENEW,
+        self.services: Services = build(
+            SETTINGS,
+            Role.API,
+            redis=self.redis,
+            subscriber=fakeredis.FakeRedis(server=server),
+            followers=[],
+            tuning=Tuning(lease_seconds=LEASE, renew_seconds=RENEW),
         )
-        self.read_model.cache = self.cache
+        verifier = self.services.verifier
+        assert isinstance(verifier, CachingVerifier)
+        assert self.services.cache is not None and verifier.cache is self.services.cache
+        self.cache = self.services.cache
+        self.plain = verifier.verifier  # what asks Redis, behind the cache
         self.redis_calls = 0
-        ask_redis = self.read_model._evalsha_verify
+        ask_redis = self.plain._evalsha_verify
 
         def counted(*args: Any) -> Any:
             self.redis_calls += 1
             return ask_redis(*args)
 
-        self.read_model._evalsha_verify = counted  # type: ignore[method-assign]
+        self.plain._evalsha_verify = counted  # type: ignore[method-assign]
 
     def start(self) -> None:
-        self.cache.start()
+        self.services.start()
         assert eventually(lambda: self.cache.ticket() is not None), "no lease"
 
     def verify(self, value: str) -> Principal | None:
-        return self.read_model.verify(value)
+        return self.services.verifier.verify(value)
 
 
 class Deployment:
-    def __init__(self, passwords: Any) -> None:
+    def __init__(self) -> None:
         self.server = fakeredis.FakeServer()
         self.api = [Process(self.server), Process(self.server)]
-        writer = self.api[0]
-        self.ledger = Ledger(
-            database_env("memory://"),
-            passwords=passwords,
-            attempts=RedisAttemptLimiter(writer.redis),
-            on_saved=writer.read_model.apply_aggregates,
-        )
-        Projector(self.ledger, writer.read_model).run_once()  # the first generation
+        writer = self.api[0].services
+        self.ledger = writer.ledger
+        writer.projector.run_once()  # the first generation
         self.workspace_id = self.ledger.create_workspace("acme", CLI)
         self.admin_id = self.ledger.add_person(CLI, "ada", PASSWORD, ADMIN, self.workspace_id)
         for process in self.api:
@@ -111,13 +112,12 @@ class Deployment:
 
     def close(self) -> None:
         for process in self.api:
-            process.cache.close()
-        self.ledger.close()
+            process.services.close()
 
 
 @pytest.fixture
-def deployment(passwords: Any) -> Iterator[Deployment]:
-    built = Deployment(passwords)
+def deployment() -> Iterator[Deployment]:
+    built = Deployment()
     yield built
     built.close()
 
@@ -194,16 +194,16 @@ def test_an_answer_from_before_a_revocation_is_not_kept(deployment):
     the request in flight may use it, the cache may not."""
     value, token_id = deployment.issue()
     process = deployment.api[1]
-    ask_redis = process.read_model._evalsha_verify
+    ask_redis = process.plain._evalsha_verify
 
     def deleted_meanwhile(*args: Any) -> Any:
         answer = ask_redis(*args)
         deployment.ledger.delete_token(deployment.as_(deployment.admin_id), token_id)
         return answer
 
-    process.read_model._evalsha_verify = deleted_meanwhile  # type: ignore[method-assign]
+    process.plain._evalsha_verify = deleted_meanwhile  # type: ignore[method-assign]
     assert process.verify(value) is not None
-    process.read_model._evalsha_verify = ask_redis  # type: ignore[method-assign]
+    process.plain._evalsha_verify = ask_redis  # type: ignore[method-assign]
     assert process.verify(value) is None
 
 
@@ -236,11 +236,11 @@ def test_after_redis_lost_the_registry_writers_wait_a_whole_lease(deployment):
     redis = deployment.api[0].redis
     redis.delete(REGISTRY, REGISTRY_SINCE)
     started = time.monotonic()
-    deployment.api[0].read_model.revocations.announce()
+    deployment.api[0].services.writer.revocations.announce()
     assert time.monotonic() - started >= LEASE
     redis.set(REGISTRY_SINCE, int((deployment.redis_now() - LEASE / 2) * 1000))
     started = time.monotonic()
-    deployment.api[0].read_model.revocations.announce()
+    deployment.api[0].services.writer.revocations.announce()
     assert time.monotonic() - started >= LEASE / 2 - 0.01  # rounded to the millisecond
 
 

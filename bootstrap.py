@@ -1,21 +1,28 @@
-"""The composition root: one Ledger, one Redis client, the read models and the projector.
+"""The composition root: the one place that builds a process's objects, by role, from `Settings`.
 
-Built once per process (after gunicorn forks), from `Settings`. With no `LEDGER_REDIS_URL` the
-read models live in an in-process fakeredis, rebuilt from the store at start, and the projector
-runs as a thread of the same process: the embedded mode, for one process only. The projector
-also keeps the audit trail chained and signed (`ledger projector` in a process of its own,
-`AuditFollowerProcess`); its key is checked here, at start.
+Every entry point calls `build` (an API worker in `create_app`, `ledger projector`, every CLI
+command) and so does every test rig; each object gets what it needs through its constructor,
+and nothing is patched onto an object after it is built. What differs by role:
+
+- every role writes its saves to the read models (read-your-writes) and, where API processes
+  cache verifications, announces the saves that revoke before the command returns (Rule 5): a
+  CLI command that deletes a token is refused by every API process when it returns;
+- an API worker (`Role.API`) also keeps a verification cache, and in the embedded mode (no
+  LEDGER_REDIS_URL) runs the projector on a thread of its own, over an in-process Redis;
+- the projector (`Role.PROJECTOR`) follows the audit trail in a child process
+  (`AuditFollowerProcess`), handed in as its follower; elsewhere the trail follows in-process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import multiprocessing
 import pickle
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from types import TracebackType
@@ -25,46 +32,74 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ledger.application import Ledger
+from ledger.application import Ledger, Saved
 from ledger.audit import AuditTrail, AuditTrailRefused, keyring_from_settings
 from ledger.config import Settings
 from projections.attempts import RedisAttemptLimiter
-from projections.projector import Projector
-from projections.readmodel import ReadModel
-from projections.verification_cache import Revocations, VerificationCache
+from projections.generations import Generations
+from projections.listings import Listings
+from projections.projector import BATCH_SIZE, Projector
+from projections.revocations import LEASE_SECONDS, Revocations
+from projections.usage import UsageLog
+from projections.verification_cache import RENEW_SECONDS, CachingVerifier, VerificationCache
+from projections.verifier import TokenVerifier, Verifier
+from projections.writer import Writer
 
 log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_SECONDS = 2.0  # a stalled Redis becomes a 503, not a hung worker
+EMBEDDED_POLL_SECONDS = 0.5
+
+
+class Role(enum.Enum):
+    API = "api"
+    PROJECTOR = "projector"
+    CLI = "cli"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What tests and benchmarks set apart from the defaults; production uses these as they are."""
+
+    lease_seconds: float = LEASE_SECONDS
+    renew_seconds: float = RENEW_SECONDS
+    batch_size: int = BATCH_SIZE
+    read_your_writes: bool = True  # False: only the projector brings saves into Redis
 
 
 @dataclass
 class Services:
+    """One process's objects. `start` begins its background work, `close` ends it all."""
+
     settings: Settings
+    role: Role
     redis: Redis
     ledger: Ledger
-    read_model: ReadModel
+    verifier: TokenVerifier
+    listings: Listings
+    generations: Generations
+    writer: Writer
     projector: Projector
     audit: AuditTrail
+    cache: VerificationCache | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def start_background(self) -> None:
-        """An API process's own work beside its requests: the verification cache's
-        subscription, and in the embedded mode the projector, after building the read models."""
-        if self.settings.caches_verifications and self.read_model.cache is None:
-            subscriber = connect_redis(self.settings, retries=False)
-            self.read_model.cache = VerificationCache(self.redis, subscriber).start()
-        if not self.settings.embedded or self._thread is not None:
-            return
-        self.projector.run_once()
-        self._thread = threading.Thread(target=self._follow, name="ledger-projector", daemon=True)
-        self._thread.start()
+    def start(self) -> Services:
+        """An API process's work beside its requests: the verification cache's subscription,
+        and in the embedded mode the projector, after building the read models."""
+        if self.cache is not None:
+            self.cache.start()
+        if self.role is Role.API and self.settings.embedded and self._thread is None:
+            self.projector.run_once()
+            self._thread = threading.Thread(target=self._follow, name="projector", daemon=True)
+            self._thread.start()
+        return self
 
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
-                self.projector.run_forever(self._stop, poll_seconds=0.5)
+                self.projector.run_forever(self._stop, poll_seconds=EMBEDDED_POLL_SECONDS)
             except Exception:
                 # In-process there is no supervisor to restart us: log, pause, carry on.
                 log.exception("embedded projector failed; retrying")
@@ -74,23 +109,82 @@ class Services:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self.read_model.cache is not None:
-            self.read_model.cache.close()
+        if self.cache is not None:
+            self.cache.close()
         self.ledger.close()
         self.redis.close()
 
 
-def build_services(settings: Settings) -> Services:
+def build(
+    settings: Settings,
+    role: Role,
+    *,
+    redis: Redis | None = None,
+    subscriber: Redis | None = None,
+    followers: Sequence[Callable[[], int]] | None = None,
+    tuning: Tuning = Tuning(),  # frozen: one shared default is safe
+    on_saved: Callable[[Saved], None] | None = None,
+) -> Services:
+    """`redis` and `subscriber` (the cache's own client) replace the ones the settings name;
+    `followers` replace the in-process audit follower (the projector's child process);
+    `on_saved` is handed each save too, after the read models (tests record what saves hand
+    over)."""
     keyring = keyring_from_settings(settings)  # PostgreSQL with no audit key fails here, first
-    redis = connect_redis(settings)
-    read_model = ReadModel(redis, settings.token_prefix)
-    if settings.caches_verifications:  # every writer, API process or not, announces
-        read_model.revocations = Revocations(redis)
-    ledger = Ledger.from_settings(settings, attempts=RedisAttemptLimiter(redis))
-    ledger.on_saved = read_model.apply_aggregates
-    audit = AuditTrail(ledger, keyring)
-    projector = Projector(ledger, read_model, followers=[follow_audit(audit)])
-    return Services(settings, redis, ledger, read_model, projector, audit)
+    redis = redis if redis is not None else connect_redis(settings)
+    caching = settings.caches_verifications
+    writer = Writer(redis, Revocations(redis, tuning.lease_seconds) if caching else None)
+    ledger = Ledger.from_settings(
+        settings,
+        attempts=RedisAttemptLimiter(redis),
+        on_saved=_in_turn(writer.apply_saved if tuning.read_your_writes else None, on_saved),
+    )
+    trail = AuditTrail(ledger, keyring)
+    generations = Generations(redis)
+    projector = Projector(
+        ledger,
+        writer,
+        generations,
+        UsageLog(redis),
+        followers=[follow_audit(trail)] if followers is None else followers,
+        batch_size=tuning.batch_size,
+    )
+    plain = Verifier(redis, settings.token_prefix)
+    verifier: TokenVerifier = plain
+    cache = None
+    if role is Role.API and caching:
+        cache = VerificationCache(
+            redis,
+            subscriber if subscriber is not None else connect_redis(settings, retries=False),
+            lease_seconds=tuning.lease_seconds,
+            renew_seconds=tuning.renew_seconds,
+        )
+        verifier = CachingVerifier(plain, cache)
+    return Services(
+        settings,
+        role,
+        redis,
+        ledger,
+        verifier,
+        Listings(redis),
+        generations,
+        writer,
+        projector,
+        trail,
+        cache,
+    )
+
+
+def _in_turn(*calls: Callable[[Saved], None] | None) -> Callable[[Saved], None] | None:
+    """The calls given, one after another, as one; None for none."""
+    given = [call for call in calls if call is not None]
+    if len(given) < 2:
+        return given[0] if given else None
+
+    def each(saved: Saved) -> None:
+        for call in given:
+            call(saved)
+
+    return each
 
 
 def follow_audit(audit: AuditTrail) -> Callable[[], int]:

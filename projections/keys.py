@@ -1,0 +1,136 @@
+"""The read models' key layout in Redis, and what the scripts that read and write it share.
+
+Every key lives under a generation, `{tl}:<gen>:`, so that a rebuild can fill fresh keys while
+the old ones keep answering, then switch over with one write (`{tl}:gen`). A missing `{tl}:gen`
+means "not ready" (Redis flushed or new), never "no tokens". Ids and hashes are stored as raw
+bytes (16 for a UUID, 32 for a SHA-256) to keep an active token under 300 bytes of Redis. Every
+key carries the hash tag `{tl}`, so that on Redis Cluster the whole read model is one slot and
+each script, which declares `{tl}:gen` as KEYS[1], runs where all its keys are.
+
+    {tl}:gen               live generation               {tl}:building  generation being rebuilt
+    {tl}:generations       last generation handed out    {tl}:claim     nonce of the rebuild
+    {tl}:used              zset sha -> lastUsed ms not yet made durable
+    {tl}:<g>:pos           last event position applied
+    {tl}:<g>:w:<workspace> hash en, mg, v
+    {tl}:<g>:p:<person>    hash u, w, r, g, d, v
+    {tl}:<g>:t:<sha256>    string: active (Redis expiry at expiredAt), 1 or its lastUsed ms;
+                           0 deleted, until the projector passes the deletion
+    {tl}:<g>:k:<s[:2]>     hash s[2:] -> owner id, token id, created ms (13 digits), expires
+                           ms or '' (while listed)
+    {tl}:<g>:l:<person>    zset s -> created ms (the person's listing)
+    {tl}:<g>:m:<person>    hash s -> "<lastUsed ms or ''> <description>", for tokens used or
+                           described
+
+`s` is the first 16 bytes of the token's SHA-256: 128 bits name a token as surely as its id (a
+collision among a billion tokens has odds of about 1e-21), and only the lookup needs all 32.
+The lookup `t:` answers verification and expires with the token; what rule 7 lists after that
+(`k:`, `l:`, `m:`) stays until the token is deleted. Every write carries the position of its
+event and applies only to a generation that has not got that far yet; on top of that, hashes
+apply only at a newer aggregate version, and a token's issue only where neither its lookup nor
+its listing is there. So an event applied twice, or late, changes nothing: the projector and
+every API process may apply the same changes in any interleaving (projections/writer.py,
+docs/ARCHITECTURE.md, "Read models in Redis").
+
+Who uses which keys: the writer (`writer.py`) writes them all; the verifier (`verifier.py`) reads
+`t:`, `k:`, `p:`, `w:` and stamps lastUsed; listings (`listings.py`) read `l:`, `k:`, `m:`;
+`generations.py` switches `gen`; `usage.py` drains `used`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+PREFIX = "{tl}:"
+GENERATION = PREFIX + "gen"  # read first by every script: the key that routes it on a cluster
+USED = PREFIX + "used"
+LAST_USED_GRANULARITY_MS = 60_000  # docs/CONTRACT.md: lastUsed is kept to within a minute
+
+
+class NotReady(Exception):
+    """The read model is being built (Redis flushed or new): answer 503, not 401."""
+
+
+# Redis's own clock, by which it also expires the lookups, so that a listing calls a token
+# expired exactly when verification starts refusing it (and by which caches' leases run).
+LUA_CLOCK = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# Shared by the scripts that read or write a token: the clock, and a token's listed part.
+LUA_COMMON = (
+    LUA_CLOCK
+    + """
+local unpack = unpack or table.unpack
+-- the token a SHA-256 names: s, its owner's id, its own id, created and expires ms (''
+-- for never); nothing once it is deleted
+local function token_ref(g, sha)
+  local s = string.sub(sha, 1, 16)
+  local ref = redis.call('HGET', g .. 'k:' .. string.sub(s, 1, 2), string.sub(s, 3))
+  if ref then
+    return s, string.sub(ref, 1, 16), string.sub(ref, 17, 32), string.sub(ref, 33, 45),
+      string.sub(ref, 46)
+  end
+end
+-- lastUsed ('' for never) and description of a token, from its m: record (or none)
+local function split_extra(value)
+  if not value then return '', '' end
+  local space = string.find(value, ' ', 1, true)
+  return string.sub(value, 1, space - 1), string.sub(value, space + 1)
+end
+local function extra(records, s)
+  return split_extra(redis.call('HGET', records, s))
+end
+local function set_extra(records, s, used, description)
+  if used == '' and description == '' then return end
+  redis.call('HSET', records, s, used .. ' ' .. description)
+end
+-- lastUsed, kept with the listing (which outlives the lookup) and in the lookup, where
+-- verification reads it
+local function set_used(g, owner, s, sha, ms)
+  local records = g .. 'm:' .. owner
+  local _, description = extra(records, s)
+  set_extra(records, s, ms, description)
+  local lookup = g .. 't:' .. sha
+  local state = redis.call('GET', lookup)
+  if state and state ~= '0' then redis.call('SET', lookup, ms, 'KEEPTTL') end
+end
+"""
+)
+
+
+def key(generation: int, *parts: bytes) -> bytes:
+    return b"".join([PREFIX.encode(), str(generation).encode(), b":", *parts])
+
+
+def bulk(part: object) -> bytes:
+    """One argument of a command as a RESP bulk string."""
+    data = part if isinstance(part, bytes) else str(part).encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def flatten(items: Iterable[Sequence[Any]]) -> list[Any]:
+    return [part for item in items for part in item]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def to_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(ms: bytes | int) -> datetime:
+    return datetime.fromtimestamp(int(float(ms)) / 1000, UTC)  # a zset score may read "1.0"
+
+
+def uuid_text(raw: bytes) -> str:
+    """str(UUID(bytes=raw)), at a third of its cost."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

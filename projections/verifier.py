@@ -1,0 +1,163 @@
+"""Verification: Rule 4 for one token value in one Redis round trip, no event-store access, and
+a malformed value refused before any I/O. `VerificationCache` (verification_cache.py) wraps this
+in each API process to answer tokens seen lately from memory."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
+from uuid import UUID
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+
+from ledger import tokens
+from ledger.domainmodel import ADMIN
+from projections.keys import (
+    GENERATION,
+    LAST_USED_GRANULARITY_MS,
+    LUA_COMMON,
+    PREFIX,
+    NotReady,
+    bulk,
+    from_ms,
+    now_ms,
+)
+
+# Rule 4, evaluated in Redis in one round trip; `token_is_usable` in ledger/domainmodel.py is
+# the same rule on the write model, and tests hold the two together. -1: not ready; 0: refused.
+# Expiry needs no clock here: Redis has dropped the lookup from expiredAt on, by its own clock.
+# ARGV[5], the caller's time, only stamps lastUsed, as to the minute as any host's clock is.
+# ARGV: prefix, lastUsed granularity ms, the admin role, then the two that change per call (the
+# token's SHA-256 and the time), last, so that verify() packs only those each call.
+_VERIFY = (
+    LUA_COMMON
+    + """
+local gen = redis.call('GET', KEYS[1])
+if not gen then return -1 end
+local prefix, sha, now = ARGV[1], ARGV[4], tonumber(ARGV[5])
+local g = prefix .. gen .. ':'
+local state = redis.call('GET', g .. 't:' .. sha)
+if not state or state == '0' then return 0 end
+local s, owner, id, created, expires = token_ref(g, sha)
+if not s then return 0 end
+local p = redis.call('HMGET', g .. 'p:' .. owner, 'u', 'w', 'r', 'g', 'd')
+if not p[1] or p[5] == '1' then return 0 end
+local w = redis.call('HMGET', g .. 'w:' .. p[2], 'en', 'mg')
+if w[1] ~= '1' then return 0 end
+if not (p[3] == ARGV[3] or w[2] == '1' or p[4] == '1') then return 0 end
+local used = state
+if state == '1' or now - tonumber(state) >= tonumber(ARGV[2]) then
+  used = ARGV[5]
+  set_used(g, owner, s, sha, used)
+  redis.call('ZADD', prefix .. 'used', now, sha)
+end
+return {id, owner, p[1], p[2], p[3], p[4], created, expires, used}
+"""
+)
+
+
+# The verify script's arguments that never change, before the token's SHA-256 and the time.
+_VERIFY_FIXED_ARGS = (PREFIX, LAST_USED_GRANULARITY_MS, ADMIN)
+
+
+class Principal(NamedTuple):
+    """Who a verified token speaks for (a tuple: made on every API call, it is built cheaply)."""
+
+    token_id: UUID
+    person_id: UUID
+    username: str
+    workspace_id: UUID
+    role: str
+    can_generate_tokens: bool
+    issued_at: datetime
+    expires_at: datetime | None
+
+
+class Found(NamedTuple):
+    principal: Principal
+    # Epoch seconds until which an answer from memory stays true: lastUsed's minute (the next
+    # call through Redis stamps it again) or the token's expiry, whichever is first.
+    fresh_until: float
+
+
+class TokenVerifier(Protocol):
+    """What the API asks of a verifier, cached or not."""
+
+    def verify(self, value: str) -> Principal | None: ...
+
+
+class Verifier:
+    def __init__(self, redis: Redis, token_prefix: str) -> None:
+        self.redis = redis
+        self.token_prefix = token_prefix
+        self._verify = redis.register_script(_VERIFY)
+        self._threads = threading.local()  # each thread's own connection
+        # The verify call as sent on the wire (RESP), but for the two arguments each call adds:
+        # redis-py's pack_command took 4 µs a call to pack it, of a round trip of about 55.
+        fixed = ["EVALSHA", self._verify.sha, 1, GENERATION, *_VERIFY_FIXED_ARGS]
+        self._verify_head = b"*%d\r\n" % (len(fixed) + 2) + b"".join(map(bulk, fixed))
+
+    def verify(self, value: str) -> Principal | None:
+        digest = self.digest(value)
+        found = None if digest is None else self.lookup(digest)
+        return None if found is None else found.principal
+
+    def digest(self, value: str) -> bytes | None:
+        """The SHA-256 the read model keys a token by; None for a malformed value (no I/O)."""
+        if not tokens.is_well_formed(value, self.token_prefix):
+            return None
+        return hashlib.sha256(value.encode()).digest()
+
+    def lookup(self, digest: bytes) -> Found | None:
+        """Rule 4 in one Redis round trip; NotReady while the read model is being built."""
+        found = self._evalsha_verify(digest, now_ms())
+        if found == -1:
+            raise NotReady("The token read model is being rebuilt")
+        if not found:
+            return None
+        token_id, person_id, username, workspace_id, role, grant, created, expires, used = found
+        principal = Principal(
+            token_id=UUID(bytes=token_id),
+            person_id=UUID(bytes=person_id),
+            username=username.decode(),
+            workspace_id=UUID(bytes=workspace_id),
+            role=role.decode(),
+            can_generate_tokens=grant == b"1",
+            issued_at=from_ms(created),
+            expires_at=from_ms(expires) if expires else None,
+        )
+        until = int(used) + LAST_USED_GRANULARITY_MS
+        return Found(principal, min(until, int(expires or until)) / 1000)
+
+    def _evalsha_verify(self, sha: bytes, now_ms: int) -> Any:
+        """The verify script on this thread's own connection, held for the thread's life.
+
+        Every API call comes here, and checking a connection out of redis-py's pool and back
+        costs as much CPU as the round trip itself. The pool still owns the connection (it is
+        checked out, never returned), so closing the client closes it; a broken one is dropped
+        and the next call reconnects, and a Redis that lost its scripts gets this one again.
+        """
+        conn: Any = getattr(self._threads, "conn", None)  # redis-py leaves it untyped
+        if conn is None:
+            conn = self._threads.conn = self.redis.connection_pool.get_connection()
+        try:
+            return self._send_verify(conn, sha, now_ms)
+        except RedisConnectionError:
+            # A connection left idle across a Redis restart fails at its first use; redis-py's
+            # own client retries that once, and so does this, on a fresh connection.
+            return self._send_verify(conn, sha, now_ms)
+
+    def _send_verify(self, conn: Any, sha: bytes, now_ms: int) -> Any:
+        try:
+            conn.send_packed_command([self._verify_head + bulk(sha) + bulk(now_ms)])
+            return conn.read_response()
+        except NoScriptError:  # Redis restarted or flushed its scripts: load it again
+            args: list[bytes | str | int] = [*_VERIFY_FIXED_ARGS, sha, now_ms]
+            return self._verify(keys=[GENERATION], args=args, client=self.redis)
+        except Exception:
+            conn.disconnect()  # in an unknown state: the next use connects afresh
+            raise

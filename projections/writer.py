@@ -1,0 +1,342 @@
+"""The writer: what events and saved aggregates change in the read models, and the one script
+that applies those changes to Redis.
+
+Two paths lead here. The API's (`apply_saved`): each process applies its own saves before the
+command returns (read-your-writes), as whole aggregate states at their new versions. The
+projector's (`apply_batch`): every stored event again, in store order, which brings in writes
+made elsewhere and changes nothing where an API process got there first. Tests hold the two
+paths to the same keys. Where verifications are cached, a write that may revoke (the catalogue's
+`revokes`, ledger/events.py) is announced to every API process before it returns (Rule 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple, cast
+from uuid import UUID
+
+import orjson
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import StoredEvent
+from redis import Redis
+
+from ledger import events
+from ledger.application import Saved
+from ledger.domainmodel import Person, Token, UsageReport, Workspace, expiry
+from projections.keys import GENERATION, LUA_COMMON, PREFIX, flatten, to_ms
+from projections.revocations import Revocations
+
+Op = list[bytes | str | int]
+
+# Generations the write goes to: ARGV[2] '*' (the live one and the one being rebuilt, for the
+# API's read-your-writes) or one number (the projector's own, with ARGV[3] the position its
+# batch reaches). Each op starts with its kind and the position of its event; a generation
+# whose position is already there has it. Returns how many generations it wrote to; 0 tells the
+# projector its generation is gone (flushed, or replaced by a rebuild).
+_APPLY = (
+    LUA_COMMON
+    + """
+local prefix, target, position = ARGV[1], ARGV[2], ARGV[3]
+local now  -- Redis's clock, read once if an issue needs it
+local current = redis.call('GET', KEYS[1])
+local building = redis.call('GET', prefix .. 'building')
+local gens = {}
+if target == '*' then
+  if current then gens[#gens + 1] = current end
+  if building and building ~= current then gens[#gens + 1] = building end
+elseif target == current or target == building then
+  gens[1] = target
+end
+for _, gen in ipairs(gens) do
+  local g = prefix .. gen .. ':'
+  local reached = tonumber(redis.call('GET', g .. 'pos')) or 0
+  local i = 4
+  while i <= #ARGV do
+    local op, new = ARGV[i], tonumber(ARGV[i + 1]) > reached
+    if op == 'F' or op == 'P' then
+      -- upsert hash fields at a version; a partial upsert needs the earlier versions there
+      local key, v, n = g .. ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+      local stored = new and tonumber(redis.call('HGET', key, 'v'))
+      if new and ((stored and stored < v) or (not stored and op == 'F')) then
+        local args = {key, 'v', ARGV[i + 3]}
+        for j = 1, 2 * n do args[#args + 1] = ARGV[i + 4 + j] end
+        redis.call('HSET', unpack(args))
+      end
+      i = i + 5 + 2 * n
+    elseif op == 'T' then
+      -- token issued: sha, id, owner, created ms, expires ms or '', description. Not where its
+      -- lookup (active, or a deletion's tombstone) is: NX. A lookup set afresh that is still
+      -- to expire means the token was not there at all (it is listed only with its lookup,
+      -- or after that expired). An expiry already past sets no lookup, and then the listing
+      -- gets the token only where it is not listed yet: one HGET, for expired tokens alone.
+      local sha, owner, expires = ARGV[i + 2], ARGV[i + 4], ARGV[i + 6]
+      local set = false
+      if new then
+        if expires == '' then
+          set = redis.call('SET', g .. 't:' .. sha, '1', 'NX')
+        else
+          -- Redis drops a key once its time is past: gone from expiredAt on, to the ms
+          set = redis.call('SET', g .. 't:' .. sha, '1', 'NX', 'PXAT', tonumber(expires) - 1)
+          if set then
+            now = now or now_ms()
+            if tonumber(expires) - 1 <= now then set = not token_ref(g, sha) end
+          end
+        end
+      end
+      if set then
+        local s = string.sub(sha, 1, 16)
+        redis.call('HSET', g .. 'k:' .. string.sub(s, 1, 2), string.sub(s, 3),
+                   owner .. ARGV[i + 3] .. ARGV[i + 5] .. expires)
+        redis.call('ZADD', g .. 'l:' .. owner, ARGV[i + 5], s)
+        set_extra(g .. 'm:' .. owner, s, '', ARGV[i + 7])
+      end
+      i = i + 8
+    elseif op == 'X' then
+      -- token deleted: sha. From the API, ahead of the projector, a tombstone stays so that
+      -- the issue, still to come from the projector (or late from another API process), finds
+      -- it; the projector's own deletion clears it, as nothing older can reach this generation
+      -- after that (docs/ARCHITECTURE.md, "Exactly-once effect").
+      local sha = ARGV[i + 2]
+      if new then
+        local s, owner = token_ref(g, sha)
+        if s then
+          redis.call('HDEL', g .. 'k:' .. string.sub(s, 1, 2), string.sub(s, 3))
+          redis.call('ZREM', g .. 'l:' .. owner, s)
+          redis.call('HDEL', g .. 'm:' .. owner, s)
+        end
+        if position == '' then
+          redis.call('SET', g .. 't:' .. sha, '0')
+        else
+          redis.call('DEL', g .. 't:' .. sha)
+        end
+      end
+      i = i + 3
+    elseif op == 'U' then
+      -- lastUsed made durable earlier, restored on a rebuild: sha, ms
+      local s, owner = nil, nil
+      if new then s, owner = token_ref(g, ARGV[i + 2]) end
+      if s then
+        local used = extra(g .. 'm:' .. owner, s)
+        if used == '' or tonumber(used) < tonumber(ARGV[i + 3]) then
+          set_used(g, owner, s, ARGV[i + 2], ARGV[i + 3])
+        end
+      end
+      i = i + 4
+    else
+      return redis.error_reply('unknown read-model op ' .. tostring(op))
+    end
+  end
+  if position ~= '' and reached < tonumber(position) then
+    redis.call('SET', g .. 'pos', position)
+  end
+end
+return #gens
+"""
+)
+
+
+class Batch(NamedTuple):
+    """Stored events in store order, the position the last of them reaches, and the write
+    script's arguments for what they change: made apart from the write, so that the projector
+    makes the next batch while Redis applies this one."""
+
+    events: Sequence[StoredEvent]
+    position: int
+    args: list[bytes | str | int]
+    revokes: bool  # whether applying it may stop a token verifying
+
+    @classmethod
+    def of(cls, stored: Sequence[StoredEvent], position: int) -> Batch:
+        ops = [op for event in stored for op in ops_for_event(event, position)]
+        revokes = events.revokes_any(event.topic for event in stored)
+        return cls(stored, position, flatten(ops), revokes)
+
+
+class Writer:
+    def __init__(self, redis: Redis, revocations: Revocations | None = None) -> None:
+        """`revocations`: where API processes cache verifications, the announcement that
+        Rule 5 needs of every write that may revoke, from whichever process makes it."""
+        self.redis = redis
+        self.revocations = revocations
+        self._apply = redis.register_script(_APPLY)
+
+    def apply_saved(self, saved: Saved) -> None:
+        """Read-your-writes: whole states at their new versions, to every live generation,
+        each with the position of its last event (`Ledger.save`); then, where verifications
+        are cached, no process's cache may still hold what this write revoked (Rule 5)."""
+        ops = [op for aggregate, at in saved.aggregates for op in ops_for_aggregate(aggregate, at)]
+        if ops:
+            self._apply(keys=[GENERATION], args=[PREFIX, "*", "", *flatten(ops)], client=self.redis)
+        if self.revocations is not None and saved.revokes:
+            self.revocations.announce()
+
+    def apply_events(self, stored: Sequence[StoredEvent], position: int, generation: int) -> bool:
+        return self.apply_batch(Batch.of(stored, position), generation)
+
+    def revoked_elsewhere(self) -> None:
+        """The projector applied a batch that may revoke. The API announced most such writes
+        itself before its call returned; this reaches the caches with those it did not (a
+        process that died between its save and its write to Redis, a writer that skips
+        Redis), shortly after, with no call waiting on them."""
+        if self.revocations is not None:
+            self.revocations.announce(wait=False)
+
+    def apply_batch(self, batch: Batch, generation: int) -> bool:
+        """The projector's write: a batch's changes, and the position it reaches, at once.
+
+        False when `generation` is no longer live or being built (flushed, or replaced).
+        """
+        written = self._apply(
+            keys=[GENERATION],
+            args=[PREFIX, generation, batch.position, *batch.args],
+            client=self.redis,
+        )
+        return bool(written)
+
+
+def ops_for_event(stored: StoredEvent, at: int) -> list[Op]:
+    """What one stored event changes in the read model (the projector's path); `at` is the
+    position of the batch it comes in.
+
+    The event is read as stored, not rebuilt by the library's mapper: decoding every field into
+    objects cost a rebuild more than all the rest of it, and the read model needs a few fields,
+    which orjson reads in a fraction of the time. So this reads the JSON the library's
+    transcoder writes, UUIDs and datetimes as `{"_type_": ..., "_data_": ...}`, and a new version
+    of an event (a new topic) needs a branch of its own here. The tests hold this path to
+    `ops_for_aggregate`, key for key."""
+    topic = stored.topic
+    if topic not in events.PROJECTED_TOPICS:
+        return []  # lockouts: nothing to show, but the position moves on
+    e = orjson.loads(stored.state)
+    version = stored.originator_version
+    subject = cast(UUID, stored.originator_id).bytes
+    if topic == events.WORKSPACE_CREATED.topic:
+        return [
+            _hash("F", at, b"w:" + subject, version, workspace_fields(Workspace.DEFAULT_SETTINGS))
+        ]
+    if topic == events.SETTING_CHANGED.topic:
+        return [_hash("P", at, b"w:" + subject, version, workspace_fields({e["name"]: e["value"]}))]
+    if topic == events.PERSON_ADDED.topic:
+        fields = person_fields(
+            e["username"], _stored_uuid(e["workspace_id"]), e["role"], e["can_generate_tokens"]
+        )
+        return [_hash("F", at, b"p:" + subject, version, fields)]
+    if topic in PERSON_FIELDS:
+        field, value = PERSON_FIELDS[topic](e)
+        return [_hash("P", at, b"p:" + subject, version, {field: value})]
+    if topic == events.PASSWORD_CHANGED.topic:
+        return [_hash("P", at, b"p:" + subject, version, {})]
+    if topic == events.TOKEN_ISSUED.topic:
+        created = datetime.fromisoformat(e["timestamp"]["_data_"])
+        return [
+            _token_issued(
+                at,
+                e["token_hash"],
+                subject,
+                _stored_uuid(e["owner_id"]),
+                e["description"],
+                created,
+                expiry(created, e["lifetime_seconds"]),
+            )
+        ]
+    if topic == events.TOKEN_DELETED.topic:
+        return [["X", at, bytes.fromhex(e["token_hash"])]]
+    # the last of the projected topics: usage recorded
+    return [["U", at, bytes.fromhex(h), ms] for h, ms in e["last_used"].items()]
+
+
+def ops_for_aggregate(aggregate: Aggregate, at: int) -> list[Op]:
+    """An aggregate's whole state at its current version (the API's read-your-writes path);
+    `at` is the position of its last saved event."""
+    version = aggregate.version
+    subject = aggregate.id.bytes
+    if isinstance(aggregate, Workspace):
+        return [_hash("F", at, b"w:" + subject, version, workspace_fields(aggregate.settings))]
+    if isinstance(aggregate, Person):
+        fields = person_fields(
+            aggregate.username,
+            aggregate.workspace_id.bytes,
+            aggregate.role,
+            aggregate.can_generate_tokens,
+            aggregate.disabled,
+        )
+        return [_hash("F", at, b"p:" + subject, version, fields)]
+    if isinstance(aggregate, Token):
+        if aggregate.deleted:
+            return [["X", at, bytes.fromhex(aggregate.token_hash)]]
+        return [
+            _token_issued(
+                at,
+                aggregate.token_hash,
+                subject,
+                aggregate.owner_id.bytes,
+                aggregate.description,
+                aggregate.created_on,
+                aggregate.expires_at,
+            )
+        ]
+    if isinstance(aggregate, UsageReport):
+        return [["U", at, bytes.fromhex(h), ms] for h, ms in aggregate.last_used.items()]
+    return []
+
+
+# The person events that set one field of the person's hash: topic -> (field, value).
+PERSON_FIELDS: dict[str, Callable[[dict[str, Any]], tuple[str, str]]] = {
+    events.PERSON_DISABLED.topic: lambda e: ("d", "1"),
+    events.PERSON_ENABLED.topic: lambda e: ("d", "0"),
+    events.ROLE_CHANGED.topic: lambda e: ("r", e["role"]),
+    events.TOKEN_PERMISSION_CHANGED.topic: lambda e: ("g", _flag(e["can_generate_tokens"])),
+}
+
+
+def workspace_fields(settings: dict[str, Any]) -> dict[str, str]:
+    names = {"apiAccessTokensEnabled": "en", "membersCanGenerateTokens": "mg"}
+    return {names[name]: _flag(value) for name, value in settings.items() if name in names}
+
+
+def person_fields(
+    username: str, workspace_id: bytes, role: str, can_generate_tokens: bool, disabled: bool = False
+) -> dict[str, str | bytes]:
+    return {
+        "u": username,
+        "w": workspace_id,
+        "r": role,
+        "g": _flag(can_generate_tokens),
+        "d": _flag(disabled),
+    }
+
+
+def _token_issued(
+    at: int,
+    token_hash: str,
+    token_id: bytes,
+    owner_id: bytes,
+    description: str,
+    created: datetime,
+    expires: datetime | None,
+) -> Op:
+    return [
+        "T",
+        at,
+        bytes.fromhex(token_hash),
+        token_id,
+        owner_id,
+        f"{to_ms(created):013d}",  # fixed width in the k: entry
+        to_ms(expires) if expires else "",
+        description,
+    ]
+
+
+def _hash(op: str, at: int, key: bytes, version: int, fields: dict[str, Any]) -> Op:
+    """A full ('F') or partial ('P') upsert of a hash at an aggregate version."""
+    return [op, at, key, version, len(fields), *flatten(fields.items())]
+
+
+def _stored_uuid(value: dict[str, str]) -> bytes:
+    """A UUID as the library's transcoder stores it (UUIDAsHex), as its 16 bytes."""
+    return bytes.fromhex(value["_data_"])
+
+
+def _flag(value: object) -> str:
+    return "1" if value else "0"
