@@ -40,6 +40,10 @@ def machine() -> str:
 
 def main(names: list[str]) -> None:
     """Run the named benchmarks (all by default); sections of the others are kept as they were."""
+    known = [name.rsplit(".", 1)[1] for name in MODULES]
+    if unknown := [name for name in names if name not in known]:
+        # Before anything runs, and before docs/benchmarks.md is written again.
+        sys.exit(f"unknown benchmark {', '.join(unknown)}: expected some of {', '.join(known)}")
     sections = previous_sections()
     for name in MODULES:
         if names and name.rsplit(".", 1)[1] not in names:
@@ -80,4 +84,8 @@ def previous_sections() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__.strip())
+        print(f"NAME: any of {', '.join(name.rsplit('.', 1)[1] for name in MODULES)}")
+    else:
+        main(sys.argv[1:])
