@@ -21,7 +21,7 @@ from api.auth import authenticate, caller
 from api.context import services
 from api.http import Blueprint
 from api.schemas import PAGE_LIMIT_MAX, QueryInteger, Schema, Timestamp
-from ledger.audit import EVENT_TYPES, PROBLEMS, AuditFilter, AuditTrail, AuditTrailRefused
+from audit.trail import EVENT_TYPES, PROBLEMS, AuditFilter, AuditTrail, AuditTrailRefused
 
 CATCH_UP_PER_REQUEST = 2000
 VERIFICATION_CACHE_SECONDS = 30.0

@@ -15,8 +15,9 @@ from uuid import UUID
 
 import pytest
 
-from ledger.application import Ledger
-from ledger.audit import (
+from audit.chain import ZERO_HASH, Keyring, key_id, leaf_hash, load_key_file, next_chain_hash
+from audit.store import AuditStore
+from audit.trail import (
     EVENT_TYPES,
     AuditFilter,
     AuditTrail,
@@ -25,8 +26,7 @@ from ledger.audit import (
     event_type,
     keyring_from_settings,
 )
-from ledger.audit_chain import ZERO_HASH, Keyring, key_id, leaf_hash, load_key_file, next_chain_hash
-from ledger.audit_store import AuditStore
+from ledger.application import Ledger
 from ledger.config import ConfigError, Settings
 from ledger.domainmodel import (
     ADMIN,

@@ -96,7 +96,7 @@ INSERT_COLUMNS = {
     "audit_tokens": ["token_id", "owner_id", "workspace_id"],
     "audit_checkpoints": ["position", "chain_hash", "events", "signed_at", "key_id", "signature"],
 }
-# The shape of `ledger.audit.as_event`, built by the database for exports.
+# The shape of `audit.trail.as_event`, built by the database for exports.
 EXPORT_JSON = (
     "{object}('position', position, 'type', type, 'time', {time}, 'workspaceId', workspace_id, "
     "'actor', {object}('id', actor_id, 'username', actor_username, 'method', auth_method, "

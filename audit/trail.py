@@ -2,7 +2,7 @@
 
 `AuditTrail` is the facade the projector, the CLI and the API use. It takes and returns
 primitives; authorization is the caller's (`Ledger.audit_workspace_id`). The trail lives in the
-event store's own database (`ledger.audit_store`), its tamper evidence in `ledger.audit_chain`.
+event store's own database (`audit.store`), its tamper evidence in `audit.chain`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import Notification
 
-from ledger.application import Ledger
-from ledger.audit_chain import (
+from audit.chain import (
     ZERO_HASH,
     Keyring,
     Signature,
@@ -31,7 +30,7 @@ from ledger.audit_chain import (
     load_key_file,
     next_chain_hash,
 )
-from ledger.audit_store import (
+from audit.store import (
     AuditFilter,
     AuditRecord,
     AuditStore,
@@ -41,7 +40,8 @@ from ledger.audit_store import (
     PersonName,
     TokenOwner,
 )
-from ledger.audit_verify import PROBLEMS, Verifier
+from audit.verify import PROBLEMS, Verifier
+from ledger.application import Ledger
 from ledger.config import ConfigError, Settings
 from ledger.domainmodel import InvalidInput, LedgerError
 from ledger.timestamps import timestamp
