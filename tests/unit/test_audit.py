@@ -23,7 +23,6 @@ from audit.trail import (
     AuditTrail,
     AuditTrailBehind,
     AuditTrailRefused,
-    event_type,
     keyring_from_settings,
 )
 from ledger.application import Ledger
@@ -36,6 +35,7 @@ from ledger.domainmodel import (
     NotAdmin,
     PersonDisabled,
 )
+from ledger.events import BY_TOPIC
 from tests.conftest import PASSWORD, World, make_ledger, with_token
 
 KEY = b"unit-test audit key, not a real one"
@@ -115,11 +115,13 @@ def test_every_field_of_a_row_is_in_its_leaf(changed):
     assert leaf_hash(*changed) != leaf_hash(42, "a", 1, "t", b"s")
 
 
-def test_event_types_are_stable_readable_names():
+def test_event_types_are_the_catalogues_stable_readable_names():
     assert (
-        event_type("ledger:Person.TokenPermissionChanged.v1") == "person.token_permission_changed"
+        BY_TOPIC["ledger:Person.TokenPermissionChanged.v1"].name
+        == "person.token_permission_changed"
     )
-    assert event_type("ledger:UsageReport.Recorded.v1") == "usage_report.recorded"
+    assert BY_TOPIC["ledger:UsageReport.Recorded.v1"].name == "usage_report.recorded"
+    assert BY_TOPIC["ledger:Person.RoleChanged.v1"].aggregate == "Person"
     assert set(EVENT_TYPES) == {
         "workspace.created",
         "workspace.setting_changed",
