@@ -29,6 +29,7 @@ from audit.chain import (
     load_key_file,
     next_chain_hash,
 )
+from audit.shape import CSV_COLUMNS, as_event, csv_row
 from audit.store import (
     AuditFilter,
     AuditRecord,
@@ -442,7 +443,7 @@ class AuditTrail:
         while True:
             if fmt == "csv":
                 rows = self.store.csv_rows(workspace_id, filters, before, READ_BATCH)
-                chunk = _csv_lines([_defused(row) for row in rows])
+                chunk = _csv_lines([csv_row(row) for row in rows])
             else:
                 texts = self.store.json_texts(workspace_id, filters, before, READ_BATCH)
                 rows = [[position] for position, _ in texts]
@@ -555,66 +556,6 @@ def check_filter(filters: AuditFilter) -> AuditFilter:
     if filters.since and filters.until and filters.since >= filters.until:
         raise InvalidInput("from must be earlier than to")
     return filters
-
-
-def as_event(record: AuditRecord) -> dict[str, Any]:
-    """An audit event as the API, the CLI and exports show it."""
-    return {
-        "position": record.position,
-        "type": record.type,
-        "time": record.occurred_at,
-        "workspaceId": record.workspace_id,
-        "actor": {
-            "id": record.actor_id,
-            "username": record.actor_username,
-            "method": record.auth_method,
-            "tokenId": record.actor_token_id,
-        },
-        "source": {"ip": record.ip, "userAgent": record.user_agent, "requestId": record.request_id},
-        "subject": {
-            "personId": record.person_id,
-            "username": record.person_username,
-            "tokenId": record.token_id,
-        },
-        "details": record.details,
-    }
-
-
-CSV_COLUMNS = [
-    "position",
-    "time",
-    "type",
-    "workspaceId",
-    "actorId",
-    "actorUsername",
-    "authMethod",
-    "actorTokenId",
-    "ip",
-    "userAgent",
-    "requestId",
-    "personId",
-    "personUsername",
-    "tokenId",
-    "details",
-]
-
-
-# Free text a client or user chose; the other columns are ids, numbers, names that start with a
-# letter or digit, and JSON objects.
-FREE_TEXT_COLUMNS = [CSV_COLUMNS.index(c) for c in ("ip", "userAgent", "requestId")]
-
-
-def _defused(row: list[Any]) -> list[Any]:
-    for i in FREE_TEXT_COLUMNS:
-        row[i] = _csv_cell(row[i])
-    return row
-
-
-def _csv_cell(value: str | None) -> str | None:
-    # A cell starting with one of these is a formula to a spreadsheet (CSV injection).
-    if value and value[0] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 def _csv_lines(rows: list[list[Any]]) -> str:
