@@ -3,6 +3,7 @@ classification, secrets, filters, paging, export formats, checkpoints, keys and 
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import io
@@ -11,10 +12,12 @@ import os
 import stat
 import struct
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import UUID
 
 import pytest
 
+import ledger as domain
 from audit.chain import ZERO_HASH, Keyring, key_id, leaf_hash, load_key_file, next_chain_hash
 from audit.store import AuditStore
 from audit.trail import (
@@ -113,6 +116,17 @@ def test_the_leaf_hash_is_the_documented_serialization():
 )
 def test_every_field_of_a_row_is_in_its_leaf(changed):
     assert leaf_hash(*changed) != leaf_hash(42, "a", 1, "t", b"s")
+
+
+def test_the_ledger_never_imports_the_audit_trail():
+    imported = set()
+    for module in Path(domain.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    assert "audit" not in imported
 
 
 def test_event_types_are_the_catalogues_stable_readable_names():
