@@ -8,6 +8,7 @@ COPY ledger ledger
 COPY projections projections
 COPY api api
 COPY cli cli
+COPY audit audit
 RUN pip install --no-cache-dir . && useradd --system --no-create-home ledger
 
 USER ledger

@@ -32,8 +32,8 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from audit.trail import AuditTrail, AuditTrailRefused, keyring_from_settings
 from ledger.application import Ledger, Saved
-from ledger.audit import AuditTrail, AuditTrailRefused, keyring_from_settings
 from ledger.config import Settings
 from projections.attempts import RedisAttemptLimiter
 from projections.generations import Generations

@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import marshmallow as ma
 from flask import Response, current_app
 from marshmallow import fields, validate
 
@@ -21,7 +22,8 @@ from api.auth import authenticate, caller
 from api.context import services
 from api.http import Blueprint
 from api.schemas import PAGE_LIMIT_MAX, QueryInteger, Schema, Timestamp
-from ledger.audit import EVENT_TYPES, PROBLEMS, AuditFilter, AuditTrail, AuditTrailRefused
+from audit.shape import TREE, Kind, Node
+from audit.trail import EVENT_TYPES, PROBLEMS, AuditFilter, AuditTrail, AuditTrailRefused
 
 CATCH_UP_PER_REQUEST = 2000
 VERIFICATION_CACHE_SECONDS = 30.0
@@ -84,36 +86,36 @@ class AuditQuerySchema(Schema):
     )
 
 
-class ActorSchema(Schema):
-    id = fields.UUID(required=True, allow_none=True)
-    username = fields.String(required=True, allow_none=True)
-    method = fields.String(required=True, allow_none=True)
-    tokenId = fields.UUID(required=True, allow_none=True)
+FIELD_TYPES: dict[Kind, type[fields.Field[Any]]] = {
+    "uuid": fields.UUID,
+    "text": fields.String,
+    "time": Timestamp,
+    "int": fields.Integer,
+    "json": fields.Dict,
+}
+# What the document says of a field (by its column) beyond its shape.
+FIELD_OPTIONS: dict[str, dict[str, Any]] = {
+    "position": {"metadata": {"description": "the event's place"}},
+    "type": {"validate": validate.OneOf(EVENT_TYPES)},
+}
 
 
-class SourceSchema(Schema):
-    ip = fields.String(required=True, allow_none=True)
-    userAgent = fields.String(required=True, allow_none=True)
-    requestId = fields.String(required=True, allow_none=True)
+def event_schema(node: Node, name: str) -> type[ma.Schema]:
+    """The schema of an audit event (or of one of its objects: `ActorSchema` and so on), made
+    from `audit.shape`; its field names are already the wire's."""
+    declared: dict[str, fields.Field[Any]] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            nested = event_schema(value, f"{key.capitalize()}Schema")
+            declared[key] = fields.Nested(nested, required=True)
+        else:
+            declared[key] = FIELD_TYPES[value.kind](
+                required=True, allow_none=value.nullable, **FIELD_OPTIONS.get(value.column, {})
+            )
+    return Schema.from_dict(declared, name=name)
 
 
-class SubjectSchema(Schema):
-    personId = fields.UUID(required=True, allow_none=True)
-    username = fields.String(required=True, allow_none=True)
-    tokenId = fields.UUID(required=True, allow_none=True)
-
-
-class AuditEventSchema(Schema):
-    """The ledger's names are already the wire's."""
-
-    position = fields.Integer(required=True, metadata={"description": "the event's place"})
-    type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
-    time = Timestamp(required=True)
-    workspaceId = fields.UUID(required=True)
-    actor = fields.Nested(ActorSchema, required=True)
-    source = fields.Nested(SourceSchema, required=True)
-    subject = fields.Nested(SubjectSchema, required=True)
-    details = fields.Dict(required=True)
+AuditEventSchema = event_schema(TREE, "AuditEventSchema")
 
 
 class AuditEventListSchema(Schema):

@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from api.context import request_id
 from api.schemas import ErrorSchema
-from ledger.audit import AuditTrailBehind, AuditTrailRefused
+from audit.trail import AuditTrailBehind, AuditTrailRefused
 from ledger.domainmodel import (
     AuthenticationFailed,
     Conflict,

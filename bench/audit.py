@@ -25,9 +25,9 @@ from uuid import UUID
 
 import psycopg
 
+from audit.chain import Keyring
+from audit.trail import AuditFilter, AuditTrail
 from ledger.application import Ledger
-from ledger.audit import AuditFilter, AuditTrail
-from ledger.audit_chain import Keyring
 from ledger.config import database_env
 from ledger.domainmodel import AuditContext, Person, Token
 from tests.integration.conftest import POSTGRES_URL

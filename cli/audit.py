@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from audit.trail import EVENT_TYPES, AuditFilter, AuditTrail, AuditTrailRefused
 from cli.common import Env
-from ledger.audit import EVENT_TYPES, AuditFilter, AuditTrail, AuditTrailRefused
 
 CATCH_UP_BATCH = 5000
 

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from audit.trail import keyring_from_settings
 from bootstrap import AuditFollowerProcess, Role, build
 from cli.common import Env, fail
-from ledger.audit import keyring_from_settings
 
 
 @click.command()

@@ -28,6 +28,11 @@ class EventType:
         assert match is not None, self.topic
         return ".".join(re.sub(r"(?<!^)(?=[A-Z])", "_", part).lower() for part in match.groups())
 
+    @property
+    def aggregate(self) -> str:
+        """`ledger:Person.RoleChanged.v1` -> `Person`: the kind of aggregate that records it."""
+        return self.topic.partition(":")[2].partition(".")[0]
+
 
 WORKSPACE_CREATED = EventType("ledger:Workspace.Created.v1", projected=True, audited=True)
 SETTING_CHANGED = EventType(

@@ -28,9 +28,9 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 import pytest
 
+from audit.chain import Keyring, leaf_hash, next_chain_hash
+from audit.trail import AuditTrail, AuditTrailRefused
 from ledger.application import Ledger
-from ledger.audit import AuditTrail, AuditTrailRefused
-from ledger.audit_chain import Keyring, leaf_hash, next_chain_hash
 from ledger.domainmodel import ADMIN, AuditContext, UsernameTaken
 from tests.conftest import PASSWORD, login, make_ledger, with_token
 from tests.integration.conftest import POSTGRES_URL, unavailable

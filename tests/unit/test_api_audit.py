@@ -12,6 +12,8 @@ import pytest
 from eventsourcing.persistence import DatabaseError
 
 import api.audit as endpoints
+from audit.shape import CSV_COLUMNS, SHAPE
+from audit.store import RECORD_COLUMNS
 from bootstrap import Role, build
 from ledger.config import ConfigError, Settings
 from ledger.domainmodel import AuditContext
@@ -223,6 +225,41 @@ def test_the_openapi_document_describes_the_three_formats(api):
         "format",
     } <= names
     assert "/v4/auditEvents/verification" in spec["paths"]
+
+
+def paths(event, parents=()):
+    """The paths of an event's values, in order: ("position",), ("actor", "id"), ..."""
+    for key, value in event.items():
+        if key != "details" and isinstance(value, dict):
+            yield from paths(value, (*parents, key))
+        else:
+            yield (*parents, key)
+
+
+def test_the_json_csv_and_api_schema_of_an_event_all_come_from_the_one_shape(api):
+    shape = [field.path for field in SHAPE]
+    assert [field.column for field in SHAPE] == RECORD_COLUMNS
+    assert sorted(paths(events(api)["data"][0])) == sorted(shape)  # the wire sorts keys
+    trail, workspace_id = api.services.audit, api.world.workspace_id
+    (listed,), _ = trail.list_events(workspace_id, limit=1)
+    assert list(paths(listed)) == shape
+    exported = "".join(trail.export(workspace_id, fmt="jsonl")).splitlines()[0]
+    assert list(paths(json.loads(exported))) == shape  # built by the database
+    header = next(csv.reader(io.StringIO("".join(trail.export(workspace_id, fmt="csv")))))
+    assert header == CSV_COLUMNS
+    assert sorted(header) == sorted(field.csv for field in SHAPE)
+    schemas = api.get("/v4/openapi.json").json["components"]["schemas"]
+
+    def properties(schema, parents=()):
+        for key, value in schema["properties"].items():
+            if "$ref" in value:
+                yield from properties(schemas[value["$ref"].rsplit("/", 1)[1]], (*parents, key))
+            else:
+                yield (*parents, key), value.get("nullable", False)
+
+    assert list(properties(schemas["AuditEvent"])) == [
+        (field.path, field.nullable) for field in SHAPE
+    ]
 
 
 def test_a_verification_report_is_reused_for_a_while_and_holds_no_event_contents(api, monkeypatch):

@@ -3,6 +3,7 @@ classification, secrets, filters, paging, export formats, checkpoints, keys and 
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import io
@@ -11,22 +12,23 @@ import os
 import stat
 import struct
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import UUID
 
 import pytest
 
-from ledger.application import Ledger
-from ledger.audit import (
+import ledger as domain
+from audit.chain import ZERO_HASH, Keyring, key_id, leaf_hash, load_key_file, next_chain_hash
+from audit.store import AuditStore
+from audit.trail import (
     EVENT_TYPES,
     AuditFilter,
     AuditTrail,
     AuditTrailBehind,
     AuditTrailRefused,
-    event_type,
     keyring_from_settings,
 )
-from ledger.audit_chain import ZERO_HASH, Keyring, key_id, leaf_hash, load_key_file, next_chain_hash
-from ledger.audit_store import AuditStore
+from ledger.application import Ledger
 from ledger.config import ConfigError, Settings
 from ledger.domainmodel import (
     ADMIN,
@@ -36,6 +38,7 @@ from ledger.domainmodel import (
     NotAdmin,
     PersonDisabled,
 )
+from ledger.events import BY_TOPIC
 from tests.conftest import PASSWORD, World, make_ledger, with_token
 
 KEY = b"unit-test audit key, not a real one"
@@ -115,11 +118,24 @@ def test_every_field_of_a_row_is_in_its_leaf(changed):
     assert leaf_hash(*changed) != leaf_hash(42, "a", 1, "t", b"s")
 
 
-def test_event_types_are_stable_readable_names():
+def test_the_ledger_never_imports_the_audit_trail():
+    imported = set()
+    for module in Path(domain.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    assert "audit" not in imported
+
+
+def test_event_types_are_the_catalogues_stable_readable_names():
     assert (
-        event_type("ledger:Person.TokenPermissionChanged.v1") == "person.token_permission_changed"
+        BY_TOPIC["ledger:Person.TokenPermissionChanged.v1"].name
+        == "person.token_permission_changed"
     )
-    assert event_type("ledger:UsageReport.Recorded.v1") == "usage_report.recorded"
+    assert BY_TOPIC["ledger:UsageReport.Recorded.v1"].name == "usage_report.recorded"
+    assert BY_TOPIC["ledger:Person.RoleChanged.v1"].aggregate == "Person"
     assert set(EVENT_TYPES) == {
         "workspace.created",
         "workspace.setting_changed",

@@ -2,14 +2,13 @@
 
 `AuditTrail` is the facade the projector, the CLI and the API use. It takes and returns
 primitives; authorization is the caller's (`Ledger.audit_workspace_id`). The trail lives in the
-event store's own database (`ledger.audit_store`), its tamper evidence in `ledger.audit_chain`.
+event store's own database (`audit.store`), its tamper evidence in `audit.chain`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -21,8 +20,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import Notification
 
-from ledger.application import Ledger
-from ledger.audit_chain import (
+from audit.chain import (
     ZERO_HASH,
     Keyring,
     Signature,
@@ -31,7 +29,8 @@ from ledger.audit_chain import (
     load_key_file,
     next_chain_hash,
 )
-from ledger.audit_store import (
+from audit.shape import CSV_COLUMNS, as_event, csv_row
+from audit.store import (
     AuditFilter,
     AuditRecord,
     AuditStore,
@@ -41,9 +40,23 @@ from ledger.audit_store import (
     PersonName,
     TokenOwner,
 )
-from ledger.audit_verify import PROBLEMS, Verifier
+from audit.verify import PROBLEMS, Verifier
+from ledger.application import Ledger
 from ledger.config import ConfigError, Settings
 from ledger.domainmodel import InvalidInput, LedgerError
+from ledger.events import (
+    AUDITED,
+    BY_TOPIC,
+    LOCKOUT_STARTED,
+    PERSON_ADDED,
+    ROLE_CHANGED,
+    SETTING_CHANGED,
+    TOKEN_DELETED,
+    TOKEN_ISSUED,
+    TOKEN_PERMISSION_CHANGED,
+    WORKSPACE_CREATED,
+    EventType,
+)
 from ledger.timestamps import timestamp
 
 __all__ = [
@@ -54,7 +67,6 @@ __all__ = [
     "AuditTrailBehind",
     "AuditTrailRefused",
     "AuditVerificationFailed",
-    "event_type",
 ]
 
 CHECKPOINT_EVERY = 1000  # events
@@ -69,30 +81,10 @@ ExportFormat = Literal["json", "jsonl", "csv"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("json", "jsonl", "csv")
 
 
-def event_type(topic: str) -> str:
-    """`ledger:Person.RoleChanged.v1` -> `person.role_changed`: stable across class moves."""
-    match = re.fullmatch(r"[^:]+:(\w+)\.(\w+)\.v\d+", topic)
-    if match is None:
-        return topic
-    return ".".join(re.sub(r"(?<!^)(?=[A-Z])", "_", part).lower() for part in match.groups())
-
-
-# The events admins review, and what each one shows. Listing details by name (rather than
-# leaving secrets out) keeps a future field out of the trail until someone decides it belongs.
-LISTED_TOPICS = (
-    "ledger:Workspace.Created.v1",
-    "ledger:Workspace.SettingChanged.v1",
-    "ledger:Person.Added.v1",
-    "ledger:Person.Disabled.v1",
-    "ledger:Person.Enabled.v1",
-    "ledger:Person.RoleChanged.v1",
-    "ledger:Person.TokenPermissionChanged.v1",
-    "ledger:Person.PasswordChanged.v1",
-    "ledger:Token.Issued.v1",
-    "ledger:Token.Deleted.v1",
-    "ledger:Lockout.Started.v1",
-)
-EVENT_TYPES = tuple(event_type(t) for t in LISTED_TOPICS)
+# The events admins review (the catalogue's `audited` ones); what each one shows is chosen by
+# name in `_subject_and_details`, which keeps a future field out until someone decides it belongs.
+LISTED_TOPICS = frozenset(e.topic for e in AUDITED)
+EVENT_TYPES = tuple(e.name for e in AUDITED)
 
 
 class AuditVerificationFailed(LedgerError):
@@ -302,9 +294,10 @@ class AuditTrail:
             actor_id = event.context.get("actor_id")
             if actor_id:
                 person_ids.add(UUID(actor_id))
-            if notification.topic.startswith("ledger:Person."):
+            kind = BY_TOPIC[notification.topic]
+            if kind.aggregate == PERSON_ADDED.aggregate:
                 person_ids.add(event.originator_id)
-            elif notification.topic == "ledger:Token.Deleted.v1":
+            elif kind is TOKEN_DELETED:
                 token_ids.add(event.originator_id)
         for person in self.store.people(sorted(person_ids - self._people.keys())):
             self._people[person.person_id] = person
@@ -312,7 +305,7 @@ class AuditTrail:
             self._tokens[token.token_id] = token
 
     def _record(self, notification: Notification, event: Any, batch: _Batch) -> AuditRecord:
-        kind = event_type(notification.topic)
+        kind = BY_TOPIC[notification.topic]
         subject, details = self._subject_and_details(kind, event, batch)
         context = event.context
         actor_id = UUID(context["actor_id"]) if context.get("actor_id") else None
@@ -320,7 +313,7 @@ class AuditTrail:
         person = self._people.get(subject.person_id) if subject.person_id else None
         return AuditRecord(
             position=notification.id,
-            type=kind,
+            type=kind.name,
             occurred_at=event.timestamp,
             workspace_id=subject.workspace_id,
             actor_id=actor_id,
@@ -337,13 +330,13 @@ class AuditTrail:
         )
 
     def _subject_and_details(
-        self, kind: str, e: Any, batch: _Batch
+        self, kind: EventType, e: Any, batch: _Batch
     ) -> tuple[_Subject, dict[str, Any]]:
-        if kind == "workspace.created":
+        if kind is WORKSPACE_CREATED:
             return _Subject(e.originator_id), {"name": e.name}
-        if kind == "workspace.setting_changed":
+        if kind is SETTING_CHANGED:
             return _Subject(e.originator_id), {"setting": e.name, "value": e.value}
-        if kind == "person.added":
+        if kind is PERSON_ADDED:
             learnt = PersonName(e.originator_id, e.username, e.workspace_id)
             self._people[learnt.person_id] = learnt
             batch.people.append(learnt)
@@ -352,15 +345,15 @@ class AuditTrail:
                 "role": e.role,
                 "canGenerateTokens": e.can_generate_tokens,
             }
-        if kind.startswith("person."):
+        if kind.aggregate == PERSON_ADDED.aggregate:
             person = self._people.get(e.originator_id)
             subject = _Subject(person.workspace_id if person else None, e.originator_id)
-            if kind == "person.role_changed":
+            if kind is ROLE_CHANGED:
                 return subject, {"role": e.role}
-            if kind == "person.token_permission_changed":
+            if kind is TOKEN_PERMISSION_CHANGED:
                 return subject, {"canGenerateTokens": e.can_generate_tokens}
             return subject, {}  # disabled, enabled, password_changed: the hash stays out
-        if kind == "token.issued":
+        if kind is TOKEN_ISSUED:
             owned = TokenOwner(e.originator_id, e.owner_id, e.workspace_id)
             self._tokens[owned.token_id] = owned
             batch.tokens.append(owned)
@@ -374,14 +367,14 @@ class AuditTrail:
                 "lifetimeSeconds": e.lifetime_seconds,
                 "expiresAt": expires,
             }
-        if kind == "token.deleted":
+        if kind is TOKEN_DELETED:
             token = self._tokens.get(e.originator_id)
             return _Subject(
                 token.workspace_id if token else None,
                 token.owner_id if token else None,
                 e.originator_id,
             ), {}
-        assert kind == "lockout.started", kind
+        assert kind is LOCKOUT_STARTED, kind
         details: dict[str, Any] = {
             "scope": e.scope,
             "failures": e.failures,
@@ -450,7 +443,7 @@ class AuditTrail:
         while True:
             if fmt == "csv":
                 rows = self.store.csv_rows(workspace_id, filters, before, READ_BATCH)
-                chunk = _csv_lines([_defused(row) for row in rows])
+                chunk = _csv_lines([csv_row(row) for row in rows])
             else:
                 texts = self.store.json_texts(workspace_id, filters, before, READ_BATCH)
                 rows = [[position] for position, _ in texts]
@@ -563,66 +556,6 @@ def check_filter(filters: AuditFilter) -> AuditFilter:
     if filters.since and filters.until and filters.since >= filters.until:
         raise InvalidInput("from must be earlier than to")
     return filters
-
-
-def as_event(record: AuditRecord) -> dict[str, Any]:
-    """An audit event as the API, the CLI and exports show it."""
-    return {
-        "position": record.position,
-        "type": record.type,
-        "time": record.occurred_at,
-        "workspaceId": record.workspace_id,
-        "actor": {
-            "id": record.actor_id,
-            "username": record.actor_username,
-            "method": record.auth_method,
-            "tokenId": record.actor_token_id,
-        },
-        "source": {"ip": record.ip, "userAgent": record.user_agent, "requestId": record.request_id},
-        "subject": {
-            "personId": record.person_id,
-            "username": record.person_username,
-            "tokenId": record.token_id,
-        },
-        "details": record.details,
-    }
-
-
-CSV_COLUMNS = [
-    "position",
-    "time",
-    "type",
-    "workspaceId",
-    "actorId",
-    "actorUsername",
-    "authMethod",
-    "actorTokenId",
-    "ip",
-    "userAgent",
-    "requestId",
-    "personId",
-    "personUsername",
-    "tokenId",
-    "details",
-]
-
-
-# Free text a client or user chose; the other columns are ids, numbers, names that start with a
-# letter or digit, and JSON objects.
-FREE_TEXT_COLUMNS = [CSV_COLUMNS.index(c) for c in ("ip", "userAgent", "requestId")]
-
-
-def _defused(row: list[Any]) -> list[Any]:
-    for i in FREE_TEXT_COLUMNS:
-        row[i] = _csv_cell(row[i])
-    return row
-
-
-def _csv_cell(value: str | None) -> str | None:
-    # A cell starting with one of these is a formula to a spreadsheet (CSV injection).
-    if value and value[0] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 def _csv_lines(rows: list[list[Any]]) -> str:

@@ -20,6 +20,8 @@ from eventsourcing.persistence import ApplicationRecorder, OperationalError
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTransaction
 
+from audit.shape import CSV_FIELDS, SHAPE, TREE, Field, Kind, Node
+
 HEAD_COLUMNS = "position, events, checkpoint_position, checkpoint_events, checkpoint_at"
 
 
@@ -87,7 +89,7 @@ class AuditRecord:
 
 
 RECORD_COLUMNS = [f.name for f in fields(AuditRecord)]
-UUID_COLUMNS = {"workspace_id", "actor_id", "actor_token_id", "person_id", "token_id"}
+KINDS: dict[str, Kind] = {f.column: f.kind for f in SHAPE}
 # What each table's rows hold, in order, for inserting them.
 INSERT_COLUMNS = {
     "audit_chain": ["position", "leaf_hash", "chain_hash"],
@@ -96,33 +98,6 @@ INSERT_COLUMNS = {
     "audit_tokens": ["token_id", "owner_id", "workspace_id"],
     "audit_checkpoints": ["position", "chain_hash", "events", "signed_at", "key_id", "signature"],
 }
-# The shape of `ledger.audit.as_event`, built by the database for exports.
-EXPORT_JSON = (
-    "{object}('position', position, 'type', type, 'time', {time}, 'workspaceId', workspace_id, "
-    "'actor', {object}('id', actor_id, 'username', actor_username, 'method', auth_method, "
-    "'tokenId', actor_token_id), "
-    "'source', {object}('ip', ip, 'userAgent', user_agent, 'requestId', request_id), "
-    "'subject', {object}('personId', person_id, 'username', person_username, "
-    "'tokenId', token_id), "
-    "'details', {details})"
-)
-CSV_SOURCE_COLUMNS = [
-    "position",
-    "occurred_at",
-    "type",
-    "workspace_id",
-    "actor_id",
-    "actor_username",
-    "auth_method",
-    "actor_token_id",
-    "ip",
-    "user_agent",
-    "request_id",
-    "person_id",
-    "person_username",
-    "token_id",
-    "details",
-]
 
 
 @dataclass(frozen=True)
@@ -164,14 +139,41 @@ class Dialect:
         return datetime.fromisoformat(value)
 
     # Exports are formatted by the database, so that Python only joins text: ISO-8601 UTC
-    # with milliseconds, UUIDs as text, details as stored.
-    export_time = "substr(occurred_at, 1, 23) || 'Z'"
+    # with milliseconds, UUIDs as text, JSON as stored. Each template takes the column.
+    export_time = "substr({}, 1, 23) || 'Z'"
     json_object = "json_object"
-    details_json = "json(details)"
-    details_text = "details"
+    json_in_json = "json({})"
+    json_as_text = "{}"
 
     def text(self, expression: str) -> str:
         return expression
+
+    def export_json(self, node: Node = TREE) -> str:
+        """The expression of an event (or a part of one) as JSON, as `as_event` shows it."""
+        members = ", ".join(
+            f"'{key}', "
+            + (
+                self.export_json(value)
+                if isinstance(value, dict)
+                else self._export_value(value, as_text=False)
+            )
+            for key, value in node.items()
+        )
+        return f"{self.json_object}({members})"
+
+    def export_csv(self) -> str:
+        """The expressions of an event's CSV_FIELDS, as text."""
+        return ", ".join(self._export_value(field, as_text=True) for field in CSV_FIELDS)
+
+    def _export_value(self, field: Field, *, as_text: bool) -> str:
+        """A field's value for a CSV cell (`as_text`) or inside a JSON object."""
+        if field.kind == "time":
+            return self.export_time.format(field.column)
+        if field.kind == "json":
+            return (self.json_as_text if as_text else self.json_in_json).format(field.column)
+        if field.kind == "uuid" and as_text:
+            return self.text(field.column)
+        return field.column
 
     def to_json(self, value: dict[str, Any]) -> Any:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -219,10 +221,10 @@ class PostgresDialect(Dialect):
     def from_json(self, value: Any) -> dict[str, Any]:
         return value if isinstance(value, dict) else super().from_json(value)
 
-    export_time = "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+    export_time = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
     json_object = "json_build_object"
-    details_json = "details"
-    details_text = "details::text"
+    json_in_json = "{}"
+    json_as_text = "{}::text"
 
     def text(self, expression: str) -> str:
         return f"({expression})::text"
@@ -262,19 +264,8 @@ class AuditStore:
             uuid=d.uuid_type,
             time=d.time_type,
             json=d.json_type,
-            export_json=d.text(
-                EXPORT_JSON.format(object=d.json_object, time=d.export_time, details=d.details_json)
-            ),
-            export_csv=", ".join(
-                d.export_time
-                if c == "occurred_at"
-                else d.details_text
-                if c == "details"
-                else d.text(c)
-                if c in UUID_COLUMNS
-                else c
-                for c in CSV_SOURCE_COLUMNS
-            ),
+            export_json=d.text(d.export_json()),
+            export_csv=d.export_csv(),
         )
         self._create_tables()
 
@@ -439,11 +430,12 @@ class AuditStore:
         params: list[Any] = []
         for name in RECORD_COLUMNS:
             value = getattr(record, name)
-            if name in UUID_COLUMNS:
+            kind = KINDS[name]
+            if kind == "uuid":
                 value = d.to_uuid(value)
-            elif name == "occurred_at":
+            elif kind == "time":
                 value = d.to_time(value)
-            elif name == "details":
+            elif kind == "json":
                 value = d.to_json(value)
             params.append(value)
         return params
@@ -558,7 +550,7 @@ class AuditStore:
     def csv_rows(
         self, workspace_id: UUID, where: AuditFilter, before: int | None, limit: int
     ) -> list[list[Any]]:
-        """Like `records`, as lists of CSV_SOURCE_COLUMNS' values as text."""
+        """Like `records`, as lists of the values of `audit.shape.CSV_FIELDS` as text."""
         rows = self._select(
             "SELECT {export_csv} FROM {audit_events} WHERE {condition} "
             "ORDER BY position DESC LIMIT ?",
@@ -624,11 +616,12 @@ class AuditStore:
         values: dict[str, Any] = {}
         for name in RECORD_COLUMNS:
             value = row[name]
-            if name in UUID_COLUMNS:
+            kind = KINDS[name]
+            if kind == "uuid":
                 value = d.from_uuid(value)
-            elif name == "occurred_at":
+            elif kind == "time":
                 value = d.from_time(value)
-            elif name == "details":
+            elif kind == "json":
                 value = d.from_json(value)
             values[name] = value
         return AuditRecord(**values)

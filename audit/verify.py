@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
-from ledger.audit_chain import (
+from audit.chain import (
     ZERO_HASH,
     Keyring,
     Signature,
@@ -26,7 +26,7 @@ from ledger.audit_chain import (
     leaf_hash,
     next_chain_hash,
 )
-from ledger.audit_store import AuditStore, ChainLink, Checkpoint
+from audit.store import AuditStore, ChainLink, Checkpoint
 
 PROBLEMS = (
     "edited",
