@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
@@ -16,14 +17,15 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Notification, Recording
+from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, Recording
 from eventsourcing.postgres import PostgresDatastore
+from psycopg import Error as PostgresError
 from psycopg import connect as postgres_connect
 from psycopg.sql import SQL, Identifier
 
 from ledger import tokens
 from ledger.attempts import AttemptLimiter, InMemoryAttemptLimiter
-from ledger.config import Settings
+from ledger.config import ConfigError, Settings, redact
 from ledger.domainmodel import (
     ADMIN,
     IP_LIMIT,
@@ -83,6 +85,10 @@ def retry_on_conflict(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+class StoreUnavailable(ConfigError):
+    """The store LEDGER_DATABASE_URL names cannot be opened: one line for the operator."""
+
+
 class IssuedToken(NamedTuple):
     value: str  # shown once, to the person who asked for it, and never stored
     info: dict[str, Any]
@@ -138,14 +144,25 @@ class Ledger(Application[UUID]):
 
     @classmethod
     def from_settings(cls, settings: Settings, attempts: AttemptLimiter | None = None) -> Ledger:
+        """Open the store: an SQLite store's own folder (nothing above it) and the tables are
+        created when missing; any failure to open it is a StoreUnavailable."""
         env = settings.eventsourcing_env()
-        with _one_process_at_a_time_creating_tables(env):
-            return cls(
-                env,
-                passwords=Passwords(settings.argon2),
-                attempts=attempts,
-                token_prefix=settings.token_prefix,
-            )
+        try:
+            if settings.sqlite_file is not None:
+                settings.sqlite_file.parent.mkdir(exist_ok=True)
+            with _one_process_at_a_time_creating_tables(env):
+                return cls(
+                    env,
+                    passwords=Passwords(settings.argon2),
+                    attempts=attempts,
+                    token_prefix=settings.token_prefix,
+                )
+        except (OSError, PersistenceError, PostgresError, sqlite3.Error) as error:
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise StoreUnavailable(
+                f"LEDGER_DATABASE_URL: cannot open the event store {redact(settings.database_url)}"
+                f": {reason}"
+            ) from None
 
     # Workspaces
 
