@@ -43,6 +43,7 @@ from ledger.domainmodel import (
     Person,
     PersonDisabled,
     PersonNotFound,
+    StoreInUse,
     Token,
     TokenNotFound,
     UsageReport,
@@ -174,6 +175,34 @@ class Ledger(Application[UUID]):
         except IntegrityError:
             raise WorkspaceExists(f"Workspace {name!r} already exists") from None
         return workspace.id
+
+    def create_first_workspace(
+        self, ctx: AuditContext, workspace_name: str, admin_username: str, admin_password: str
+    ) -> dict[str, Any]:
+        """The first start's workspace and its admin, in one atomic save: a start that fails
+        leaves the store empty, and the next one tries again. Refused with StoreInUse once the
+        store holds any event; of two first starts at once, the second's save collides with
+        the first's (the ids are made from the names) and is refused the same way."""
+        self._check_operator(ctx)
+        self._check_password_policy(admin_password)
+        check_username(admin_username)  # before the expensive hash
+        if self.recorder.max_notification_id():
+            raise StoreInUse("The store is in use already: the first start has happened")
+        context = ctx.as_event_field()
+        workspace = Workspace(name=workspace_name, context=context)
+        admin = Person(
+            username=admin_username,
+            workspace_id=workspace.id,
+            role=ADMIN,
+            can_generate_tokens=False,
+            password_hash=self.passwords.hash(admin_password),
+            context=context,
+        )
+        try:
+            self.save(workspace, admin)
+        except IntegrityError:
+            raise StoreInUse("The store is in use already: another first start won") from None
+        return person_as_dict(admin)
 
     def workspace_id(self, name: str) -> UUID:
         workspace_id = Workspace.create_id(name)
