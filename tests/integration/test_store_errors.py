@@ -104,3 +104,14 @@ def test_an_unsupported_redis_url(tmp_path, command, url, problem):
     result = ledger(tmp_path, *command, LEDGER_REDIS_URL=url)
     assert_one_line_error(result, 2, problem)
     assert contents(tmp_path) == []
+
+
+def test_projections_status_on_the_embedded_defaults_says_what_it_sees(tmp_path):
+    assert ledger(tmp_path, "workspaces", "create", "acme").returncode == 0
+    result = ledger(tmp_path, "projections", "status")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "event store: head at position 1",
+        "read models: embedded (no LEDGER_REDIS_URL), inside `ledger serve`'s process, which"
+        " alone can see them: ask its /readyz",
+    ]
