@@ -96,26 +96,33 @@ class Keyring:
 
 def load_key_file(path: Path) -> bytes:
     """The key in `path`, created (mode 0600) with 256 random bits when it does not exist yet."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write a temporary file and link it into place: a concurrent first start either wins
-        # or reads the winner's complete key, never a half-written one.
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(descriptor, "w") as file:
-                file.write(secrets.token_urlsafe(32) + "\n")
-                file.flush()
-                os.fsync(file.fileno())
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink(missing_ok=True)
-    mode = path.stat().st_mode
+    try:
+        if not path.exists():
+            _create_key_file(path)
+        mode = path.stat().st_mode
+        key = path.read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"audit key file {path}: {error.strerror or error}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"audit key file {path} must not be accessible to others (chmod 600)")
-    key = path.read_text().strip()
     if not key:
         raise ConfigError(f"audit key file {path} is empty")
     return key.encode()
+
+
+def _create_key_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write a temporary file and link it into place: a concurrent first start either wins or
+    # reads the winner's complete key, never a half-written one.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -54,6 +54,15 @@ def projections() -> None:
 @click.pass_obj
 def projections_status(env: Env) -> None:
     """The read models' position, the store's head, and the lag in events and seconds."""
+    if env.settings.embedded:
+        # Their fakeredis is in `ledger serve`'s memory: the store is all this process can see.
+        head = env.ledger.recorder.max_notification_id() or 0
+        click.echo(f"event store: head at position {head}")
+        click.echo(
+            "read models: embedded (no LEDGER_REDIS_URL), inside `ledger serve`'s process, which"
+            " alone can see them: ask its /readyz"
+        )
+        return
     status = env.services.projector.status()
     table = Table("read model", "generation", "position", "head", "lag (events)", "lag (s)")
     table.add_row(

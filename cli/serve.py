@@ -8,6 +8,7 @@ the workers' metrics directory.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import secrets
@@ -15,6 +16,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,15 @@ from gunicorn.app.base import BaseApplication
 
 from bootstrap import Role, build
 from cli.common import Env, fail
+from ledger.application import Ledger
 from ledger.config import Settings
-from ledger.domainmodel import ADMIN, AuditContext, WorkspaceExists
+from ledger.domainmodel import AuditContext, StoreInUse
+from ledger.passwords import policy_violation
 
 DEFAULT_WORKSPACE = "default"
 DEFAULT_ADMIN = "admin"
+CREATED = f"Created workspace {DEFAULT_WORKSPACE!r} and administrator {DEFAULT_ADMIN!r}"
+ADMIN_PASSWORD_FILE = "admin-password"  # beside an SQLite store, when generated
 THREADS = 4  # per worker, by default: requests waiting on argon2 do not hold up the others
 # Method, path without query string, status, bytes, milliseconds, request id, user agent:
 # no Authorization, no query string, no user name (gunicorn's %(u)s decodes Basic auth).
@@ -113,27 +119,68 @@ def _check_port(host: str, port: int) -> None:
 
 
 def bootstrap(settings: Settings) -> None:
-    """On the first start with an empty store: workspace `default` and its admin `admin`.
+    """On the first start with an empty store: workspace `default` and its admin `admin`, in
+    one atomic save, so that a start that fails leaves the store empty for the next one.
 
-    The admin's password is LEDGER_ADMIN_PASSWORD, or generated and printed here, once.
+    The admin's password is LEDGER_ADMIN_PASSWORD, checked before anything is opened; or,
+    beside an SQLite store only, a generated one written to a file only this user can read,
+    never to the output (under gunicorn or docker, that is a log). A PostgreSQL store's servers
+    run in containers and on hosts whose files the operator may never see: there it is required.
     """
+    given = settings.admin_password
+    problem = given and policy_violation(given)
+    if problem:
+        fail(f"LEDGER_ADMIN_PASSWORD: {problem}", 2)
     services = build(settings, Role.CLI)
     try:
-        ledger = services.ledger
-        if ledger.recorder.max_notification_id():
+        if services.ledger.recorder.max_notification_id():
             return
-        cli = AuditContext.cli()
-        try:
-            workspace_id = ledger.create_workspace(DEFAULT_WORKSPACE, cli)
-        except WorkspaceExists:
-            return  # another server started at the same moment and did this
-        password = settings.admin_password or secrets.token_urlsafe(18)
-        ledger.add_person(cli, DEFAULT_ADMIN, password, ADMIN, workspace_id)
-        click.echo(f"Created workspace {DEFAULT_WORKSPACE!r} and administrator {DEFAULT_ADMIN!r}.")
-        if settings.admin_password is None:
-            click.echo(f"The administrator's password, shown this once: {password}")
+        if given is not None:
+            if _first_start(services.ledger, given):
+                click.echo(f"{CREATED}, with the password in LEDGER_ADMIN_PASSWORD.")
+            return
+        if settings.sqlite_file is None:
+            fail(
+                "LEDGER_ADMIN_PASSWORD must be set for the first start on this store: a generated"
+                " password is only ever written to a file beside an SQLite store",
+                2,
+            )
+        path = (settings.sqlite_file.parent / ADMIN_PASSWORD_FILE).resolve()
+        password = secrets.token_urlsafe(18)
+        with _private_draft(path, password) as put_in_place:
+            if _first_start(services.ledger, password):
+                put_in_place()
+                click.echo(
+                    f"{CREATED}. Its password is in {path}, readable by this user only"
+                    f" (lost: `ledger users reset-password {DEFAULT_ADMIN}`)."
+                )
     finally:
         services.close()
+
+
+def _first_start(ledger: Ledger, password: str) -> bool:
+    try:
+        ledger.create_first_workspace(
+            AuditContext.cli(), DEFAULT_WORKSPACE, DEFAULT_ADMIN, password
+        )
+    except StoreInUse:
+        return False  # another server started at the same moment and did this
+    return True
+
+
+@contextlib.contextmanager
+def _private_draft(path: Path, password: str) -> Iterator[Callable[[], object]]:
+    """`password` in a file beside `path` that only this user can read (0600 from its
+    creation), and the function that moves it to `path`; removed unless moved. Written before
+    the admin is saved and moved after: a start that cannot keep the password creates no
+    admin, and the loser of two starts at once leaves the winner's file alone."""
+    draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(password + "\n")
+    try:
+        yield lambda: draft.replace(path)
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 class Server(BaseApplication):  # type: ignore[misc]  # gunicorn has no type information

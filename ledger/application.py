@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
@@ -16,14 +17,15 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Notification, Recording
+from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, Recording
 from eventsourcing.postgres import PostgresDatastore
+from psycopg import Error as PostgresError
 from psycopg import connect as postgres_connect
 from psycopg.sql import SQL, Identifier
 
 from ledger import events, tokens
 from ledger.attempts import AttemptLimiter, InMemoryAttemptLimiter
-from ledger.config import Settings
+from ledger.config import ConfigError, Settings, redact
 from ledger.domainmodel import (
     ADMIN,
     IP_LIMIT,
@@ -41,6 +43,7 @@ from ledger.domainmodel import (
     Person,
     PersonDisabled,
     PersonNotFound,
+    StoreInUse,
     Token,
     TokenNotFound,
     UsageReport,
@@ -81,6 +84,10 @@ def retry_on_conflict(command: Callable[P, R]) -> Callable[P, R]:
             raise Conflict("The resource was changed concurrently; try again") from None
 
     return wrapper
+
+
+class StoreUnavailable(ConfigError):
+    """The store LEDGER_DATABASE_URL names cannot be opened: one line for the operator."""
 
 
 class IssuedToken(NamedTuple):
@@ -155,15 +162,26 @@ class Ledger(Application[UUID]):
         attempts: AttemptLimiter | None = None,
         on_saved: Callable[[Saved], None] | None = None,
     ) -> Ledger:
+        """Open the store: an SQLite store's own folder (nothing above it) and the tables are
+        created when missing; any failure to open it is a StoreUnavailable."""
         env = settings.eventsourcing_env()
-        with _one_process_at_a_time_creating_tables(env):
-            return cls(
-                env,
-                passwords=Passwords(settings.argon2),
-                attempts=attempts,
-                token_prefix=settings.token_prefix,
-                on_saved=on_saved,
-            )
+        try:
+            if settings.sqlite_file is not None:
+                settings.sqlite_file.parent.mkdir(exist_ok=True)
+            with _one_process_at_a_time_creating_tables(env):
+                return cls(
+                    env,
+                    passwords=Passwords(settings.argon2),
+                    attempts=attempts,
+                    token_prefix=settings.token_prefix,
+                    on_saved=on_saved,
+                )
+        except (OSError, PersistenceError, PostgresError, sqlite3.Error) as error:
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise StoreUnavailable(
+                f"LEDGER_DATABASE_URL: cannot open the event store {redact(settings.database_url)}"
+                f": {reason}"
+            ) from None
 
     # Workspaces
 
@@ -175,6 +193,34 @@ class Ledger(Application[UUID]):
         except IntegrityError:
             raise WorkspaceExists(f"Workspace {name!r} already exists") from None
         return workspace.id
+
+    def create_first_workspace(
+        self, ctx: AuditContext, workspace_name: str, admin_username: str, admin_password: str
+    ) -> dict[str, Any]:
+        """The first start's workspace and its admin, in one atomic save: a start that fails
+        leaves the store empty, and the next one tries again. Refused with StoreInUse once the
+        store holds any event; of two first starts at once, the second's save collides with
+        the first's (the ids are made from the names) and is refused the same way."""
+        self._check_operator(ctx)
+        self._check_password_policy(admin_password)
+        check_username(admin_username)  # before the expensive hash
+        if self.recorder.max_notification_id():
+            raise StoreInUse("The store is in use already: the first start has happened")
+        context = ctx.as_event_field()
+        workspace = Workspace(name=workspace_name, context=context)
+        admin = Person(
+            username=admin_username,
+            workspace_id=workspace.id,
+            role=ADMIN,
+            can_generate_tokens=False,
+            password_hash=self.passwords.hash(admin_password),
+            context=context,
+        )
+        try:
+            self.save(workspace, admin)
+        except IntegrityError:
+            raise StoreInUse("The store is in use already: another first start won") from None
+        return person_as_dict(admin)
 
     def workspace_id(self, name: str) -> UUID:
         workspace_id = Workspace.create_id(name)

@@ -47,6 +47,10 @@ class Settings:
                 f"LEDGER_TOKEN_PREFIX must be 1-16 letters or digits, got {self.token_prefix!r}"
             )
         self.eventsourcing_env()  # validates the URL now rather than at first use
+        if self.sqlite_file is not None:
+            _check_sqlite_file(self.sqlite_file)
+        if self.redis_url is not None:
+            _check_redis_url(self.redis_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -86,6 +90,14 @@ class Settings:
         """The embedded mode has one process, whose fakeredis answers without a round trip."""
         return self.verification_cache and not self.embedded
 
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The file of an SQLite store (not an in-memory one). Opening the store creates its
+        folder, and only that; the audit key and a generated admin password are kept there."""
+        env = self.eventsourcing_env()
+        name = env.get("SQLITE_DBNAME")
+        return Path(name) if name and name != ":memory:" else None
+
     def eventsourcing_env(self) -> dict[str, str]:
         """Map LEDGER_DATABASE_URL onto eventsourcing's persistence settings."""
         return database_env(self.database_url)
@@ -100,8 +112,6 @@ def database_env(url: str) -> dict[str, str]:
         path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
         if not path or parts.netloc:
             raise ConfigError(f"LEDGER_DATABASE_URL: expected sqlite:///path, got {url!r}")
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         return {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": path,
@@ -112,12 +122,12 @@ def database_env(url: str) -> dict[str, str]:
         if not parts.hostname or not dbname:
             raise ConfigError(
                 "LEDGER_DATABASE_URL: expected postgresql://user:pass@host:port/db, "
-                f"got {_redact(url)}"
+                f"got {redact(url)}"
             )
         try:
             port = parts.port or 5432
         except ValueError:
-            raise ConfigError(f"LEDGER_DATABASE_URL: bad port in {_redact(url)}") from None
+            raise ConfigError(f"LEDGER_DATABASE_URL: bad port in {redact(url)}") from None
         query = parse_qs(parts.query)
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -138,11 +148,43 @@ def database_env(url: str) -> dict[str, str]:
         return env
     raise ConfigError(
         "LEDGER_DATABASE_URL must start with sqlite:///, postgresql:// or memory://, "
-        f"got {_redact(url)}"
+        f"got {redact(url)}"
     )
 
 
-def _redact(url: str) -> str:
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse, before anything is created, a path that cannot be the store's file: opening the
+    store creates the store's own folder and nothing above it."""
+    folder = path.parent
+    above = folder if folder.exists() else folder.parent
+    if path.exists() and not path.is_file():
+        problem = "it exists and is not a file"
+    elif not above.exists():
+        problem = f"{above} does not exist (only the store's own folder is created)"
+    elif not above.is_dir():
+        problem = f"{above} is not a folder"
+    else:
+        return
+    raise ConfigError(f"LEDGER_DATABASE_URL: {path} cannot be the store's file: {problem}")
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_redis_url(url: str) -> None:
+    scheme = urlsplit(url).scheme
+    if scheme == "redis+cluster":
+        raise ConfigError(
+            "LEDGER_REDIS_URL: redis+cluster:// (Redis Cluster) is not supported yet; "
+            "use redis://, rediss:// or unix:// for a single Redis server"
+        )
+    if scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            f"LEDGER_REDIS_URL must start with redis://, rediss:// or unix://, got {redact(url)}"
+        )
+
+
+def redact(url: str) -> str:
     password = urlsplit(url).password
     return repr(url.replace(f":{password}@", ":***@") if password else url)
 

@@ -513,3 +513,7 @@ class UsernameTaken(Conflict):
 
 class WorkspaceExists(Conflict):
     pass
+
+
+class StoreInUse(Conflict):
+    """The first start's command found the store holding events already."""

@@ -1,10 +1,12 @@
-"""`ledger serve` itself: on the embedded defaults, the first start's admin, the one-worker limit
-and an access log without credentials; on PostgreSQL and Redis, a listening socket per worker."""
+"""`ledger serve` itself: on the embedded defaults, the first start's admin (its password in a
+file, never in the log; a bad LEDGER_ADMIN_PASSWORD refused before anything is made), the
+one-worker limit and an access log without credentials; on PostgreSQL and Redis, a listening
+socket per worker."""
 
 from __future__ import annotations
 
 import os
-import re
+import stat
 import subprocess
 from pathlib import Path
 
@@ -46,13 +48,13 @@ def test_embedded_mode_refuses_more_than_one_worker(tmp_path):
     assert "LEDGER_REDIS_URL" in done.stderr
 
 
-def test_the_first_start_creates_an_admin_and_shows_the_password_once(tmp_path):
+def test_the_first_start_keeps_a_generated_password_in_a_file_and_never_in_the_log(tmp_path):
     first = start(tmp_path, "first")
     try:
-        found = re.search(r"shown this once: (\S+)", first.output())
-        assert found, first.output()
-        password = Secret(found.group(1))
+        kept = tmp_path / "admin-password"
+        password = Secret(kept.read_text().strip())
         remember(password)
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
         me = requests.get(f"{first.url}/v4/people/current", auth=("admin", password), timeout=10)
         assert me.json()["role"] == "admin"
         settings = requests.get(
@@ -62,13 +64,46 @@ def test_the_first_start_creates_an_admin_and_shows_the_password_once(tmp_path):
     finally:
         first.stop()
     log = first.output()
-    assert log.count(password) == 1  # the one line that showed it, and no access log line
+    assert password not in log
+    assert f"Its password is in {kept}" in log  # where, and only where
     assert "GET /v4/people/current" in log
     assert "Authorization" not in log and "Basic " not in log
 
     second = start(tmp_path, "second")
     second.stop()
-    assert "shown this once" not in second.output()
+    assert "Created workspace" not in second.output()
+    assert kept.read_text().strip() == password
+
+
+def test_a_bad_admin_password_stops_the_first_start_and_leaves_the_store_empty(tmp_path):
+    done = subprocess.run(
+        [str(BIN / "ledger"), "serve", "--port", str(free_port())],
+        env={**embedded(tmp_path), "LEDGER_ADMIN_PASSWORD": "too short"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stdout == "" and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("Error: LEDGER_ADMIN_PASSWORD: ")
+    assert list(tmp_path.iterdir()) == []
+
+    good = Secret("a good first admin passphrase")
+    remember(good)
+    port = free_port()
+    server = Server(
+        [str(BIN / "ledger"), "serve", "--port", str(port)],
+        {**embedded(tmp_path), "LEDGER_ADMIN_PASSWORD": good},
+        tmp_path / "good.log",
+        port,
+    )
+    try:
+        server.wait_ready()
+        me = requests.get(f"{server.url}/v4/people/current", auth=("admin", good), timeout=10)
+        assert me.json()["role"] == "admin"
+    finally:
+        server.stop()
+    assert good not in server.output()
 
 
 def test_with_reuse_port_each_worker_listens_and_keep_alive_connections_spread_over_them(server):

@@ -603,6 +603,7 @@ def test_audit_errors_are_one_line(tmp_path, passwords):
 
 def test_on_sqlite_without_a_key_the_cli_makes_a_key_file_beside_the_store(tmp_path, passwords):
     url = f"sqlite:///{tmp_path}/store/ledger.sqlite"
+    (tmp_path / "store").mkdir()  # made by opening the store; make_ledger bypasses that
     ledger = make_ledger(url, passwords)
     ledger.create_workspace("acme", AuditContext.cli())
     ledger.close()

@@ -118,11 +118,6 @@ def test_a_bad_database_url_is_one_line_and_exit_code_2():
     )
 
 
-def test_an_unreachable_database_is_one_line():
-    result = run("postgresql://postgres@127.0.0.1:1/test", "workspaces", "create", "x")
-    assert_one_line_error(result, 1, "cannot reach the event store")
-
-
 @pytest.mark.parametrize(
     "command", [[], ["workspaces"], ["workspaces", "create"], ["users"], ["users", "add"]]
 )

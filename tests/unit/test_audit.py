@@ -661,6 +661,14 @@ def test_the_key_file_is_created_private_once_and_then_reused(tmp_path):
         load_key_file(path)
 
 
+def test_a_key_file_that_cannot_be_made_is_one_config_error(tmp_path):
+    """An operator's mistake (here a file where the folder should be) is one line, not an
+    OSError's traceback."""
+    (tmp_path / "not-a-folder").write_text("")
+    with pytest.raises(ConfigError, match=r"audit key file .*not-a-folder/audit.key: "):
+        load_key_file(tmp_path / "not-a-folder" / "audit.key")
+
+
 def test_where_the_key_comes_from(tmp_path):
     sqlite = f"sqlite:///{tmp_path}/store/ledger.sqlite"
     explicit = keyring_from_settings(Settings(database_url=sqlite, audit_key=b"explicit"))

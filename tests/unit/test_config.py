@@ -2,6 +2,7 @@
 
 import pytest
 
+from ledger.application import Ledger, StoreUnavailable
 from ledger.config import ConfigError, Settings, database_env
 
 
@@ -16,7 +17,72 @@ def test_sqlite_urls_map_to_a_path(tmp_path):
     env = database_env(f"sqlite:///{tmp_path}/x/ledger.sqlite")
     assert env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite"
     assert env["SQLITE_DBNAME"] == f"{tmp_path}/x/ledger.sqlite"
-    assert (tmp_path / "x").is_dir()  # created so that the first start works
+    assert not (tmp_path / "x").exists()  # reading settings creates nothing
+
+
+def test_opening_an_sqlite_store_creates_its_own_folder_and_nothing_above_it(tmp_path):
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/x/ledger.sqlite")
+    assert settings.sqlite_file == tmp_path / "x" / "ledger.sqlite"
+    Ledger.from_settings(settings).close()  # the first start's folder
+    assert (tmp_path / "x" / "ledger.sqlite").is_file()
+    assert Settings(database_url="sqlite:///:memory:").sqlite_file is None
+    assert Settings(database_url="memory://").sqlite_file is None
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("folder", "it exists and is not a file"),
+        ("file/ledger.sqlite", "file is not a folder"),
+        ("file/below/ledger.sqlite", "file is not a folder"),
+        ("missing/below/ledger.sqlite", "missing does not exist"),
+    ],
+)
+def test_an_sqlite_path_that_cannot_be_the_store_is_refused_before_anything_is_made(
+    tmp_path, path, problem
+):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").touch()
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"LEDGER_DATABASE_URL": f"sqlite:///{tmp_path}/{path}"})
+    assert str(error.value).startswith("LEDGER_DATABASE_URL: ")
+    assert problem in str(error.value) and "\n" not in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
+    assert not any((tmp_path / "folder").iterdir())
+
+
+def test_a_store_that_cannot_be_opened_is_one_line_naming_the_setting(tmp_path):
+    (tmp_path / "ledger.sqlite").write_bytes(b"not a database, " * 512)
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/ledger.sqlite")
+    with pytest.raises(StoreUnavailable) as error:
+        Ledger.from_settings(settings)
+    assert str(error.value) == (
+        f"LEDGER_DATABASE_URL: cannot open the event store 'sqlite:///{tmp_path}/ledger.sqlite'"
+        ": file is not a database"
+    )
+    assert isinstance(error.value, ConfigError)  # the CLI's exit code 2
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://cache.internal:6380", "unix:///run/redis.sock"]
+)
+def test_redis_urls_of_a_single_server_are_accepted(url):
+    assert Settings.from_env({"LEDGER_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://:hunter2hunter2@cache:6379", "must start with redis://, rediss:// or unix://"),
+        ("redis+cluster://a:7000,b:7000", "Redis Cluster) is not supported yet"),
+    ],
+)
+def test_other_redis_urls_are_one_clear_error(url, problem):
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"LEDGER_REDIS_URL": url})
+    message = str(error.value)
+    assert message.startswith("LEDGER_REDIS_URL") and problem in message
+    assert "\n" not in message and "hunter2hunter2" not in message
 
 
 def test_postgres_urls_map_to_eventsourcing_settings():

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from cli import serve
 from cli.main import cli
+from tests.integration.conftest import free_port
 
 
 @pytest.fixture
@@ -23,7 +24,10 @@ def started(monkeypatch) -> list[dict[str, Any]]:
 
 
 def run(*args: str, **env: str) -> Any:
-    return CliRunner().invoke(cli, ["serve", *args], env={"LEDGER_REDIS_URL": "redis://x", **env})
+    """`ledger serve`, on a free port unless told: --reuse-port binds a probe to it, and 8000
+    may be the README's own server, running beside the tests."""
+    defaults = {"LEDGER_REDIS_URL": "redis://x", "LEDGER_PORT": str(free_port())}
+    return CliRunner().invoke(cli, ["serve", *args], env={**defaults, **env})
 
 
 def test_threads_per_worker_default_to_four(started):
