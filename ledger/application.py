@@ -417,7 +417,7 @@ class Ledger(Application[UUID]):
         """Admins and verifiers introspect tokens, of their own workspace only: the one returned.
 
         Other services call this for every token they are handed, and a verification reads
-        nothing from the store (product.md): a Bearer caller is judged on what the verifier
+        nothing from the store (docs/CONTRACT.md): a Bearer caller is judged on what the verifier
         found of them (`verified`), anyone else on the store.
         """
         if verified is None:

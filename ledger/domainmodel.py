@@ -348,7 +348,7 @@ class Lockout(Aggregate):
 
 
 class UsageReport(Aggregate):
-    """When tokens were last used, as the read models saw it (product.md: `lastUsed` reaches
+    """When tokens were last used, as the read models saw it (docs/CONTRACT.md: `lastUsed` reaches
     durable storage at least every 10 minutes). Keyed by token hash, as the read model is;
     times are epoch milliseconds. One report per flush, so a busy token costs no write per use."""
 

@@ -1,5 +1,5 @@
-"""Times as product.md writes them everywhere (responses, exports, messages): ISO-8601 UTC with
-milliseconds and a Z, as in 2026-11-23T10:15:30.123Z."""
+"""Times as docs/CONTRACT.md writes them everywhere (responses, exports, messages): ISO-8601 UTC
+with milliseconds and a Z, as in 2026-11-23T10:15:30.123Z."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from projections.writer import Batch, Writer
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
-USAGE_FLUSH_SECONDS = 300.0  # product.md: lastUsed reaches durable storage within 10 minutes
+USAGE_FLUSH_SECONDS = 300.0  # docs/CONTRACT.md: lastUsed reaches durable storage within 10 minutes
 LISTEN_RENEW_SECONDS = 300.0  # a lost NOTIFY or a stale LISTEN never stalls us for long
 # `status` counts the events not yet applied up to this many, so that a scrape stays cheap when
 # the projector is far behind (lagSeconds still tells how far).

@@ -1,4 +1,4 @@
-"""product.md's Rules 1 to 8 over HTTP, against the real server.
+"""docs/CONTRACT.md's Rules 1 to 8 over HTTP, against the real server.
 
 Tests that change workspace settings do so in a workspace of their own (`new_workspace`), so
 that no other test sees the change. Rule 5 ("refused as soon as the call returns, on every API

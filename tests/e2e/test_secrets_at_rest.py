@@ -20,7 +20,7 @@ from tests.e2e.conftest import ADMIN, BASIC_CREDENTIALS, SECRETS
 
 pytestmark = pytest.mark.e2e
 
-# A token value of any prefix (product.md: `<prefix>_<43 + 6 base62 characters>`).
+# A token value of any prefix (docs/CONTRACT.md: `<prefix>_<43 + 6 base62 characters>`).
 TOKEN_SHAPED = re.compile(rb"(?<![A-Za-z0-9])[A-Za-z0-9]{1,16}_[0-9A-Za-z]{49}(?![A-Za-z0-9])")
 BEARER_VALUE = re.compile(rb"Bearer\s+[^\s\"']{20,}")
 BASIC_VALUE = re.compile(rb"Basic\s+([A-Za-z0-9+/]{4,}={0,2})")

@@ -66,7 +66,7 @@ def bearer(value: str) -> dict[str, str]:
 
 
 def assert_error(response: TestResponse, status: int, name: str | None = None) -> dict[str, Any]:
-    """The error shape of product.md, with the status, and the request id header."""
+    """The error shape of docs/CONTRACT.md, with the status, and the request id header."""
     assert response.status_code == status, response.get_data(as_text=True)
     assert set(response.json) == {"exception"}
     error: dict[str, Any] = response.json["exception"]

@@ -336,7 +336,7 @@ def test_members_may_not_introspect(api):
 
 
 def test_a_bearer_caller_introspects_without_reading_the_event_store(api, monkeypatch):
-    """Services introspect every token they are handed: like any verification (product.md),
+    """Services introspect every token they are handed: like any verification (docs/CONTRACT.md),
     with no event-store access, the caller judged on what the verifier found of them."""
     add(api, "vera", VERIFIER, can_generate_tokens=True)
     vera, _ = api.issue(basic("vera"))

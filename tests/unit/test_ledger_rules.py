@@ -1,4 +1,4 @@
-"""The rules of product.md, at the application level, on the in-memory store."""
+"""The rules of docs/CONTRACT.md, at the application level, on the in-memory store."""
 
 from __future__ import annotations
 

@@ -1255,7 +1255,7 @@ def test_last_used_that_cannot_be_made_durable_is_kept_for_the_next_flush(live, 
 
 
 def test_the_projector_flushes_usage_on_its_own_often_enough(live):
-    assert USAGE_FLUSH_SECONDS <= 600  # product.md: durable at least every 10 minutes
+    assert USAGE_FLUSH_SECONDS <= 600  # docs/CONTRACT.md: durable at least every 10 minutes
     world = live.world()
     value, info = world.issue()
     assert live.status(value) == "valid"

@@ -1,4 +1,4 @@
-"""Every time on the wire is ISO-8601 UTC with milliseconds and a Z (product.md), whether it
+"""Every time on the wire is ISO-8601 UTC with milliseconds and a Z (docs/CONTRACT.md), whether it
 was a datetime or, as Redis keeps times, milliseconds since the epoch."""
 
 from __future__ import annotations
