@@ -28,7 +28,12 @@ class Env:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger.from_settings(self.settings)
+        """With shared read models (LEDGER_REDIS_URL), the services' ledger: its writes reach
+        them, and every API process's verification cache, before the command returns (Rule 5,
+        as over the API). Embedded, the store's alone: those read models live in `ledger serve`."""
+        if self.settings.embedded:
+            return Ledger.from_settings(self.settings)
+        return self.services.ledger
 
     @cached_property
     def services(self) -> Services:
@@ -47,6 +52,12 @@ class LedgerGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # click prints the help
+        except click.UsageError as error:
+            # click's own shape is four lines (usage, hint, blank, error): one, with the hint
+            where = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+            fail(" ".join(error.format_message().split()) + where, code=error.exit_code)
         except ConfigError as error:
             fail(str(error), code=2)
         except LedgerError as error:
