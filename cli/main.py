@@ -14,6 +14,7 @@ from cli.workspaces import workspaces
 
 
 @click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="token-ledger", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Token Ledger: personal API access tokens with an immutable audit trail.

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from cli.common import Env, fail
+from cli.output import json_option, print_json
 from projections.wiring import AuditFollowerProcess
 
 
@@ -47,20 +48,24 @@ def projections() -> None:
 
 
 @projections.command("status")
+@json_option
 @click.pass_obj
-def projections_status(env: Env) -> None:
+def projections_status(env: Env, as_json: bool) -> None:
     """The read models' position, the store's head, and the lag in events and seconds."""
     status = env.services.projector.status()
-    table = Table("read model", "generation", "position", "head", "lag (events)", "lag (s)")
-    table.add_row(
-        "ready" if status["ready"] else "NOT READY",
-        str(status["generation"]),
-        str(status["position"]),
-        str(status["head"]),
-        str(status["lagEvents"]),
-        str(status["lagSeconds"]),
-    )
-    Console().print(table)
+    if as_json:
+        print_json(status)
+    else:
+        table = Table("read model", "generation", "position", "head", "lag (events)", "lag (s)")
+        table.add_row(
+            "ready" if status["ready"] else "NOT READY",
+            str(status["generation"]),
+            str(status["position"]),
+            str(status["head"]),
+            str(status["lagEvents"]),
+            str(status["lagSeconds"]),
+        )
+        Console().print(table)
     if not status["ready"]:
         sys.exit(1)
 
