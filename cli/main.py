@@ -9,6 +9,7 @@ from cli.audit import audit
 from cli.common import Env, LedgerGroup
 from cli.projections import projections, projector
 from cli.serve import serve
+from cli.tokens import tokens
 from cli.users import users
 from cli.workspaces import workspaces
 
@@ -25,5 +26,5 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(Env)
 
 
-for command in (workspaces, users, serve, projector, projections, audit):
+for command in (workspaces, users, tokens, serve, projector, projections, audit):
     cli.add_command(command)
