@@ -145,7 +145,8 @@ def audit_list(
         count = trail.count_events(workspace_id, where)
         print_json({"data": events, "count": count, "nextCursor": next_cursor})
         return
-    made = table("Event", "By", "Subject", "Details", title=f"Audit trail of {workspace_name}")
+    title = f"Audit trail of {workspace_name} (times in UTC)"
+    made = table("Event", "By", "Subject", "Details", title=title)
     for event in events:
         add_row(
             made,
