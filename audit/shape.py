@@ -8,12 +8,12 @@ derived from `SHAPE`, so a field is added, renamed or moved here and nowhere els
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from audit.store import AuditRecord
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
 
 Kind = Literal["uuid", "text", "time", "int", "json"]
 
@@ -28,6 +28,27 @@ class Field:
     # Chosen by a client or user, so it may start like a spreadsheet formula; the other text is
     # ids, numbers, names that start with a letter or digit, and JSON objects.
     free_text: bool = False
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One event as the audit read model holds it. Never a secret."""
+
+    position: int
+    type: str
+    occurred_at: datetime
+    workspace_id: UUID | None
+    actor_id: UUID | None
+    actor_username: str | None
+    auth_method: str | None
+    actor_token_id: UUID | None
+    ip: str | None
+    user_agent: str | None
+    request_id: str | None
+    person_id: UUID | None
+    person_username: str | None
+    token_id: UUID | None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 SHAPE: tuple[Field, ...] = (

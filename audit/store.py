@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -20,7 +20,7 @@ from eventsourcing.persistence import ApplicationRecorder, OperationalError
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTransaction
 
-from audit.shape import CSV_FIELDS, SHAPE, TREE, Field, Kind, Node
+from audit.shape import CSV_FIELDS, SHAPE, TREE, AuditRecord, Field, Kind, Node
 
 HEAD_COLUMNS = "position, events, checkpoint_position, checkpoint_events, checkpoint_at"
 
@@ -65,27 +65,6 @@ class TokenOwner:
     token_id: UUID
     owner_id: UUID
     workspace_id: UUID
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One event as the audit read model holds it. Never a secret."""
-
-    position: int
-    type: str
-    occurred_at: datetime
-    workspace_id: UUID | None
-    actor_id: UUID | None
-    actor_username: str | None
-    auth_method: str | None
-    actor_token_id: UUID | None
-    ip: str | None
-    user_agent: str | None
-    request_id: str | None
-    person_id: UUID | None
-    person_username: str | None
-    token_id: UUID | None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 RECORD_COLUMNS = [f.name for f in fields(AuditRecord)]

@@ -29,10 +29,9 @@ from audit.chain import (
     load_key_file,
     next_chain_hash,
 )
-from audit.shape import CSV_COLUMNS, as_event, csv_row
+from audit.shape import CSV_COLUMNS, AuditRecord, as_event, csv_row
 from audit.store import (
     AuditFilter,
-    AuditRecord,
     AuditStore,
     ChainLink,
     Checkpoint,

@@ -20,10 +20,11 @@ from uuid import UUID
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
 from audit.trail import EVENT_TYPES, AuditFilter, AuditTrail, AuditTrailRefused
 from cli.common import Env
+from cli.output import add_row, json_option, key_values, print_json, table
 
 CATCH_UP_BATCH = 5000
 
@@ -124,6 +125,7 @@ def _person_id(env: Env, username_or_id: str | None) -> UUID | None:
 @filter_options
 @click.option("--limit", default=50, show_default=True, help="How many events to show.")
 @click.option("--before", type=int, help="Only events older than this position (paging).")
+@json_option
 @click.pass_obj
 def audit_list(
     env: Env,
@@ -131,31 +133,30 @@ def audit_list(
     workspace_name: str,
     limit: int,
     before: int | None,
+    as_json: bool,
     **filters: Any,
 ) -> None:
     """Show a workspace's events, newest first."""
     workspace_id = env.ledger.workspace_id(workspace_name)
     trail = _trail(env)
-    events, next_cursor = trail.list_events(
-        workspace_id, _filter(env, **filters), cursor=before, limit=limit
-    )
-    table = Table(title=f"Audit trail of {workspace_name}")
-    for column in ("Position", "Time (UTC)", "Type"):
-        table.add_column(column, no_wrap=True)
-    for column in ("Actor", "Source", "Subject", "Details"):
-        table.add_column(column)
+    where = _filter(env, **filters)
+    events, next_cursor = trail.list_events(workspace_id, where, cursor=before, limit=limit)
+    if as_json:
+        count = trail.count_events(workspace_id, where)
+        print_json({"data": events, "count": count, "nextCursor": next_cursor})
+        return
+    title = f"Audit trail of {workspace_name} (times in UTC)"
+    made = table("Event", "By", "Subject", "Details", title=title)
     for event in events:
-        table.add_row(
-            str(event["position"]),
-            event["time"].strftime("%Y-%m-%d %H:%M:%S"),
-            event["type"],
-            _actor(event["actor"]),
-            event["source"]["ip"] or "",
+        add_row(
+            made,
+            f"{event['type']}\n#{event['position']} {event['time']:%Y-%m-%d %H:%M:%S}",
+            "\n".join(filter(None, [_actor(event["actor"]), event["source"]["ip"]])),
             _subject(event["subject"]),
-            ", ".join(f"{k}={v}" for k, v in event["details"].items()),
+            "\n".join(f"{k}={v}" for k, v in event["details"].items()),
         )
     console = Console()
-    console.print(table)
+    console.print(made)
     if not events:
         console.print("No events match.")
     if next_cursor is not None:
@@ -174,7 +175,7 @@ def _subject(subject: dict[str, Any]) -> str:
     parts = [subject["username"] or (str(subject["personId"]) if subject["personId"] else "")]
     if subject["tokenId"]:
         parts.append(f"token {subject['tokenId']}")
-    return " ".join(p for p in parts if p)
+    return "\n".join(p for p in parts if p)
 
 
 @audit.command("export")
@@ -238,8 +239,9 @@ def _anchor(ctx: click.Context, param: click.Parameter, value: str | None) -> An
     callback=_anchor,
     help="An earlier verify's Anchor, kept outside the database: the chain must still hold it.",
 )
+@json_option
 @click.pass_obj
-def audit_verify(env: Env, expect_head: tuple[int, str] | None) -> None:
+def audit_verify(env: Env, expect_head: tuple[int, str] | None, as_json: bool) -> None:
     """Check the hash chain and the signed checkpoints against the stored events.
 
     Exits 1 when an event row was edited, deleted, inserted or reordered, a checkpoint is
@@ -250,19 +252,21 @@ def audit_verify(env: Env, expect_head: tuple[int, str] | None) -> None:
         _catch_up(env, trail)
     with Console(stderr=True).status("Verifying"):
         report = trail.verify(expect_head)
-    table = Table(show_header=False, title="Audit trail verification")
-    table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")  # a hash is compared whole, never shortened
-    table.add_row("Result", "[green]ok[/]" if report["ok"] else "[red]FAILED[/]")
-    table.add_row("Events checked", str(report["eventsChecked"]))
-    table.add_row("Head hash", report["headHash"])
-    table.add_row("Anchor", f"{report['headPosition']}:{report['headHash']}")
-    table.add_row("Last signed checkpoint", str(report["lastCheckpointPosition"] or "none yet"))
-    if not report["ok"]:
-        table.add_row("Problem", report["problem"])
-        table.add_row("First bad position", str(report["firstBadPosition"]))
-        table.add_row("Detail", report["detail"])
-    Console().print(table)
+    if as_json:
+        print_json({**report, "checkedAt": datetime.now(UTC)})
+    else:
+        rows: dict[str, str | Text] = {
+            "Result": Text("ok", style="green") if report["ok"] else Text("FAILED", style="red"),
+            "Events checked": str(report["eventsChecked"]),
+            "Last signed checkpoint": str(report["lastCheckpointPosition"] or "none yet"),
+        }
+        if not report["ok"]:
+            rows["Problem"] = report["problem"]
+            rows["First bad position"] = str(report["firstBadPosition"])
+            rows["Detail"] = report["detail"]
+        Console().print(key_values(rows, title="Audit trail verification"))
+        # Outside the table, whole on one line (it holds the head hash): for copying.
+        click.echo(f"Anchor: {report['headPosition']}:{report['headHash']}")
     if not report["ok"]:
         sys.exit(1)
 

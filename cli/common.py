@@ -48,6 +48,12 @@ class LedgerGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # click prints the help
+        except click.UsageError as error:
+            # click's own shape is four lines (usage, hint, blank, error): one, with the hint
+            where = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+            fail(" ".join(error.format_message().split()) + where, code=error.exit_code)
         except ConfigError as error:
             fail(str(error), code=2)
         except LedgerError as error:

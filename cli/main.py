@@ -9,11 +9,13 @@ from cli.audit import audit
 from cli.common import Env, LedgerGroup
 from cli.projections import projections, projector
 from cli.serve import serve
+from cli.tokens import tokens
 from cli.users import users
 from cli.workspaces import workspaces
 
 
 @click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="token-ledger", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Token Ledger: personal API access tokens with an immutable audit trail.
@@ -24,5 +26,5 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(Env)
 
 
-for command in (workspaces, users, serve, projector, projections, audit):
+for command in (workspaces, users, tokens, serve, projector, projections, audit):
     cli.add_command(command)

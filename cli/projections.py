@@ -15,6 +15,7 @@ from rich.table import Table
 from audit.trail import keyring_from_settings
 from bootstrap import AuditFollowerProcess, Role, build
 from cli.common import Env, fail
+from cli.output import json_option, print_json
 
 
 @click.command()
@@ -51,29 +52,34 @@ def projections() -> None:
 
 
 @projections.command("status")
+@json_option
 @click.pass_obj
-def projections_status(env: Env) -> None:
+def projections_status(env: Env, as_json: bool) -> None:
     """The read models' position, the store's head, and the lag in events and seconds."""
     if env.settings.embedded:
         # Their fakeredis is in `ledger serve`'s memory: the store is all this process can see.
         head = env.ledger.recorder.max_notification_id() or 0
+        where = "inside `ledger serve`'s process (no LEDGER_REDIS_URL), which alone sees them"
+        if as_json:
+            print_json({"head": head, "readModels": "embedded"})
+            return
         click.echo(f"event store: head at position {head}")
-        click.echo(
-            "read models: embedded (no LEDGER_REDIS_URL), inside `ledger serve`'s process, which"
-            " alone can see them: ask its /readyz"
-        )
+        click.echo(f"read models: embedded, {where}: ask its /readyz")
         return
     status = env.services.projector.status()
-    table = Table("read model", "generation", "position", "head", "lag (events)", "lag (s)")
-    table.add_row(
-        "ready" if status["ready"] else "NOT READY",
-        str(status["generation"]),
-        str(status["position"]),
-        str(status["head"]),
-        str(status["lagEvents"]),
-        str(status["lagSeconds"]),
-    )
-    Console().print(table)
+    if as_json:
+        print_json(status)
+    else:
+        table = Table("read model", "generation", "position", "head", "lag (events)", "lag (s)")
+        table.add_row(
+            "ready" if status["ready"] else "NOT READY",
+            str(status["generation"]),
+            str(status["position"]),
+            str(status["head"]),
+            str(status["lagEvents"]),
+            str(status["lagSeconds"]),
+        )
+        Console().print(table)
     if not status["ready"]:
         sys.exit(1)
 

@@ -222,6 +222,16 @@ class Ledger(Application[UUID]):
             raise StoreInUse("The store is in use already: another first start won") from None
         return person_as_dict(admin)
 
+    def get_workspace(self, workspace_id: UUID) -> dict[str, Any]:
+        return workspace_as_dict(self._workspace(workspace_id))
+
+    def list_workspaces(self, ctx: AuditContext) -> list[dict[str, Any]]:
+        """Every workspace of the deployment, by name: the operator's view; scans the store."""
+        self._check_operator(ctx)
+        created = self._created_ids(Workspace.Created.TOPIC)  # type: ignore[attr-defined]
+        workspaces = [workspace_as_dict(self._workspace(workspace_id)) for workspace_id in created]
+        return sorted(workspaces, key=lambda workspace: str(workspace["name"]).casefold())
+
     def workspace_id(self, name: str) -> UUID:
         workspace_id = Workspace.create_id(name)
         if workspace_id not in self.repository:
@@ -282,9 +292,13 @@ class Ledger(Application[UUID]):
     def list_people(
         self, ctx: AuditContext, workspace_id: UUID | None = None
     ) -> list[dict[str, Any]]:
-        """The people of a workspace its admins administer, by username; scans the store."""
-        workspace_id = self._subject_workspace_id(ctx, workspace_id)
-        added = self._created_ids(Person.Added.TOPIC, "workspace_id", workspace_id)  # type: ignore[attr-defined]
+        """The people of a workspace its admins administer, by username; the operator names
+        one, or none for the whole deployment's. Scans the store."""
+        if ctx.is_operator and workspace_id is None:
+            wanted: dict[str, UUID] = {}
+        else:
+            wanted = {"workspace_id": self._subject_workspace_id(ctx, workspace_id)}
+        added = self._created_ids(Person.Added.TOPIC, **wanted)  # type: ignore[attr-defined]
         people = [person_as_dict(self._person(person_id)) for person_id in added]
         return sorted(people, key=lambda person: str(person["username"]).casefold())
 
@@ -494,16 +508,16 @@ class Ledger(Application[UUID]):
     # Helpers
 
     def _token_ids_of(self, owner_id: UUID) -> Iterator[UUID]:
-        return self._created_ids(Token.Issued.TOPIC, "owner_id", owner_id)  # type: ignore[attr-defined]
+        return self._created_ids(Token.Issued.TOPIC, owner_id=owner_id)  # type: ignore[attr-defined]
 
-    def _created_ids(self, topic: str, field: str, value: UUID) -> Iterator[UUID]:
-        """Ids of the aggregates whose creation event (`topic`) has `field` == `value`: a scan."""
+    def _created_ids(self, topic: str, **fields: UUID) -> Iterator[UUID]:
+        """Ids of the aggregates whose creation event (`topic`) has these `fields`: a scan."""
         start = 1
         while True:
             page = self.recorder.select_notifications(start, 500, topics=[topic])
             for notification in page:
                 created = self.mapper.to_domain_event(notification)
-                if getattr(created, field) == value:
+                if all(getattr(created, name) == value for name, value in fields.items()):
                     yield created.originator_id
             if len(page) < 500:
                 return
@@ -615,6 +629,10 @@ def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
     for event in events:
         aggregate = event.mutate(aggregate)
     return aggregate
+
+
+def workspace_as_dict(workspace: Workspace) -> dict[str, Any]:
+    return {"id": workspace.id, "name": workspace.name, "settings": dict(workspace.settings)}
 
 
 def person_as_dict(person: Person) -> dict[str, Any]:

@@ -538,7 +538,7 @@ def test_audit_verify_exits_non_zero_when_the_store_was_tampered_with(cli_store)
 def test_audit_verify_checks_the_anchor_of_an_earlier_run(cli_store):
     url, _ = cli_store
     ok = run(url, "verify")
-    anchor = next(line for line in ok.stdout.splitlines() if "Anchor" in line).split()[-2]
+    anchor = next(line for line in ok.stdout.splitlines() if line.startswith("Anchor: "))[8:]
     assert run(url, "verify", "--expect-head", anchor).returncode == 0
     position = anchor.split(":")[0]
     wrong = run(url, "verify", "--expect-head", f"{position}:{'0' * 64}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import NamedTuple
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -15,6 +15,7 @@ from ledger.domainmodel import (
     NotAdmin,
     NotForOperators,
     PersonNotFound,
+    WorkspaceNotFound,
 )
 from tests.conftest import PASSWORD, World, login, make_ledger
 
@@ -47,6 +48,40 @@ def test_members_cannot_list_people(world):
 def test_the_operator_lists_a_named_workspace(world):
     people = world.ledger.list_people(AuditContext.cli(), world.workspace_id)
     assert len(people) == 2
+
+
+def test_the_operator_lists_the_people_of_the_whole_deployment(world):
+    other_workspace(world.ledger)
+    people = world.ledger.list_people(AuditContext.cli())
+    assert [p["username"] for p in people] == ["ada", "gus", "max"]
+
+
+def test_the_operator_lists_every_workspace_by_name_with_its_settings(world):
+    globex, _ = other_workspace(world.ledger)
+    world.ledger.create_workspace("Blue", AuditContext.cli())
+    workspaces = world.ledger.list_workspaces(AuditContext.cli())
+    assert [w["name"] for w in workspaces] == ["acme", "Blue", "globex"]
+    assert workspaces[2] == {
+        "id": globex,
+        "name": "globex",
+        "settings": {
+            "apiAccessTokensEnabled": True,
+            "membersCanGenerateTokens": False,
+            "maxTokenLifetimeDays": 365,
+        },
+    }
+
+
+def test_only_the_operator_lists_workspaces(world):
+    with pytest.raises(NotForOperators):
+        world.ledger.list_workspaces(world.admin())
+
+
+def test_a_workspace_is_shown_by_its_id(world):
+    shown = world.ledger.get_workspace(world.workspace_id)
+    assert (shown["id"], shown["name"]) == (world.workspace_id, "acme")
+    with pytest.raises(WorkspaceNotFound):
+        world.ledger.get_workspace(uuid4())
 
 
 def test_people_list_their_own_tokens_and_admins_anyones_in_the_workspace(world):

@@ -286,6 +286,26 @@ def test_changing_the_password_does_not_affect_tokens(world):
     assert world.ledger.authenticate("ada", "a brand new passphrase", AuditContext("password"))
 
 
+def test_the_operators_reset_leaves_tokens_alone_and_the_new_password_works(world):
+    ledger, cli = world.ledger, AuditContext.cli()
+    _, info = ledger.issue_token(world.admin())
+    ledger.set_password(cli, world.admin_id, "a brand new passphrase")
+    assert usable(ledger, info["token_id"])
+    assert [t["status"] for t in ledger.list_tokens(cli, world.admin_id)] == ["active"]
+    with pytest.raises(AuthenticationFailed):
+        ledger.authenticate("ada", PASSWORD, AuditContext("password"))
+    assert ledger.authenticate("ada", "a brand new passphrase", AuditContext("password"))
+
+
+def test_only_the_operator_resets_a_password_and_it_follows_the_policy(world):
+    with pytest.raises(NotForOperators):
+        world.ledger.set_password(world.admin(), world.member_id, "a brand new passphrase")
+    with pytest.raises(InvalidInput, match="12"):
+        world.ledger.set_password(AuditContext.cli(), world.member_id, "short")
+    with pytest.raises(PersonNotFound):
+        world.ledger.set_password(AuditContext.cli(), uuid4(), "a brand new passphrase")
+
+
 def test_changing_the_password_needs_the_current_one(world):
     with pytest.raises(AuthenticationFailed):
         world.ledger.change_password(world.admin(), "wrong current pw", "a brand new passphrase")
