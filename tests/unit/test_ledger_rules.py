@@ -29,6 +29,7 @@ from ledger.domainmodel import (
     TokenNotFound,
     TokensDisabled,
     UsernameTaken,
+    WrongPassword,
     WorkspaceExists,
     token_is_usable,
 )
@@ -287,7 +288,7 @@ def test_changing_the_password_does_not_affect_tokens(world):
 
 
 def test_changing_the_password_needs_the_current_one(world):
-    with pytest.raises(AuthenticationFailed):
+    with pytest.raises(WrongPassword):
         world.ledger.change_password(world.admin(), "wrong current pw", "a brand new passphrase")
 
 
@@ -432,12 +433,13 @@ def test_a_lockout_is_an_event_without_the_password(world):
     lockouts = [
         n
         for n in world.ledger.notification_log.select(1, 10)
-        if n.topic == "ledger:Lockout.Started.v1"
+        if n.topic == "ledger:Lockout.Started.v2"
     ]
     assert len(lockouts) == 1
     assert b"wrong password!!" not in lockouts[0].state
     event = world.ledger.mapper.to_domain_event(lockouts[0])
-    assert (event.scope, event.subject, event.person_id) == ("username", "ada", world.admin_id)
+    subject = str(world.admin_id)  # a known username, by its person
+    assert (event.scope, event.subject, event.person_id) == ("username", subject, world.admin_id)
 
 
 def test_a_successful_login_resets_the_failure_count(world):
