@@ -29,8 +29,8 @@ from ledger.domainmodel import (
     TokenNotFound,
     TokensDisabled,
     UsernameTaken,
-    WrongPassword,
     WorkspaceExists,
+    WrongPassword,
     token_is_usable,
 )
 from tests.conftest import PASSWORD, World, login, make_ledger, with_token

@@ -38,9 +38,9 @@ from ledger.attempts import InMemoryAttemptLimiter, Refused
 from ledger.config import Settings
 from ledger.domainmodel import (
     ADMIN,
+    IP_LIMIT,
     MEMBER,
     ROLES,
-    IP_LIMIT,
     USERNAME_LIMIT,
     VERIFIER,
     AuditContext,
