@@ -36,16 +36,8 @@ def slow_person(
     workspace = admin[0].removesuffix("-admin")
     username = f"e2e-slow-{uuid.uuid4().hex[:8]}"
     env = {**e2e_env, **PRODUCTION_ARGON2}
-    ledger_cli(
-        env,
-        "users",
-        "add",
-        username,
-        "--workspace",
-        workspace,
-        "--password-stdin",
-        stdin=PASSWORD + "\n",
-    )
+    adding = ("users", "add", username, "--workspace", workspace, "--password-stdin")
+    ledger_cli(env, *adding, stdin=PASSWORD + "\n")
     assert http.settings(admin, membersCanGenerateTokens=True)["membersCanGenerateTokens"]
     return username, admin
 
