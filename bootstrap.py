@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_SECONDS = 2.0  # a stalled Redis becomes a 503, not a hung worker
 EMBEDDED_POLL_SECONDS = 0.5
+LOCKOUT_SUBJECTS = "lockout subjects"
 
 
 class Role(enum.Enum):
@@ -136,6 +137,9 @@ def build(
     ledger = Ledger.from_settings(
         settings,
         attempts=RedisAttemptLimiter(redis),
+        # An unknown username's lockout is kept as a hash keyed by the deployment's audit key,
+        # which every process shares and the database never holds (docs/ARCHITECTURE.md).
+        subject_key=keyring.derive(LOCKOUT_SUBJECTS),
         on_saved=_in_turn(writer.apply_saved if tuning.read_your_writes else None, on_saved),
     )
     trail = AuditTrail(ledger, keyring)

@@ -4,7 +4,6 @@ takes, with the client's address, user agent and request id."""
 
 from __future__ import annotations
 
-import binascii
 import ipaddress
 from base64 import b64decode
 from dataclasses import replace
@@ -109,7 +108,7 @@ def client_ip() -> str | None:
 def _basic_credentials(credentials: str) -> tuple[str, str]:
     try:
         decoded = b64decode(credentials, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (non-ASCII characters included), or not UTF-8 inside
         raise AuthenticationFailed("Malformed Basic credentials") from None
     username, colon, password = decoded.partition(":")
     if not colon or not username:

@@ -14,9 +14,10 @@ import flask_smorest
 import orjson
 from flask import Response, request
 from flask.json.provider import DefaultJSONProvider
+from gunicorn.http.errors import NoMoreData, ParseException
 from webargs import core
 from webargs.flaskparser import FlaskParser, abort
-from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 MAX_BODY_BYTES = 64 * 1024
 CURL_DEFAULT = "application/x-www-form-urlencoded"
@@ -30,11 +31,29 @@ def check_body() -> None:
     length = request.content_length
     if (length or 0) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge(f"The request body must be at most {MAX_BODY_BYTES} bytes")
-    if not length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "")
+    if not length and not chunked:
         return
+    if chunked:
+        environ["wsgi.input"] = _ChunkedBody(environ["wsgi.input"])
     mimetype = request.mimetype
     if mimetype and not _readable_as_json(mimetype):
         raise UnsupportedMediaType(f"Send JSON as application/json, not {mimetype}")
+
+
+class _ChunkedBody:
+    """The server's reader of a chunked body, read as the body is: a framing error in it (a
+    chunk size that is not hex, a chunk without its CRLF) is the client's, a 400."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data: bytes = self._stream.read(size)
+        except (ParseException, NoMoreData):
+            raise BadRequest("The chunked request body is malformed") from None
+        return data
 
 
 def _readable_as_json(mimetype: str) -> bool:

@@ -83,6 +83,12 @@ class Keyring:
         key = self._keys[self.current_id]
         return Signature(self.current_id, hmac.new(key, message, hashlib.sha256).hexdigest())
 
+    def derive(self, purpose: str) -> bytes:
+        """A key of the current one's for another purpose: HMAC under it of a label no
+        checkpoint message starts with, so that neither use can stand in for the other."""
+        label = f"token-ledger derived key\n{purpose}".encode()
+        return hmac.new(self._keys[self.current_id], label, hashlib.sha256).digest()
+
     def problem(self, message: bytes, signature: Signature) -> str | None:
         """None when the signature is good; otherwise why not."""
         key = self._keys.get(signature.key_id)

@@ -47,6 +47,7 @@ from ledger.events import (
     AUDITED,
     BY_TOPIC,
     LOCKOUT_STARTED,
+    LOCKOUT_STARTED_V1,
     PERSON_ADDED,
     ROLE_CHANGED,
     SETTING_CHANGED,
@@ -83,7 +84,7 @@ EXPORT_FORMATS: tuple[ExportFormat, ...] = ("json", "jsonl", "csv")
 # The events admins review (the catalogue's `audited` ones); what each one shows is chosen by
 # name in `_subject_and_details`, which keeps a future field out until someone decides it belongs.
 LISTED_TOPICS = frozenset(e.topic for e in AUDITED)
-EVENT_TYPES = tuple(e.name for e in AUDITED)
+EVENT_TYPES = tuple(dict.fromkeys(e.name for e in AUDITED))  # a new version keeps its name
 
 
 class AuditVerificationFailed(LedgerError):
@@ -373,14 +374,16 @@ class AuditTrail:
                 token.owner_id if token else None,
                 e.originator_id,
             ), {}
-        assert kind is LOCKOUT_STARTED, kind
+        assert kind in (LOCKOUT_STARTED, LOCKOUT_STARTED_V1), kind
         details: dict[str, Any] = {
             "scope": e.scope,
             "failures": e.failures,
             "until": timestamp(e.until),
         }
-        # An unknown "username" may be a password typed into the wrong field: never shown.
-        if e.scope == "ip" or e.person_id is not None:
+        # A known person is the event's subject. An unknown "username" may be a password typed
+        # into the wrong field: a v1 event holds it as typed, never shown; a v2 event holds only
+        # a keyed hash of it, which means nothing to a reader either.
+        if e.scope == "ip" or (kind is LOCKOUT_STARTED_V1 and e.person_id is not None):
             details["subject"] = e.subject
         return _Subject(e.workspace_id, e.person_id), details
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
@@ -29,6 +30,7 @@ from ledger.config import ConfigError, Settings, redact
 from ledger.domainmodel import (
     ADMIN,
     IP_LIMIT,
+    PASSWORD_CHANGE_LIMIT,
     USERNAME_LIMIT,
     VERIFIER,
     AuditContext,
@@ -51,9 +53,11 @@ from ledger.domainmodel import (
     Workspace,
     WorkspaceExists,
     WorkspaceNotFound,
+    WrongPassword,
     check_role,
     check_username,
     person_id_for,
+    subject_hash,
     token_is_usable,
 )
 from ledger.passwords import Passwords, policy_violation
@@ -124,6 +128,7 @@ class Ledger(Application[UUID]):
         passwords: Passwords | None = None,
         attempts: AttemptLimiter | None = None,
         token_prefix: str = "tlk",
+        subject_key: bytes | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_saved: Callable[[Saved], None] | None = None,
     ) -> None:
@@ -131,6 +136,9 @@ class Ledger(Application[UUID]):
         self.passwords = passwords or Passwords()
         self.attempts = attempts or InMemoryAttemptLimiter()
         self.token_prefix = token_prefix
+        # Keys the hash an unknown username is counted and kept by (Rule 8); random, where no
+        # setting gives one, is right for a single process.
+        self.subject_key = subject_key or secrets.token_bytes(32)
         self.clock = clock
         self.on_saved = on_saved
 
@@ -160,6 +168,7 @@ class Ledger(Application[UUID]):
         settings: Settings,
         *,
         attempts: AttemptLimiter | None = None,
+        subject_key: bytes | None = None,
         on_saved: Callable[[Saved], None] | None = None,
     ) -> Ledger:
         """Open the store: an SQLite store's own folder (nothing above it) and the tables are
@@ -174,6 +183,7 @@ class Ledger(Application[UUID]):
                     passwords=Passwords(settings.argon2),
                     attempts=attempts,
                     token_prefix=settings.token_prefix,
+                    subject_key=subject_key,
                     on_saved=on_saved,
                 )
         except (OSError, PersistenceError, PostgresError, sqlite3.Error) as error:
@@ -332,15 +342,33 @@ class Ledger(Application[UUID]):
         self.save(person)
         return person_as_dict(person)
 
-    @retry_on_conflict
     def change_password(self, ctx: AuditContext, current_password: str, new_password: str) -> None:
+        """Rule 8's limits on a counter of the person's own, never the sign-in's: a wrong
+        current password is a 403 (a 401 would tell a Bearer client its token is bad). One
+        change of a person runs at a time and a change that loses a race is a Conflict, not
+        re-run: re-run, it would check the current password against the winner's."""
         person = self._actor(ctx)
         if person is None:
             raise NotForOperators("The operator has no password to change")
-        self._check_password(person, current_password, ctx)
         self._check_password_policy(new_password)
-        person.change_password(self.passwords.hash(new_password), ctx.as_event_field())
-        self.save(person)
+
+        def change() -> bool:
+            if not self.passwords.verify(person.password_hash, current_password):
+                return False
+            person.change_password(self.passwords.hash(new_password), ctx.as_event_field())
+            self.save(person)
+            return True
+
+        try:
+            changed = self._limited_check(
+                [(PASSWORD_CHANGE_LIMIT, str(person.id))], person, ctx, change
+            )
+        except Busy:
+            raise Conflict("Another change of this password is under way; try again") from None
+        except IntegrityError:
+            raise Conflict("The password was changed concurrently; try again") from None
+        if not changed:
+            raise WrongPassword("The current password is not correct")
 
     def set_password(self, ctx: AuditContext, person_id: UUID, new_password: str) -> None:
         """The operator's reset, for someone who lost their password."""
@@ -351,21 +379,26 @@ class Ledger(Application[UUID]):
         self.save(person)
 
     def authenticate(self, username: str, password: str, ctx: AuditContext) -> UUID:
-        """Rule 8 applies: too many failures lock the username, and the client's IP."""
-        now = self.clock()
-        retry_after = max(
-            self.attempts.blocked_for(limit.key(subject), now)
-            for limit, subject in _failure_limits(username, ctx)
-        )
-        if retry_after:
-            raise LockedOut("Too many failed login attempts; try again later", retry_after)
-        person_id = person_id_for(username)
-        person = self._find(Person, person_id)
-        if not self.passwords.verify(person.password_hash if person else None, password):
-            self._record_failure(username, person, ctx, now)
+        """Rule 8 applies: too many failures lock the username, and the client's IP. A known
+        username is counted by its person's id, an unknown one by a keyed hash (it may be a
+        password typed into the wrong field)."""
+        person = self._find(Person, person_id_for(username))
+        subject = str(person.id) if person else subject_hash(self.subject_key, username)
+        limits = [(USERNAME_LIMIT, subject)] + ([(IP_LIMIT, ctx.ip)] if ctx.ip else [])
+        try:
+            checked = self._limited_check(
+                limits,
+                person,
+                ctx,
+                lambda: self.passwords.verify(person.password_hash if person else None, password),
+            )
+        except Busy as busy:
+            raise LockedOut(
+                "Too many login attempts at once; try again shortly", busy.retry_after
+            ) from None
+        if not checked:
             raise AuthenticationFailed("Invalid username or password")
         assert person is not None
-        self.attempts.clear(USERNAME_LIMIT.key(username))
         if person.disabled:
             raise PersonDisabled("This account is disabled")
         return person.id
@@ -523,28 +556,55 @@ class Ledger(Application[UUID]):
                 return
             start = page[-1].id + 1
 
-    def _record_failure(
-        self, username: str, person: Person | None, ctx: AuditContext, now: datetime
-    ) -> None:
-        for limit, subject in _failure_limits(username, ctx):
-            key = limit.key(subject)
-            # Counters are atomic, so exactly one request sees the count reach the limit.
-            if self.attempts.add_failure(key, limit.window, now) == limit.limit:
-                self.attempts.block(key, limit.lockout, now)
-                self.save(
-                    Lockout(
-                        scope=limit.scope,
-                        subject=subject,
-                        failures=limit.limit,
-                        until=now + limit.lockout,
-                        workspace_id=person.workspace_id if person else None,
-                        person_id=person.id if person else None,
-                        context=ctx.as_event_field(),
-                    )
+    def _limited_check(
+        self,
+        limits: list[tuple[FailureLimit, str]],
+        person: Person | None,
+        ctx: AuditContext,
+        check: Callable[[], bool],
+    ) -> bool:
+        """Rule 8 under concurrency: `check` (which hashes a password) runs only once every
+        limit has reserved it a place, so no more than a limit's checks ever run; a failure
+        keeps its place as a failure, and the one that reaches the limit starts the lockout,
+        an event. Refused: LockedOut while locked out, Busy while the places are held by
+        checks still running. A check that raises gives its places back, uncounted."""
+        now = self.clock()
+        attempt = uuid4().hex
+        held: list[tuple[FailureLimit, str]] = []
+        try:
+            for limit, subject in limits:
+                refused = self.attempts.reserve(
+                    limit.key(subject), attempt, limit.limit, limit.at_once, limit.window, now
                 )
-
-    def _check_password(self, person: Person, password: str, ctx: AuditContext) -> None:
-        self.authenticate(person.username, password, ctx)
+                if refused is not None and refused.busy:
+                    raise Busy(refused.retry_after)
+                if refused is not None:
+                    raise LockedOut(
+                        "Too many failed attempts; try again later", refused.retry_after
+                    )
+                held.append((limit, subject))
+            passed = check()
+        except BaseException:
+            for limit, subject in held:
+                self.attempts.release(limit.key(subject), attempt, forget_failures=False)
+            raise
+        for limit, subject in held:
+            key = limit.key(subject)
+            if passed:
+                self.attempts.release(key, attempt, forget_failures=limit.forgets_on_success)
+            elif self.attempts.fail(key, attempt, limit.window, now) == limit.limit:
+                lockout = Lockout(
+                    scope=limit.scope,
+                    subject=subject,
+                    failures=limit.limit,
+                    until=now + limit.lockout,
+                    workspace_id=person.workspace_id if person else None,
+                    person_id=person.id if person else None,
+                    context=ctx.as_event_field(),
+                )
+                self.save(lockout)  # the event first: no block without its lockout
+                self.attempts.block(key, lockout.until)
+        return passed
 
     @staticmethod
     def _check_password_policy(password: str) -> None:
@@ -681,5 +741,9 @@ def _one_process_at_a_time_creating_tables(env: dict[str, str]) -> Iterator[None
         yield  # released when the connection closes
 
 
-def _failure_limits(username: str, ctx: AuditContext) -> list[tuple[FailureLimit, str]]:
-    return [(USERNAME_LIMIT, username)] + ([(IP_LIMIT, ctx.ip)] if ctx.ip else [])
+class Busy(Exception):
+    """The limit's places are held by checks still running: try again in a moment."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after

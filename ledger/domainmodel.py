@@ -7,6 +7,8 @@ and how (see `AuditContext`). No event holds a token value or a password.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import unicodedata
 from dataclasses import dataclass, fields
@@ -15,9 +17,11 @@ from typing import Any, ClassVar, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
+from eventsourcing.utils import register_topic
 
 from ledger.events import (
     LOCKOUT_STARTED,
+    LOCKOUT_STARTED_V1,
     PASSWORD_CHANGED,
     PERSON_ADDED,
     PERSON_DISABLED,
@@ -50,19 +54,36 @@ DESCRIPTION_MAX_LENGTH = 255
 
 @dataclass(frozen=True)
 class FailureLimit:
-    """Rule 8: `limit` failed logins within `window` lock the subject out for `lockout`."""
+    """Rule 8: `limit` failed checks within `window` lock the subject out for `lockout`; no more
+    than `limit` checks (failures included) and `at_once` running ones are ever allowed."""
 
-    scope: Literal["username", "ip"]
+    scope: Literal["username", "ip", "password_change"]
     limit: int
     window: timedelta
     lockout: timedelta
+    at_once: int
+    # A success forgets the failures of a username (its owner got in), never of an address: one
+    # account of one's own would otherwise reset an address's count between guesses at others.
+    forgets_on_success: bool
 
     def key(self, subject: str) -> str:
-        return f"{self.scope}:{subject.casefold()}"
+        return lockout_key(self.scope, subject)
 
 
-USERNAME_LIMIT = FailureLimit("username", 5, timedelta(minutes=15), timedelta(minutes=15))
-IP_LIMIT = FailureLimit("ip", 30, timedelta(minutes=3), timedelta(hours=1))
+USERNAME_LIMIT = FailureLimit("username", 5, timedelta(minutes=15), timedelta(minutes=15), 5, True)
+IP_LIMIT = FailureLimit("ip", 30, timedelta(minutes=3), timedelta(hours=1), 30, False)
+# A wrong current password when changing it: counted apart from signing in, so that a token
+# holder cannot lock the owner out of signing in; one change of a person at a time, so that
+# concurrent changes conflict rather than check against a password changed meanwhile.
+PASSWORD_CHANGE_LIMIT = FailureLimit(
+    "password_change", 5, timedelta(minutes=15), timedelta(minutes=15), 1, True
+)
+
+
+def lockout_key(scope: str, subject: str) -> str:
+    """Where the attempt limiter counts and blocks a subject: also what a stored lockout is
+    projected back into (projections/writer.py)."""
+    return f"{scope}:{subject.casefold()}"
 
 
 @dataclass(frozen=True)
@@ -321,7 +342,11 @@ class Token(Aggregate):
 
 
 class Lockout(Aggregate):
-    """Rule 8: a username or an IP address refused for a while after too many failed logins."""
+    """Rule 8: a username, an IP address or a person's password changes refused for a while
+    after too many failed checks. `subject` is what the limiter keys on: the person's id for a
+    known username or a password change, a keyed hash (`subject_hash`) for an unknown username,
+    which may be a password typed into the wrong field, and the address for an IP. The v1 event
+    held the username as typed; it is read as it is, and no longer written."""
 
     TOPIC = "ledger:Lockout"
 
@@ -345,6 +370,15 @@ class Lockout(Aggregate):
         self.until = until
         self.workspace_id = workspace_id
         self.person_id = person_id
+
+
+# Same fields, another meaning of `subject`: stored v1 events are read into the same class.
+register_topic(LOCKOUT_STARTED_V1.topic, Lockout.Started)  # type: ignore[attr-defined]
+
+
+def subject_hash(key: bytes, username: str) -> str:
+    """An unknown username as a lockout keeps it: keyed, so that it cannot be read back."""
+    return hmac.new(key, username.casefold().encode(), hashlib.sha256).hexdigest()
 
 
 class UsageReport(Aggregate):
@@ -453,6 +487,11 @@ class Forbidden(LedgerError):
 
 class TokensDisabled(Forbidden):
     pass
+
+
+class WrongPassword(Forbidden):
+    """A wrong current password when changing it: 403, since a 401 would tell a Bearer client
+    that its token is bad."""
 
 
 class GenerationNotAllowed(Forbidden):

@@ -49,7 +49,10 @@ TOKEN_PERMISSION_CHANGED = EventType(
 PASSWORD_CHANGED = EventType("ledger:Person.PasswordChanged.v1", projected=True, audited=True)
 TOKEN_ISSUED = EventType("ledger:Token.Issued.v1", projected=True, audited=True)
 TOKEN_DELETED = EventType("ledger:Token.Deleted.v1", projected=True, audited=True, revokes=True)
-LOCKOUT_STARTED = EventType("ledger:Lockout.Started.v1", projected=False, audited=True)
+# Projected into the attempt limiter's blocks, so that an active lockout survives a flush.
+LOCKOUT_STARTED = EventType("ledger:Lockout.Started.v2", projected=True, audited=True)
+# Its subject was the username as typed, which may be a password: no longer written.
+LOCKOUT_STARTED_V1 = EventType("ledger:Lockout.Started.v1", projected=True, audited=True)
 # The read models' own lastUsed times made durable: restored on a rebuild, of no audit interest.
 USAGE_RECORDED = EventType("ledger:UsageReport.Recorded.v1", projected=True, audited=False)
 
@@ -65,6 +68,7 @@ CATALOGUE: tuple[EventType, ...] = (
     TOKEN_ISSUED,
     TOKEN_DELETED,
     LOCKOUT_STARTED,
+    LOCKOUT_STARTED_V1,
     USAGE_RECORDED,
 )
 BY_TOPIC: dict[str, EventType] = {event_type.topic: event_type for event_type in CATALOGUE}

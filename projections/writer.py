@@ -23,7 +23,8 @@ from redis import Redis
 
 from ledger import events
 from ledger.application import Saved
-from ledger.domainmodel import Person, Token, UsageReport, Workspace, expiry
+from ledger.domainmodel import Lockout, Person, Token, UsageReport, Workspace, expiry, lockout_key
+from projections.attempts import BLOCKED
 from projections.keys import GENERATION, LUA_COMMON, PREFIX, flatten, to_ms
 from projections.revocations import Revocations
 
@@ -123,6 +124,16 @@ for _, gen in ipairs(gens) do
         end
       end
       i = i + 4
+    elseif op == 'B' then
+      -- a lockout: the attempt limiter's block (projections/attempts.py), key and end ms;
+      -- the same in every generation, and kept only while the lockout lasts
+      if new then
+        now = now or now_ms()
+        if tonumber(ARGV[i + 3]) > now then
+          redis.call('SET', ARGV[i + 2], '1', 'PXAT', ARGV[i + 3])
+        end
+      end
+      i = i + 4
     else
       return redis.error_reply('unknown read-model op ' .. tostring(op))
     end
@@ -207,7 +218,7 @@ def ops_for_event(stored: StoredEvent, at: int) -> list[Op]:
     `ops_for_aggregate`, key for key."""
     topic = stored.topic
     if topic not in events.PROJECTED_TOPICS:
-        return []  # lockouts: nothing to show, but the position moves on
+        return []  # nothing to show, but the position moves on
     e = orjson.loads(stored.state)
     version = stored.originator_version
     subject = cast(UUID, stored.originator_id).bytes
@@ -242,6 +253,20 @@ def ops_for_event(stored: StoredEvent, at: int) -> list[Op]:
         ]
     if topic == events.TOKEN_DELETED.topic:
         return [["X", at, bytes.fromhex(e["token_hash"])]]
+    if topic == events.LOCKOUT_STARTED.topic:
+        return [_block(at, e["scope"], e["subject"], datetime.fromisoformat(e["until"]["_data_"]))]
+    if topic == events.LOCKOUT_STARTED_V1.topic:
+        # Its subject is the username as typed: a known person's is counted by their id now,
+        # an unknown one's by a key of this deployment's that the event cannot give.
+        until = datetime.fromisoformat(e["until"]["_data_"])
+        if e["scope"] == "username":
+            person = e["person_id"]
+            return (
+                []
+                if person is None
+                else [_block(at, "username", str(UUID(person["_data_"])), until)]
+            )
+        return [_block(at, e["scope"], e["subject"], until)]
     # the last of the projected topics: usage recorded
     return [["U", at, bytes.fromhex(h), ms] for h, ms in e["last_used"].items()]
 
@@ -276,6 +301,8 @@ def ops_for_aggregate(aggregate: Aggregate, at: int) -> list[Op]:
                 aggregate.expires_at,
             )
         ]
+    if isinstance(aggregate, Lockout):
+        return [_block(at, aggregate.scope, aggregate.subject, aggregate.until)]
     if isinstance(aggregate, UsageReport):
         return [["U", at, bytes.fromhex(h), ms] for h, ms in aggregate.last_used.items()]
     return []
@@ -326,6 +353,11 @@ def _token_issued(
         to_ms(expires) if expires else "",
         description,
     ]
+
+
+def _block(at: int, scope: str, subject: str, until: datetime) -> Op:
+    """A lockout, into the attempt limiter's block for its subject while it lasts (Rule 8)."""
+    return ["B", at, BLOCKED + lockout_key(scope, subject), to_ms(until)]
 
 
 def _hash(op: str, at: int, key: bytes, version: int, fields: dict[str, Any]) -> Op:

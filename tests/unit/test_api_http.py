@@ -35,6 +35,7 @@ TOKENS = "/v4/apiAccessTokens"
         "Basic " + base64.b64encode(b"no colon here").decode(),
         "Basic " + base64.b64encode(b":" + PASSWORD.encode()).decode(),
         "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+        "Basic \u00e9\u00e9\u00e9\u00e9",  # bytes beyond ASCII, as a server reads them (latin-1)
         "Bearer",
         "Bearer    ",
         "Bearer tlk_tooshort",

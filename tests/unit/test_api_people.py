@@ -125,7 +125,7 @@ def test_changing_a_password_keeps_tokens_working(api):
 
 def test_changing_a_password_needs_the_current_one_and_a_good_new_one(api):
     wrong = {"currentPassword": "not my password", "newPassword": NEW_PASSWORD}
-    assert_error(api.post("/v4/people/current/password", basic("max"), json=wrong), 401)
+    assert_error(api.post("/v4/people/current/password", basic("max"), json=wrong), 403)
     weak = {"currentPassword": PASSWORD, "newPassword": "short"}
     assert_error(api.post("/v4/people/current/password", basic("max"), json=weak), 400)
     assert_error(api.post("/v4/people/current/password", basic("max"), json={}), 400)

@@ -391,7 +391,7 @@ def test_five_failures_lock_the_username_with_retry_after(api):
     assert 0 < int(response.headers["Retry-After"]) <= 15 * 60
     assert error["details"] == {"retryAfterSeconds": int(response.headers["Retry-After"])}
     lockouts = api.ledger.recorder.select_notifications(
-        1, 1000, topics=["ledger:Lockout.Started.v1"]
+        1, 1000, topics=["ledger:Lockout.Started.v2"]
     )
     assert len(lockouts) == 1  # the lockout is an event; the failures before it were not
     assert api.post("/v4/apiAccessTokens", basic("max"), headers=client_ip("198.51.100.2"))

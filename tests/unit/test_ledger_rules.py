@@ -30,6 +30,8 @@ from ledger.domainmodel import (
     TokensDisabled,
     UsernameTaken,
     WorkspaceExists,
+    WrongPassword,
+    subject_hash,
     token_is_usable,
 )
 from tests.conftest import PASSWORD, World, login, make_ledger, with_token
@@ -307,7 +309,7 @@ def test_only_the_operator_resets_a_password_and_it_follows_the_policy(world):
 
 
 def test_changing_the_password_needs_the_current_one(world):
-    with pytest.raises(AuthenticationFailed):
+    with pytest.raises(WrongPassword):
         world.ledger.change_password(world.admin(), "wrong current pw", "a brand new passphrase")
 
 
@@ -452,12 +454,30 @@ def test_a_lockout_is_an_event_without_the_password(world):
     lockouts = [
         n
         for n in world.ledger.notification_log.select(1, 10)
-        if n.topic == "ledger:Lockout.Started.v1"
+        if n.topic == "ledger:Lockout.Started.v2"
     ]
     assert len(lockouts) == 1
     assert b"wrong password!!" not in lockouts[0].state
     event = world.ledger.mapper.to_domain_event(lockouts[0])
-    assert (event.scope, event.subject, event.person_id) == ("username", "ada", world.admin_id)
+    subject = str(world.admin_id)  # a known username, by its person
+    assert (event.scope, event.subject, event.person_id) == ("username", subject, world.admin_id)
+
+
+def test_a_password_typed_as_a_username_is_not_kept(world):
+    """Five failures of an unknown "username" lock it by a keyed hash that cannot be read back."""
+    typed = "my secret passphrase"
+    attempt = AuditContext("password", ip="198.51.100.7")
+    for _ in range(5):
+        with pytest.raises(AuthenticationFailed):
+            world.ledger.authenticate(typed, "x", attempt)
+    with pytest.raises(LockedOut):
+        world.ledger.authenticate(typed.upper(), "x", attempt)  # usernames ignore case
+    states = b"".join(n.state for n in _all_notifications(world.ledger))
+    assert b"Lockout" in b"".join(n.topic.encode() for n in _all_notifications(world.ledger))
+    for form in (typed, typed.upper(), typed.casefold()):
+        assert form.encode() not in states
+    keyed = subject_hash(world.ledger.subject_key, typed)
+    assert keyed.encode() in states and keyed != subject_hash(b"another key", typed)
 
 
 def test_a_successful_login_resets_the_failure_count(world):
