@@ -71,6 +71,6 @@ def test_a_retried_deletion_the_projector_passed_leaves_nothing_behind() -> None
 
 def test_a_lookup_lost_before_its_expiry_is_not_ready_not_refused() -> None:
     rig = Rig("read-your-writes")
-    world, value, info = member_token(rig)
+    _, value, _ = member_token(rig)
     rig.redis.delete(*rig.redis.scan_iter(match="{tl}:*:t:*"))  # evicted
     assert rig.status(value) == "not ready"
