@@ -7,14 +7,19 @@ from __future__ import annotations
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 
 KEEPING = "noeviction"
 
 
 def memory_problem(redis: Redis) -> str | None:
     """'evicting (<policy>)', 'out of memory', or None while Redis keeps everything and has room.
-    A Redis that does not report its policy (some proxies leave it out) is taken at its word."""
-    info: dict[str, Any] = redis.info("memory")
+    A Redis that does not report its policy (a proxy that refuses INFO or leaves it out, the
+    embedded mode's in-process stand-in) is taken at its word."""
+    try:
+        info: dict[str, Any] = redis.info("memory")
+    except ResponseError:
+        return None
     policy = info.get("maxmemory_policy", KEEPING)
     if policy != KEEPING:
         return f"evicting ({policy})"
