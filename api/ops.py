@@ -36,6 +36,7 @@ def readyz() -> Response:
     }
     if all(result == "ok" for result in checks.values()):
         return jsonify({"status": "ready", "checks": checks})
+    log.warning("request %s: not ready: %s", request_id(), checks)  # the operator's word on why
     return error_response(
         503,
         "ServiceUnavailable",
