@@ -30,6 +30,7 @@ from types import TracebackType
 import fakeredis
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from audit.trail import AuditTrail, AuditTrailRefused, keyring_from_settings
@@ -38,6 +39,7 @@ from ledger.config import Settings
 from projections.attempts import RedisAttemptLimiter
 from projections.generations import Generations
 from projections.listings import Listings
+from projections.memory import memory_problem
 from projections.projector import BATCH_SIZE, Projector
 from projections.revocations import LEASE_SECONDS, Revocations
 from projections.usage import UsageLog
@@ -87,8 +89,10 @@ class Services:
     _thread: threading.Thread | None = None
 
     def start(self) -> Services:
-        """An API process's work beside its requests: the verification cache's subscription,
-        and in the embedded mode the projector, after building the read models."""
+        """A long-running process's start: a word to the operator if Redis may lose what it
+        is given; for an API process, its work beside its requests: the verification cache's
+        subscription, and in the embedded mode the projector, after building the read models."""
+        report_memory_problem(self.redis)
         if self.cache is not None:
             self.cache.start()
         if self.role is Role.API and self.settings.embedded and self._thread is None:
@@ -189,6 +193,20 @@ def _in_turn(*calls: Callable[[Saved], None] | None) -> Callable[[Saved], None] 
             call(saved)
 
     return each
+
+
+def report_memory_problem(redis: Redis) -> None:
+    """Tell the operator, in the log, what /readyz will show: a Redis that evicts or is full."""
+    try:
+        problem = memory_problem(redis)
+    except RedisError:
+        return  # not reachable yet: readiness says so, and the projector exits
+    if problem:
+        log.error(
+            "Redis is %s: the read models need maxmemory-policy noeviction and room to grow "
+            "(docs/RELIABILITY.md); not ready until then",
+            problem,
+        )
 
 
 def follow_audit(audit: AuditTrail) -> Callable[[], int]:

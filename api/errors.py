@@ -47,6 +47,7 @@ STATUS_BY_FAMILY: tuple[tuple[type[LedgerError], int], ...] = (
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # maxmemory reached under noeviction: /readyz says so
     PersistenceError,  # the event store's: connection lost, lock timeout, any database error
     NotReady,
     AuditTrailBehind,

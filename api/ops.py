@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify
 from api.context import request_id, services
 from api.errors import RETRY_AFTER_SECONDS, error_response
 from api.metrics import exposition
+from projections.memory import memory_problem
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,16 @@ def healthz() -> Response:
 
 @blp.get("/readyz")
 def readyz() -> Response:
-    """Ready when the store and Redis answer and the read model is built."""
+    """Ready when the store and Redis answer, Redis keeps what it is given and has room for it,
+    and the read model is built."""
     checks = {
         "store": _check(lambda: services().ledger.recorder.max_notification_id()),
-        "redis": _check(lambda: services().redis.ping()),
+        "redis": _check(lambda: memory_problem(services().redis) or "ok"),
         "readModel": _check(lambda: services().generations.is_ready() or "rebuilding"),
     }
     if all(result == "ok" for result in checks.values()):
         return jsonify({"status": "ready", "checks": checks})
+    log.warning("request %s: not ready: %s", request_id(), checks)  # the operator's word on why
     return error_response(
         503,
         "ServiceUnavailable",

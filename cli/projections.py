@@ -39,7 +39,7 @@ def projector(env: Env, poll: float) -> None:
     click.echo(f"projector following {env.settings.database_url.split('@')[-1]}", err=True)
     # The audit trail follows in a process of its own, off the read models' GIL.
     with AuditFollowerProcess(env.settings, poll) as audit:
-        services = build(env.settings, Role.PROJECTOR, followers=[audit])
+        services = build(env.settings, Role.PROJECTOR, followers=[audit]).start()
         try:
             services.projector.run_forever(stop, poll_seconds=poll)
         finally:

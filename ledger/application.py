@@ -105,6 +105,9 @@ class Saved(NamedTuple):
 
     aggregates: list[tuple[Aggregate, int]]
     revokes: bool
+    # Aggregates a command found already as it would leave them (a retry finding the token
+    # deleted, the person disabled): written again at the store's head, and announced.
+    again: bool = False
 
 
 class Verified(Protocol):
@@ -149,8 +152,9 @@ class Ledger(Application[UUID]):
         version can be applied in any order, so two processes saving the same aggregate at
         once cannot leave a read model with a gap. Each comes with the position (notification
         id) of its last saved event, so that a read model that has got further already can
-        leave it. The composition root (bootstrap.py) passes `on_saved`; the ledger itself
-        knows nothing of Redis.
+        leave it. Aggregates passed without new events are handed over again, as they are
+        (`Saved.again`). The composition root (bootstrap.py) passes `on_saved`; the ledger
+        itself knows nothing of Redis.
         """
         recordings = super().save(*objs, **kwargs)
         if self.on_saved is not None:
@@ -160,6 +164,13 @@ class Ledger(Application[UUID]):
             ]
             revokes = events.revokes_any(r.notification.topic for r in recordings)
             self.on_saved(Saved(aggregates, revokes))
+            unchanged = [o for o in objs if isinstance(o, Aggregate) and o.id not in at]
+            if unchanged:
+                # Rule 5 for a retry: an earlier attempt may have stored this state and failed
+                # to bring it to Redis, and a call that returns must leave no process accepting
+                # what it revoked, even one that changed nothing.
+                head = self.recorder.max_notification_id() or 0
+                self.on_saved(Saved([(o, head) for o in unchanged], revokes=True, again=True))
         return recordings
 
     @classmethod
@@ -443,6 +454,8 @@ class Ledger(Application[UUID]):
         """Rule 6: unknown or foreign ids are not found; one already deleted is gone."""
         token = self._token(token_id)
         token.check_visible_to(self._actor(ctx))
+        if token.deleted:
+            self.save(token)  # unchanged: written again (see `save`), before the 410
         token.delete(ctx.as_event_field())
         self.save(token)
 
@@ -450,10 +463,11 @@ class Ledger(Application[UUID]):
     def delete_all_tokens(self, ctx: AuditContext, person_id: UUID | None = None) -> int:
         """All or nothing: the deletions are saved atomically."""
         owner = self._subject_person(self._actor(ctx), person_id)
-        live = [t for t in map(self._token, self._token_ids_of(owner.id)) if not t.deleted]
+        owned = list(map(self._token, self._token_ids_of(owner.id)))
+        live = [t for t in owned if not t.deleted]
         for token in live:
             token.delete(ctx.as_event_field())
-        self.save(*live)
+        self.save(*owned)  # those deleted before are written again (see `save`)
         return len(live)
 
     def token_owner(self, ctx: AuditContext, person_id: UUID | None = None) -> UUID:

@@ -28,7 +28,8 @@ from projections.keys import (
 )
 
 # Rule 4, evaluated in Redis in one round trip; `token_is_usable` in ledger/domainmodel.py is
-# the same rule on the write model, and tests hold the two together. -1: not ready; 0: refused.
+# the same rule on the write model, and tests hold the two together. -1: not ready; -2: a lookup
+# lost before its token's expiry (evicted); 0: refused.
 # Expiry needs no clock here: Redis has dropped the lookup from expiredAt on, by its own clock.
 # ARGV[5], the caller's time, only stamps lastUsed, as to the minute as any host's clock is.
 # ARGV: prefix, lastUsed granularity ms, the admin role, then the two that change per call (the
@@ -41,9 +42,11 @@ if not gen then return -1 end
 local prefix, sha, now = ARGV[1], ARGV[4], tonumber(ARGV[5])
 local g = prefix .. gen .. ':'
 local state = redis.call('GET', g .. 't:' .. sha)
-if not state or state == '0' then return 0 end
+if state == '0' then return 0 end
 local s, owner, id, created, expires = token_ref(g, sha)
 if not s then return 0 end
+-- listed and not expired, yet no lookup: Redis evicted it (the only keys with a TTL)
+if not state then return (expires == '' or tonumber(expires) - 1 > now_ms()) and -2 or 0 end
 local p = redis.call('HMGET', g .. 'p:' .. owner, 'u', 'w', 'r', 'g', 'd')
 if not p[1] or p[5] == '1' then return 0 end
 local w = redis.call('HMGET', g .. 'w:' .. p[2], 'en', 'mg')
@@ -117,6 +120,8 @@ class Verifier:
         found = self._evalsha_verify(digest, now_ms())
         if found == -1:
             raise NotReady("The token read model is being rebuilt")
+        if found == -2:
+            raise NotReady("A token's lookup is missing from Redis before its expiry: Redis evicts")
         if not found:
             return None
         token_id, person_id, username, workspace_id, role, grant, created, expires, used = found

@@ -11,6 +11,7 @@ paths to the same keys. Where verifications are cached, a write that may revoke 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
@@ -20,6 +21,7 @@ import orjson
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
 from redis import Redis
+from redis.exceptions import RedisError
 
 from ledger import events
 from ledger.application import Saved
@@ -31,7 +33,9 @@ from projections.revocations import Revocations
 Op = list[bytes | str | int]
 
 # Generations the write goes to: ARGV[2] '*' (the live one and the one being rebuilt, for the
-# API's read-your-writes) or one number (the projector's own, with ARGV[3] the position its
+# API's read-your-writes; '+' the same for aggregates written again, whose deletion leaves a
+# tombstone only over a lookup still there, so that one the projector passed long ago is not
+# brought back for good) or one number (the projector's own, with ARGV[3] the position its
 # batch reaches). Each op starts with its kind and the position of its event; a generation
 # whose position is already there has it. Returns how many generations it wrote to; 0 tells the
 # projector its generation is gone (flushed, or replaced by a rebuild).
@@ -43,7 +47,7 @@ local now  -- Redis's clock, read once if an issue needs it
 local current = redis.call('GET', KEYS[1])
 local building = redis.call('GET', prefix .. 'building')
 local gens = {}
-if target == '*' then
+if target == '*' or target == '+' then
   if current then gens[#gens + 1] = current end
   if building and building ~= current then gens[#gens + 1] = building end
 elseif target == current or target == building then
@@ -106,7 +110,9 @@ for _, gen in ipairs(gens) do
           redis.call('ZREM', g .. 'l:' .. owner, s)
           redis.call('HDEL', g .. 'm:' .. owner, s)
         end
-        if position == '' then
+        if target == '+' then
+          redis.call('SET', g .. 't:' .. sha, '0', 'XX')
+        elseif position == '' then
           redis.call('SET', g .. 't:' .. sha, '0')
         else
           redis.call('DEL', g .. 't:' .. sha)
@@ -177,10 +183,21 @@ class Writer:
         each with the position of its last event (`Ledger.save`); then, where verifications
         are cached, no process's cache may still hold what this write revoked (Rule 5)."""
         ops = [op for aggregate, at in saved.aggregates for op in ops_for_aggregate(aggregate, at)]
-        if ops:
-            self._apply(keys=[GENERATION], args=[PREFIX, "*", "", *flatten(ops)], client=self.redis)
-        if self.revocations is not None and saved.revokes:
-            self.revocations.announce()
+        revocations = self.revocations if saved.revokes else None
+        started = time.monotonic()
+        try:
+            if ops:
+                target = "+" if saved.again else "*"
+                args = [PREFIX, target, "", *flatten(ops)]
+                self._apply(keys=[GENERATION], args=args, client=self.redis)
+            if revocations is not None:
+                revocations.announce()
+        except RedisError:
+            if revocations is not None:
+                # The call fails, but its event may be stored: no cache may answer past it
+                # from a lease it held before (a failure can be quicker than a lease).
+                time.sleep(max(0.0, revocations.lease_seconds - (time.monotonic() - started)))
+            raise
 
     def apply_events(self, stored: Sequence[StoredEvent], position: int, generation: int) -> bool:
         return self.apply_batch(Batch.of(stored, position), generation)

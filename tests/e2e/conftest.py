@@ -142,7 +142,7 @@ class Server(Process):
                 if response.status_code == 200:
                     return
                 last = response.text
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # starting, or a busy machine
                 pass
             time.sleep(0.2)
         pytest.fail(f"the server was not ready within {timeout}s ({last}):\n{self.output()}")
@@ -261,6 +261,43 @@ class Http:
 def error_name(response: Any) -> str:
     name: str = response.json()["exception"]["name"]
     return name
+
+
+class Deployment:
+    """A server of a test's own (`ledger serve --workers 2` on the session's PostgreSQL schema)
+    with its own redis-server and supervised projector, so that faults injected into its Redis
+    disturb no other test. The projector exits when it loses Redis, by design, and is
+    restarted as its supervisor would (Supervised)."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.redis = RedisServer()
+        self.env = {**env, "LEDGER_REDIS_URL": self.redis.url}
+        self.logs = logs
+        port = free_port()
+        self.server = Server(
+            [str(BIN / "ledger"), "serve", "--workers", "2", "--port", str(port)],
+            self.env,
+            logs / "outage-serve.log",
+            port,
+        )
+        self.projector = Supervised(
+            [str(BIN / "ledger"), "projector"], self.env, self.logs / "outage-projector.log"
+        )
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.projector.stop()
+        self.redis.stop()
+
+
+@pytest.fixture
+def deployment(e2e_env: dict[str, str], logs: Path) -> Iterator[Deployment]:
+    deployed = Deployment(e2e_env, logs)
+    try:
+        deployed.server.wait_ready()
+        yield deployed
+    finally:
+        deployed.stop()
 
 
 @pytest.fixture(scope="session")

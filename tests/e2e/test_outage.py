@@ -9,48 +9,13 @@ exits when it loses Redis, by design, and is restarted as its supervisor would (
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from projections.revocations import LEASE_SECONDS
-from tests.e2e.conftest import ADMIN, BIN, Http, Server, Supervised, free_port
-from tests.integration.conftest import RedisServer
+from tests.e2e.conftest import ADMIN, Http
 
 pytestmark = pytest.mark.e2e
-
-
-class Deployment:
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.redis = RedisServer()
-        self.env = {**env, "LEDGER_REDIS_URL": self.redis.url}
-        self.logs = logs
-        port = free_port()
-        self.server = Server(
-            [str(BIN / "ledger"), "serve", "--workers", "2", "--port", str(port)],
-            self.env,
-            logs / "outage-serve.log",
-            port,
-        )
-        self.projector = Supervised(
-            [str(BIN / "ledger"), "projector"], self.env, self.logs / "outage-projector.log"
-        )
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.projector.stop()
-        self.redis.stop()
-
-
-@pytest.fixture
-def deployment(e2e_env, logs) -> Iterator[Deployment]:
-    deployed = Deployment(e2e_env, logs)
-    try:
-        deployed.server.wait_ready()
-        yield deployed
-    finally:
-        deployed.stop()
 
 
 def test_redis_down_is_503_with_retry_after_and_the_service_recovers(deployment):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -97,6 +98,13 @@ class RedisServer:
         """Down, as in an outage; start() brings it back."""
         self.process.kill()
         self.process.wait()
+
+    def pause(self) -> None:
+        """Stalled, as a Redis stuck in a long fork or swapping: connected, answering nothing."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         self.kill()

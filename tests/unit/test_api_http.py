@@ -257,7 +257,7 @@ def test_readyz_names_what_is_not_ready(api, monkeypatch):
     def down():
         raise redis.exceptions.ConnectionError("down")
 
-    monkeypatch.setattr(api.services.redis, "ping", down)
+    monkeypatch.setattr(api.services.redis, "info", down)
     error = assert_error(api.get("/readyz"), 503)
     assert error["details"]["redis"] == "unavailable"
     assert error["details"]["store"] == "ok"

@@ -736,11 +736,13 @@ def test_the_saves_and_batches_that_may_revoke_are_those_the_catalogue_says():
     for name, command, revokes in commands:
         saves, head = len(rig.saved), rig.head()
         command()
-        assert len(rig.saved) == saves + 1, name
+        # What the command stored, apart from aggregates written again unchanged (Saved.again).
+        stored_saves = [saved for saved in rig.saved[saves:] if not saved.again]
+        assert len(stored_saves) == 1, name
         new = rig.stored()[head:]
         assert new, name
         assert {events.BY_TOPIC[stored.topic].revokes for stored in new} == {revokes}, name
-        assert rig.saved[-1].revokes is revokes, name
+        assert stored_saves[0].revokes is revokes, name
         assert Batch.of(new, rig.head()).revokes is revokes, name
     # A batch revokes when any of its events may: one issue and one deletion, say.
     issued_then_deleted = [e for e in rig.stored() if e.originator_id == info["token_id"]]
