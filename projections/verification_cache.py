@@ -219,3 +219,15 @@ class CachingVerifier:
         if ticket is not None:
             self.cache.put(digest, found.principal, found.fresh_until, ticket)
         return found.principal
+
+    def peek(self, value: str) -> Principal | None:
+        """As verify, but counts no use: a miss goes to Redis without stamping lastUsed, and
+        is not kept, since an entry stands for a lastUsed stamped within the minute."""
+        digest = self.verifier.digest(value)
+        if digest is None:
+            return None
+        cached = self.cache.get(digest)
+        if cached is not None:
+            return cached
+        found = self.verifier.lookup(digest, stamp=False)
+        return None if found is None else found.principal
