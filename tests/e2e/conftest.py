@@ -142,7 +142,7 @@ class Server(Process):
                 if response.status_code == 200:
                     return
                 last = response.text
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # starting, or a busy machine
                 pass
             time.sleep(0.2)
         pytest.fail(f"the server was not ready within {timeout}s ({last}):\n{self.output()}")
