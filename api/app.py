@@ -19,8 +19,15 @@ from api.metrics import LATENCY, REQUESTS, labelled
 from bootstrap import Role, Services, build
 from ledger.config import Settings
 
-# The /v4 areas, each a flask-smorest blueprint documented in /v4/openapi.json.
-BLUEPRINTS: list[flask_smorest.Blueprint] = [tokens.blp, people.blp, workspaces.blp, audit.blp]
+# The /v4 areas and the operations endpoints, each a blueprint documented in /v4/openapi.json.
+BLUEPRINTS: list[flask_smorest.Blueprint] = [
+    tokens.blp,
+    tokens.gateway,
+    people.blp,
+    workspaces.blp,
+    audit.blp,
+    ops.blp,
+]
 DOCS_ASSETS = "/docs/assets"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SECURITY_SCHEMES = {
@@ -58,7 +65,6 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
         api.spec.components.security_scheme(name, scheme)
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
-    app.register_blueprint(ops.blp)
     # Swagger UI's files from the package, not a CDN: /docs works where the browser is offline.
     app.register_blueprint(
         Blueprint("docs", __name__, static_folder=swagger_ui_path, static_url_path=DOCS_ASSETS)

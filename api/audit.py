@@ -20,7 +20,7 @@ from marshmallow import fields, validate
 
 from api.auth import authenticate, caller
 from api.context import services
-from api.http import Blueprint
+from api.http import AUTHENTICATED, Blueprint
 from api.schemas import PAGE_LIMIT_MAX, QueryInteger, Schema, Timestamp
 from audit.shape import TREE, Kind, Node
 from audit.trail import EVENT_TYPES, PROBLEMS, AuditFilter, AuditTrail, AuditTrailRefused
@@ -68,8 +68,12 @@ class AuditQuerySchema(Schema):
     token_id = fields.UUID(
         data_key="tokenId", metadata={"description": "events about the token or done with it"}
     )
-    since = fields.AwareDateTime(data_key="from", metadata={"description": "inclusive"})
-    until = fields.AwareDateTime(data_key="to", metadata={"description": "exclusive"})
+    since = fields.AwareDateTime(
+        data_key="from", metadata={"description": "inclusive; earlier than `to`, or 400"}
+    )
+    until = fields.AwareDateTime(
+        data_key="to", metadata={"description": "exclusive; later than `from`, or 400"}
+    )
     cursor = QueryInteger(
         validate=validate.Range(min=1),
         metadata={"description": "the nextCursor of the previous page: older events (json only)"},
@@ -148,7 +152,8 @@ class VerificationSchema(Schema):
 @blp.response(200, AuditEventListSchema)
 @blp.alt_response(200, schema={"type": "string"}, content_type="text/csv", success=True)
 @blp.alt_response(200, schema={"type": "string"}, content_type="application/x-ndjson", success=True)
-def list_events(query: dict[str, Any]) -> dict[str, Any] | Response:
+@blp.errors(*AUTHENTICATED, 400, 403)
+def list_audit_events(query: dict[str, Any]) -> dict[str, Any] | Response:
     """The workspace's events, newest first (admins). `format=csv|jsonl` streams them all."""
     found = services()
     workspace_id = found.ledger.audit_workspace_id(caller())
@@ -179,7 +184,8 @@ def list_events(query: dict[str, Any]) -> dict[str, Any] | Response:
 
 @blp.route("/verification", methods=["GET"])
 @blp.response(200, VerificationSchema)
-def verification() -> dict[str, Any]:
+@blp.errors(*AUTHENTICATED, 403)
+def verify_audit_trail() -> dict[str, Any]:
     """Recompute the hash chain from the stored events and check the signed checkpoints
     (admins). `ok: false` names the first bad position and what was done there. The chain is
     the deployment's, so the report is too; it is at most VERIFICATION_CACHE_SECONDS old."""

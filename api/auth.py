@@ -41,9 +41,20 @@ def bearer_principal() -> Principal | None:
     return found
 
 
-def _from_credentials() -> AuditContext:
+def bearer_token() -> str | None:
+    """The value of this request's `Authorization: Bearer`, if it has one."""
+    scheme, credentials = _authorization()
+    return credentials if scheme == "bearer" and credentials else None
+
+
+def _authorization() -> tuple[str, str]:
+    """The scheme, in lower case, and the credentials of the Authorization header."""
     scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
-    scheme, credentials = scheme.lower(), credentials.strip()
+    return scheme.lower(), credentials.strip()
+
+
+def _from_credentials() -> AuditContext:
+    scheme, credentials = _authorization()
     if scheme == "basic":
         username, password = _basic_credentials(credentials)
         context = client_context("password")
@@ -58,10 +69,12 @@ def _from_credentials() -> AuditContext:
     raise AuthenticationFailed("Authenticate with Basic (username and password) or a Bearer token")
 
 
-def verify(value: str) -> Principal | None:
-    """The verifier, counted by outcome for /metrics."""
+def verify(value: str, *, use: bool = True) -> Principal | None:
+    """The verifier, counted by outcome for /metrics. `use=False` looks at the token without
+    counting a use of it (lastUsed), as introspection must."""
+    verifier = services().verifier
     try:
-        principal = services().verifier.verify(value)
+        principal = verifier.verify(value) if use else verifier.peek(value)
     except NotReady:
         labelled(VERIFICATIONS, "not_ready").inc()
         raise

@@ -74,6 +74,9 @@ class LedgerApi(Api):
     """flask-smorest's Api, with our error shape for every HTTPException."""
 
     ERROR_SCHEMA = ErrorSchema
+    # Each operation documents the errors it gives (Blueprint.errors), and no catch-all, so
+    # that a client generated from the document knows each one.
+    DEFAULT_ERROR_RESPONSE_NAME = None
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         status = error.code or 500

@@ -2,13 +2,19 @@
 
 A body is JSON of at most 64 KiB. `application/x-www-form-urlencoded` is read as JSON too,
 because that is what the seed's own scripts send (`curl -d '{...}'` with no content type);
-any other content type is a 415.
+any other content type is a 415. Introspection alone reads a real form as well (RFC 7662 §2.1;
+see `BodyParser.load_form_or_json`).
+
+The blueprint class also gives every operation its OpenAPI operationId and documents the error
+responses each one can give.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, TypeVar
 
 import flask_smorest
 import orjson
@@ -19,8 +25,25 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, abort
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
+from api.schemas import ErrorSchema
+
 MAX_BODY_BYTES = 64 * 1024
 CURL_DEFAULT = "application/x-www-form-urlencoded"
+FORM_OR_JSON = "form_or_json"  # the body location of introspection
+RETRY_AFTER = {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}
+# What an error response carries besides the error body, by status.
+ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {"description": "the schemes accepted", "schema": {"type": "string"}}
+    },
+    429: RETRY_AFTER,
+    503: RETRY_AFTER,
+}
+View = TypeVar("View", bound=Callable[..., Any])
+# The errors of every /v4 operation: bad or no credentials, a locked-out login, a dependency
+# down; and of every one that takes a body: bad input, too big, not JSON.
+AUTHENTICATED = (401, 429, 503)
+BODY = (400, 413, 415)
 
 
 def check_body() -> None:
@@ -66,6 +89,15 @@ class BodyParser(FlaskParser):
 
     DEFAULT_VALIDATION_STATUS = 400
     DEFAULT_UNKNOWN_BY_LOCATION: dict[str, str | None] = {}  # noqa: RUF012 - schemas refuse unknowns
+    __location_map__ = {**FlaskParser.__location_map__, FORM_OR_JSON: "load_form_or_json"}  # noqa: RUF012
+
+    def load_form_or_json(self, req: Any, schema: Any) -> Any:
+        """RFC 7662's form (`token=...`), or JSON. A form-encoded body that starts with `{` is
+        the seed's `curl -d '{...}'`: JSON, as on every other endpoint. A real form never
+        starts so, since its first character begins a parameter name (`token`)."""
+        if req.mimetype == CURL_DEFAULT and not req.get_data(cache=True).lstrip().startswith(b"{"):
+            return self.load_form(req, schema)
+        return self.load_json(req, schema)
 
     def _raw_load_json(self, req: Any) -> Any:
         data = req.get_data(cache=True)  # bounded by MAX_CONTENT_LENGTH, even when chunked
@@ -79,6 +111,37 @@ class BodyParser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = BodyParser()
+    DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {  # noqa: RUF012 - flask-smorest's own attribute
+        **flask_smorest.Blueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
+        FORM_OR_JSON: CURL_DEFAULT,  # the other, JSON, is documented beside it
+    }
+
+    def route(self, rule: str, **options: Any) -> Callable[[View], View]:
+        """As flask-smorest's, with the view's name in camelCase as the operationId, which
+        generated clients name their functions after."""
+        register = super().route(rule, **options)
+
+        def decorator(view: View) -> View:
+            head, *rest = view.__name__.split("_")
+            documented = self.doc(operationId=head + "".join(word.title() for word in rest))(view)
+            return register(documented)  # type: ignore[no-any-return]
+
+        return decorator
+
+    def errors(self, *statuses: int) -> Callable[[View], View]:
+        """Documents the error responses a view can give, each with the error schema."""
+
+        def decorator(view: View) -> View:
+            for status in statuses:
+                view = self.alt_response(
+                    status,
+                    schema=ErrorSchema,
+                    description=HTTPStatus(status).phrase,
+                    headers=ERROR_HEADERS.get(status),
+                )(view)
+            return view
+
+        return decorator
 
 
 class JsonProvider(DefaultJSONProvider):

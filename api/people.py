@@ -7,7 +7,7 @@ from uuid import UUID
 
 from api.auth import authenticate, bearer_principal, caller
 from api.context import services
-from api.http import Blueprint
+from api.http import AUTHENTICATED, BODY, Blueprint
 from api.schemas import (
     CurrentPersonSchema,
     PageQuerySchema,
@@ -24,6 +24,7 @@ blp.before_request(authenticate)
 
 @blp.route("/current", methods=["GET"])
 @blp.response(200, CurrentPersonSchema)
+@blp.errors(*AUTHENTICATED, 404)
 def current_person() -> dict[str, Any]:
     """The caller, and how they authenticated (with the token's id for Bearer)."""
     context, verified = caller(), bearer_principal()
@@ -45,6 +46,7 @@ def current_person() -> dict[str, Any]:
 @blp.route("/current/password", methods=["POST"])
 @blp.arguments(PasswordChangeSchema())
 @blp.response(204)
+@blp.errors(*AUTHENTICATED, *BODY, 403, 409)
 def change_password(body: dict[str, Any]) -> None:
     """Change the caller's password; their tokens keep working."""
     services().ledger.change_password(caller(), body["current_password"], body["new_password"])
@@ -53,6 +55,7 @@ def change_password(body: dict[str, Any]) -> None:
 @blp.route("", methods=["GET"])
 @blp.arguments(PageQuerySchema(), location="query")
 @blp.response(200, PeopleListSchema)
+@blp.errors(*AUTHENTICATED, 400, 403)
 def list_people(query: dict[str, Any]) -> dict[str, Any]:
     """The workspace's people, by username (admins)."""
     people = services().ledger.list_people(caller())
@@ -63,6 +66,7 @@ def list_people(query: dict[str, Any]) -> dict[str, Any]:
 @blp.route("", methods=["POST"])
 @blp.arguments(PersonCreateSchema())
 @blp.response(201, PersonSchema)
+@blp.errors(*AUTHENTICATED, *BODY, 403, 409)
 def add_person(body: dict[str, Any]) -> dict[str, Any]:
     """Add a person to the caller's workspace (admins)."""
     ledger = services().ledger
@@ -71,8 +75,9 @@ def add_person(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/<uuid:id>", methods=["PATCH"])
-@blp.arguments(PersonUpdateSchema())
+@blp.arguments(PersonUpdateSchema(), required=False)
 @blp.response(200, PersonSchema)
+@blp.errors(*AUTHENTICATED, *BODY, 403, 404, 409)
 def update_person(body: dict[str, Any], id: UUID) -> dict[str, Any]:
     """Disable or enable a person, change their role or their token grant (admins)."""
     return services().ledger.update_person(caller(), id, **body)

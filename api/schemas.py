@@ -2,13 +2,18 @@
 
 Field names on the wire are camelCase (the seed product's); attributes are the ledger's
 snake_case keys, so handlers pass loaded bodies straight to commands and return the commands'
-dicts. Schemas check shape and type only: the rules themselves (lifetimes, roles, passwords)
-are the ledger's, which answers 400/403 with the reason.
+dicts. Schemas check shape and type; the rules themselves (lifetimes, roles, passwords) are the
+ledger's, which answers 400/403 with the reason. The limits the ledger enforces on a single value
+are stated here too, from the ledger's own constants, so that the OpenAPI document tells
+generated clients what the server accepts.
 """
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from collections.abc import Callable
+from functools import cache
 from typing import Any, ClassVar
 
 import marshmallow as ma
@@ -16,19 +21,48 @@ from marshmallow import fields, validate
 
 from ledger.domainmodel import (
     DAY,
+    DESCRIPTION_FORBIDDEN_CATEGORIES,
     DESCRIPTION_MAX_LENGTH,
     LONGEST_LIFETIME_SECONDS,
     NEVER,
     ROLES,
+    USERNAME_PATTERN,
     InvalidInput,
     check_description,
 )
 from ledger.passwords import MAX_LENGTH as PASSWORD_MAX_LENGTH
+from ledger.passwords import MIN_LENGTH as PASSWORD_MIN_LENGTH
 from ledger.timestamps import timestamp
 
 PAGE_LIMIT_MAX = 1000
 OFFSET_MAX = 2**31 - 1  # keeps Redis range arithmetic far from overflow
 TOKEN_VALUE_MAX_LENGTH = 256  # well past any prefix + 49 characters; longer is not a token
+TOKEN_TYPE_HINT_MAX_LENGTH = 64  # RFC 7662's hints are short names (`access_token`)
+# -1 (never, or unlimited) or from 1 on: the document says "not 0" beside minimum -1.
+NOT_ZERO = {"not": {"enum": [0]}}
+
+
+def anchored(pattern: str) -> str:
+    """A whole-value pattern for the document: JSON Schema's `pattern` matches anywhere."""
+    return f"^(?:{pattern})$"
+
+
+@cache
+def description_pattern() -> str:
+    """No character of the categories `check_description` refuses, as a character class
+    computed from them: BMP characters as \\u escapes, the few beyond it as themselves."""
+    ranges: list[tuple[int, int]] = []
+    for code in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(code)) in DESCRIPTION_FORBIDDEN_CATEGORIES:
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+
+    def char(code: int) -> str:
+        return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+    return "^[^" + "".join(char(a) + ("-" + char(b) if b > a else "") for a, b in ranges) + "]*$"
 
 
 class Integer(fields.Integer):
@@ -154,11 +188,18 @@ class TokenCreateSchema(Schema):
     lifetime_seconds = Integer(
         data_key="lifetimeSeconds",
         validate=validate.Range(min=NEVER, max=LONGEST_LIFETIME_SECONDS),
-        metadata={"description": "-1 for a token that never expires; omitted: 30 days"},
+        metadata={
+            "description": "-1 for a token that never expires (where the workspace allows it); "
+            "omitted: 30 days. At most the workspace's maximum lifetime, or 403",
+            **NOT_ZERO,
+        },
     )
     description = Text(
         validate=[validate.Length(max=DESCRIPTION_MAX_LENGTH), _description],
-        metadata={"description": "no control characters"},
+        metadata={
+            "description": "no control or invisible formatting characters",
+            "pattern": description_pattern(),
+        },
     )
 
 
@@ -201,7 +242,13 @@ class DeletedSchema(Schema):
 
 
 class IntrospectSchema(Schema):
+    """RFC 7662 §2.1, as a form or as JSON."""
+
     token = Text(required=True, validate=validate.Length(max=TOKEN_VALUE_MAX_LENGTH))
+    token_type_hint = Text(
+        validate=validate.Length(max=TOKEN_TYPE_HINT_MAX_LENGTH),
+        metadata={"description": "accepted and ignored (RFC 7662 §2.1): there is one kind"},
+    )
 
 
 class IntrospectionSchema(Schema):
@@ -240,9 +287,19 @@ class PeopleListSchema(Schema):
     count = fields.Integer(required=True)
 
 
+def password_field(**kwargs: Any) -> Text:
+    """A new password, as the ledger's policy takes it (no NUL either)."""
+    return Text(
+        validate=validate.Length(min=PASSWORD_MIN_LENGTH, max=PASSWORD_MAX_LENGTH),
+        metadata={"pattern": "^[^\\u0000]*$"},
+        **kwargs,
+    )
+
+
 class PersonCreateSchema(Schema):
-    username = Text(required=True, validate=validate.Length(min=1, max=64))
-    password = Text(required=True, validate=validate.Length(max=PASSWORD_MAX_LENGTH))
+    # The ledger checks it (check_username); the document states its pattern.
+    username = Text(required=True, metadata={"pattern": anchored(USERNAME_PATTERN.pattern)})
+    password = password_field(required=True)
     role = fields.String(load_default="member", validate=validate.OneOf(ROLES))
 
 
@@ -258,9 +315,7 @@ class PasswordChangeSchema(Schema):
         required=True,
         validate=validate.Length(max=PASSWORD_MAX_LENGTH),
     )
-    new_password = Text(
-        data_key="newPassword", required=True, validate=validate.Length(max=PASSWORD_MAX_LENGTH)
-    )
+    new_password = password_field(data_key="newPassword", required=True)
 
 
 # Workspace settings: the ledger's names are already the wire's.
@@ -277,4 +332,6 @@ class SettingsSchema(Schema):
 class SettingsPatchSchema(Schema):
     apiAccessTokensEnabled = Boolean()
     membersCanGenerateTokens = Boolean()
-    maxTokenLifetimeDays = Integer(validate=_MAX_DAYS, metadata={"description": "-1: unlimited"})
+    maxTokenLifetimeDays = Integer(
+        validate=_MAX_DAYS, metadata={"description": "-1: unlimited", **NOT_ZERO}
+    )

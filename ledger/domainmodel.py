@@ -50,6 +50,8 @@ NEVER = -1
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 WORKSPACE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DESCRIPTION_MAX_LENGTH = 255
+# Unicode categories a description may not hold: control, format (invisible) and surrogates.
+DESCRIPTION_FORBIDDEN_CATEGORIES = ("Cc", "Cf", "Cs")
 
 
 @dataclass(frozen=True)
@@ -442,7 +444,7 @@ def check_role(role: str) -> None:
 def check_description(description: str) -> None:
     if len(description) > DESCRIPTION_MAX_LENGTH:
         raise InvalidInput(f"description must be at most {DESCRIPTION_MAX_LENGTH} characters")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in description):
+    if any(unicodedata.category(c) in DESCRIPTION_FORBIDDEN_CATEGORIES for c in description):
         raise InvalidInput("description must not contain control characters")
 
 

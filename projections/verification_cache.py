@@ -206,14 +206,23 @@ class CachingVerifier:
         self.cache = cache
 
     def verify(self, value: str) -> Principal | None:
+        return self._check(value, use=True)
+
+    def peek(self, value: str) -> Principal | None:
+        """As verify, but counts no use: a miss goes to Redis without stamping lastUsed."""
+        return self._check(value, use=False)
+
+    def _check(self, value: str, *, use: bool) -> Principal | None:
         digest = self.verifier.digest(value)
         if digest is None:
             return None
         cached = self.cache.get(digest)
         if cached is not None:
             return cached
-        ticket = self.cache.ticket()  # before Redis: a revocation meanwhile voids the answer
-        found = self.verifier.lookup(digest)
+        # Taken before Redis: a revocation meanwhile voids the answer. A look is not kept,
+        # since an entry stands for a lastUsed stamped within the minute.
+        ticket = self.cache.ticket() if use else None
+        found = self.verifier.lookup(digest, stamp=use)
         if found is None:
             return None
         if ticket is not None:

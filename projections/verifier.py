@@ -32,8 +32,9 @@ from projections.keys import (
 # lost before its token's expiry (evicted); 0: refused.
 # Expiry needs no clock here: Redis has dropped the lookup from expiredAt on, by its own clock.
 # ARGV[5], the caller's time, only stamps lastUsed, as to the minute as any host's clock is.
-# ARGV: prefix, lastUsed granularity ms, the admin role, then the two that change per call (the
-# token's SHA-256 and the time), last, so that verify() packs only those each call.
+# ARGV: prefix, lastUsed granularity ms, the admin role, then those that change per call (the
+# token's SHA-256, the time, and '1' to stamp lastUsed or '0' to leave it, for introspection,
+# which must not touch the token it looks at), last, so that each call packs only those.
 _VERIFY = (
     LUA_COMMON
     + """
@@ -53,7 +54,7 @@ local w = redis.call('HMGET', g .. 'w:' .. p[2], 'en', 'mg')
 if w[1] ~= '1' then return 0 end
 if not (p[3] == ARGV[3] or w[2] == '1' or p[4] == '1') then return 0 end
 local used = state
-if state == '1' or now - tonumber(state) >= tonumber(ARGV[2]) then
+if ARGV[6] == '1' and (state == '1' or now - tonumber(state) >= tonumber(ARGV[2])) then
   used = ARGV[5]
   set_used(g, owner, s, sha, used)
   redis.call('ZADD', prefix .. 'used', now, sha)
@@ -63,7 +64,7 @@ return {id, owner, p[1], p[2], p[3], p[4], created, expires, used}
 )
 
 
-# The verify script's arguments that never change, before the token's SHA-256 and the time.
+# The verify script's arguments that never change, before the token's SHA-256, time and stamp.
 _VERIFY_FIXED_ARGS = (PREFIX, LAST_USED_GRANULARITY_MS, ADMIN)
 
 
@@ -92,6 +93,8 @@ class TokenVerifier(Protocol):
 
     def verify(self, value: str) -> Principal | None: ...
 
+    def peek(self, value: str) -> Principal | None: ...
+
 
 class Verifier:
     def __init__(self, redis: Redis, token_prefix: str) -> None:
@@ -99,14 +102,21 @@ class Verifier:
         self.token_prefix = token_prefix
         self._verify = redis.register_script(_VERIFY)
         self._threads = threading.local()  # each thread's own connection
-        # The verify call as sent on the wire (RESP), but for the two arguments each call adds:
+        # The verify call as sent on the wire (RESP), but for the arguments each call adds:
         # redis-py's pack_command took 4 µs a call to pack it, of a round trip of about 55.
         fixed = ["EVALSHA", self._verify.sha, 1, GENERATION, *_VERIFY_FIXED_ARGS]
-        self._verify_head = b"*%d\r\n" % (len(fixed) + 2) + b"".join(map(bulk, fixed))
+        self._verify_head = b"*%d\r\n" % (len(fixed) + 3) + b"".join(map(bulk, fixed))
 
     def verify(self, value: str) -> Principal | None:
+        """Rule 4, counted as a use of the token (lastUsed)."""
         digest = self.digest(value)
         found = None if digest is None else self.lookup(digest)
+        return None if found is None else found.principal
+
+    def peek(self, value: str) -> Principal | None:
+        """Rule 4 without counting a use: introspection looks at a token, it does not use it."""
+        digest = self.digest(value)
+        found = None if digest is None else self.lookup(digest, stamp=False)
         return None if found is None else found.principal
 
     def digest(self, value: str) -> bytes | None:
@@ -115,9 +125,10 @@ class Verifier:
             return None
         return hashlib.sha256(value.encode()).digest()
 
-    def lookup(self, digest: bytes) -> Found | None:
-        """Rule 4 in one Redis round trip; NotReady while the read model is being built."""
-        found = self._evalsha_verify(digest, now_ms())
+    def lookup(self, digest: bytes, *, stamp: bool = True) -> Found | None:
+        """Rule 4 in one Redis round trip; NotReady while the read model is being built.
+        `stamp`: record the use in lastUsed (as to the minute)."""
+        found = self._evalsha_verify(digest, now_ms(), b"1" if stamp else b"0")
         if found == -1:
             raise NotReady("The token read model is being rebuilt")
         if found == -2:
@@ -138,7 +149,7 @@ class Verifier:
         until = int(used) + LAST_USED_GRANULARITY_MS
         return Found(principal, min(until, int(expires or until)) / 1000)
 
-    def _evalsha_verify(self, sha: bytes, now_ms: int) -> Any:
+    def _evalsha_verify(self, sha: bytes, now_ms: int, stamp: bytes) -> Any:
         """The verify script on this thread's own connection, held for the thread's life.
 
         Every API call comes here, and checking a connection out of redis-py's pool and back
@@ -150,18 +161,18 @@ class Verifier:
         if conn is None:
             conn = self._threads.conn = self.redis.connection_pool.get_connection()
         try:
-            return self._send_verify(conn, sha, now_ms)
+            return self._send_verify(conn, sha, now_ms, stamp)
         except RedisConnectionError:
             # A connection left idle across a Redis restart fails at its first use; redis-py's
             # own client retries that once, and so does this, on a fresh connection.
-            return self._send_verify(conn, sha, now_ms)
+            return self._send_verify(conn, sha, now_ms, stamp)
 
-    def _send_verify(self, conn: Any, sha: bytes, now_ms: int) -> Any:
+    def _send_verify(self, conn: Any, sha: bytes, now_ms: int, stamp: bytes) -> Any:
         try:
-            conn.send_packed_command([self._verify_head + bulk(sha) + bulk(now_ms)])
+            conn.send_packed_command([self._verify_head + bulk(sha) + bulk(now_ms) + bulk(stamp)])
             return conn.read_response()
         except NoScriptError:  # Redis restarted or flushed its scripts: load it again
-            args: list[bytes | str | int] = [*_VERIFY_FIXED_ARGS, sha, now_ms]
+            args: list[bytes | str | int] = [*_VERIFY_FIXED_ARGS, sha, now_ms, stamp]
             return self._verify(keys=[GENERATION], args=args, client=self.redis)
         except Exception:
             conn.disconnect()  # in an unknown state: the next use connects afresh
