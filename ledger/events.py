@@ -50,6 +50,9 @@ PASSWORD_CHANGED = EventType("ledger:Person.PasswordChanged.v1", projected=True,
 TOKEN_ISSUED = EventType("ledger:Token.Issued.v1", projected=True, audited=True)
 TOKEN_DELETED = EventType("ledger:Token.Deleted.v1", projected=True, audited=True, revokes=True)
 LOCKOUT_STARTED = EventType("ledger:Lockout.Started.v1", projected=False, audited=True)
+# A person signing in to the pages, and out again: for the audit trail only.
+SIGNED_IN = EventType("ledger:Session.SignedIn.v1", projected=False, audited=True)
+SIGNED_OUT = EventType("ledger:Session.SignedOut.v1", projected=False, audited=True)
 # The read models' own lastUsed times made durable: restored on a rebuild, of no audit interest.
 USAGE_RECORDED = EventType("ledger:UsageReport.Recorded.v1", projected=True, audited=False)
 
@@ -65,6 +68,8 @@ CATALOGUE: tuple[EventType, ...] = (
     TOKEN_ISSUED,
     TOKEN_DELETED,
     LOCKOUT_STARTED,
+    SIGNED_IN,
+    SIGNED_OUT,
     USAGE_RECORDED,
 )
 BY_TOPIC: dict[str, EventType] = {event_type.topic: event_type for event_type in CATALOGUE}
