@@ -22,15 +22,17 @@ FAST_ARGON2 = {
 # Every command builds its process through `bootstrap.build`, which reads the audit key first:
 # on PostgreSQL, the deployment's key (every process needs the same one).
 AUDIT_KEY = {"LEDGER_AUDIT_KEY": "the CLI tests' own audit key"}
+SECRET_KEY = {"LEDGER_SECRET_KEY": "the CLI tests' own secret key"}
 
 
 def run(
-    url: str, *args: str, stdin: str = "", audit_key: bool = True
+    url: str, *args: str, stdin: str = "", audit_key: bool = True, secret_key: bool = True
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         **FAST_ARGON2,
         **(AUDIT_KEY if audit_key else {}),
+        **(SECRET_KEY if secret_key else {}),
         "LEDGER_DATABASE_URL": url,
     }
     return subprocess.run(
@@ -125,6 +127,12 @@ def test_every_command_has_help(command, tmp_path):
     result = run(f"sqlite:///{tmp_path}/x.sqlite", *command, "--help")
     assert result.returncode == 0
     assert "Usage:" in result.stdout
+
+
+def test_postgresql_without_a_secret_key_stops_the_server_at_start(postgres_url, monkeypatch):
+    monkeypatch.delenv("LEDGER_SECRET_KEY", raising=False)
+    result = run(postgres_url, "serve", "--port", "1", secret_key=False)
+    assert_one_line_error(result, 2, "LEDGER_SECRET_KEY")
 
 
 @pytest.mark.parametrize(
