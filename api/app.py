@@ -10,6 +10,7 @@ import flask_smorest
 from flask import Blueprint, Flask, Response, g, request
 from swagger_ui_bundle import swagger_ui_path
 
+import web
 from api import audit, errors, ops, people, tokens, workspaces
 from api.auth import trusted_networks
 from api.context import request_id
@@ -70,6 +71,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
         Blueprint("docs", __name__, static_folder=swagger_ui_path, static_url_path=DOCS_ASSETS)
     )
     errors.register(app)
+    web.register(app, services)  # the pages for people, with errors of their own (HTML)
     app.before_request(_start)
     app.after_request(_finish)
     return app

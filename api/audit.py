@@ -13,6 +13,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import marshmallow as ma
 from flask import Response, current_app
@@ -147,6 +148,38 @@ class VerificationSchema(Schema):
     )
 
 
+def audit_filter(query: dict[str, Any]) -> AuditFilter:
+    """The filters of an AuditQuerySchema's loaded query (the API's, and the pages')."""
+    return AuditFilter(
+        types=tuple(query.get("types", ())),
+        actor_id=query.get("actor_id"),
+        person_id=query.get("person_id"),
+        token_id=query.get("token_id"),
+        since=query.get("since"),
+        until=query.get("until"),
+    )
+
+
+def export_response(
+    audit: AuditTrail, workspace_id: UUID, filters: AuditFilter, fmt: str
+) -> Response:
+    """Every matching event as a CSV or JSON lines download, streamed."""
+    chunks = audit.export(workspace_id, filters, fmt)  # checks the filters before streaming
+    return Response(
+        chunks,
+        content_type=CONTENT_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="audit-events.{fmt}"'},
+    )
+
+
+def last_verification() -> dict[str, Any]:
+    """This process's latest tamper-evidence report (see LastVerification)."""
+    last: LastVerification = current_app.extensions.setdefault(
+        "audit_verification", LastVerification()
+    )
+    return last.report(services().audit)
+
+
 @blp.route("", methods=["GET"])
 @blp.arguments(AuditQuerySchema(), location="query")
 @blp.response(200, AuditEventListSchema)
@@ -159,22 +192,10 @@ def list_audit_events(query: dict[str, Any]) -> dict[str, Any] | Response:
     workspace_id = found.ledger.audit_workspace_id(caller())
     audit = found.audit
     audit.catch_up_for_reading(CATCH_UP_PER_REQUEST)
-    filters = AuditFilter(
-        types=tuple(query.get("types", ())),
-        actor_id=query.get("actor_id"),
-        person_id=query.get("person_id"),
-        token_id=query.get("token_id"),
-        since=query.get("since"),
-        until=query.get("until"),
-    )
+    filters = audit_filter(query)
     fmt = query["format"]
     if fmt in CONTENT_TYPES:
-        chunks = audit.export(workspace_id, filters, fmt)  # checks the filters before streaming
-        return Response(
-            chunks,
-            content_type=CONTENT_TYPES[fmt],
-            headers={"Content-Disposition": f'attachment; filename="audit-events.{fmt}"'},
-        )
+        return export_response(audit, workspace_id, filters, fmt)
     events, next_cursor = audit.list_events(
         workspace_id, filters, query.get("cursor"), query["limit"]
     )
@@ -189,9 +210,5 @@ def verify_audit_trail() -> dict[str, Any]:
     """Recompute the hash chain from the stored events and check the signed checkpoints
     (admins). `ok: false` names the first bad position and what was done there. The chain is
     the deployment's, so the report is too; it is at most VERIFICATION_CACHE_SECONDS old."""
-    found = services()
-    found.ledger.audit_workspace_id(caller())
-    last: LastVerification = current_app.extensions.setdefault(
-        "audit_verification", LastVerification()
-    )
-    return last.report(found.audit)
+    services().ledger.audit_workspace_id(caller())
+    return last_verification()

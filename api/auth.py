@@ -104,9 +104,9 @@ def client_ip() -> str | None:
     """The peer's address, or, when the peer is a trusted proxy, the nearest untrusted address
     in X-Forwarded-For (read right to left: entries left of it could be made up by anyone)."""
     peer = request.remote_addr
-    trusted = trusted_networks(services().settings.trusted_proxies)
-    if peer is None or not trusted or not _within(peer, trusted):
+    if peer is None or not from_trusted_proxy():
         return peer
+    trusted = trusted_networks(services().settings.trusted_proxies)
     forwarded = ",".join(request.headers.getlist("X-Forwarded-For"))
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
     for hop in reversed(hops):
@@ -116,6 +116,13 @@ def client_ip() -> str | None:
             return hop
         peer = hop
     return peer
+
+
+def from_trusted_proxy() -> bool:
+    """Whether the peer is one of LEDGER_TRUSTED_PROXIES, whose forwarded headers we believe."""
+    peer = request.remote_addr
+    trusted = trusted_networks(services().settings.trusted_proxies)
+    return peer is not None and bool(trusted) and _within(peer, trusted)
 
 
 def _basic_credentials(credentials: str) -> tuple[str, str]:

@@ -100,19 +100,20 @@ class Keyring:
         return None
 
 
-def load_key_file(path: Path) -> bytes:
-    """The key in `path`, created (mode 0600) with 256 random bits when it does not exist yet."""
+def load_key_file(path: Path, what: str = "audit key file") -> bytes:
+    """The key in `path`, created (mode 0600) with 256 random bits when it does not exist yet;
+    `what` names it in errors."""
     try:
         if not path.exists():
             _create_key_file(path)
         mode = path.stat().st_mode
         key = path.read_text().strip()
     except OSError as error:
-        raise ConfigError(f"audit key file {path}: {error.strerror or error}") from None
+        raise ConfigError(f"{what} {path}: {error.strerror or error}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"audit key file {path} must not be accessible to others (chmod 600)")
+        raise ConfigError(f"{what} {path} must not be accessible to others (chmod 600)")
     if not key:
-        raise ConfigError(f"audit key file {path} is empty")
+        raise ConfigError(f"{what} {path} is empty")
     return key.encode()
 
 

@@ -51,6 +51,8 @@ from ledger.events import (
     PERSON_ADDED,
     ROLE_CHANGED,
     SETTING_CHANGED,
+    SIGNED_IN,
+    SIGNED_OUT,
     TOKEN_DELETED,
     TOKEN_ISSUED,
     TOKEN_PERMISSION_CHANGED,
@@ -374,6 +376,8 @@ class AuditTrail:
                 token.owner_id if token else None,
                 e.originator_id,
             ), {}
+        if kind in (SIGNED_IN, SIGNED_OUT):
+            return _Subject(e.workspace_id, e.person_id), {}
         assert kind in (LOCKOUT_STARTED, LOCKOUT_STARTED_V1), kind
         details: dict[str, Any] = {
             "scope": e.scope,

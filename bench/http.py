@@ -889,6 +889,7 @@ def stack() -> Iterator[Stack]:
         "LEDGER_REDIS_URL": redis_server.url,
         "LEDGER_ADMIN_PASSWORD": PASSWORD,
         "LEDGER_AUDIT_KEY": "bench audit key",
+        "LEDGER_SECRET_KEY": "bench secret key",
     }
     logs = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
     server = _ledger_serve(env, logs / "server.log")

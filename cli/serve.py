@@ -30,6 +30,7 @@ from ledger.application import Ledger
 from ledger.config import Settings
 from ledger.domainmodel import AuditContext, StoreInUse
 from ledger.passwords import policy_violation
+from web.keys import secret_key
 
 DEFAULT_WORKSPACE = "default"
 DEFAULT_ADMIN = "admin"
@@ -89,6 +90,7 @@ def serve(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    secret_key(settings)  # PostgreSQL without LEDGER_SECRET_KEY: one line here, not in each worker
     bootstrap(settings)
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",

@@ -12,6 +12,7 @@ import functools
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 from uuid import UUID, uuid4
@@ -42,9 +43,11 @@ from ledger.domainmodel import (
     Lockout,
     NotAdmin,
     NotForOperators,
+    NotFound,
     Person,
     PersonDisabled,
     PersonNotFound,
+    Session,
     StoreInUse,
     Token,
     TokenNotFound,
@@ -414,14 +417,41 @@ class Ledger(Application[UUID]):
             raise PersonDisabled("This account is disabled")
         return person.id
 
+    def sign_in(self, username: str, password: str, ctx: AuditContext) -> tuple[UUID, UUID]:
+        """A person signs in to the pages: Rule 8 as for Basic auth. Returns the person's id and
+        the id of the session's record in the audit trail (not a secret: the pages keep the
+        session's own key)."""
+        person_id = self.authenticate(username, password, ctx)
+        person = self._person(person_id)
+        context = replace(ctx, actor_id=person.id).as_event_field()
+        session = Session(person_id=person.id, workspace_id=person.workspace_id, context=context)
+        self.save(session)
+        return person.id, session.id
+
+    def sign_out(self, ctx: AuditContext, session_id: UUID) -> None:
+        """Recorded for the session's own person; a session already ended records nothing."""
+        session = self._find(Session, session_id)
+        if session is None or session.person_id != ctx.actor_id:
+            raise NotFound(f"Session {session_id} not found")
+        session.sign_out(ctx.as_event_field())
+        self.save(session)
+
     # Tokens
+
+    def max_token_lifetime_days(self, ctx: AuditContext) -> int:
+        """Rule 3's maximum in the actor's workspace (-1: unlimited), for a form to show."""
+        person = self._actor(ctx)
+        if person is None:
+            raise NotForOperators("The operator holds no tokens")
+        return int(self._workspace(person.workspace_id).settings["maxTokenLifetimeDays"])
 
     def issue_token(
         self, ctx: AuditContext, lifetime_seconds: int | None = None, description: str = ""
     ) -> IssuedToken:
-        """Rule 1: only to the person who authenticated, by password or with their own token."""
+        """Rule 1: only to the person who authenticated, by password, with their own token, or
+        signed in to the pages (whose session the pages checked for this request)."""
         person = self._actor(ctx)
-        if person is None or ctx.method not in ("password", "token"):
+        if person is None or ctx.method not in ("password", "token", "session"):
             raise NotForOperators("Tokens are issued only to the person who authenticates for them")
         workspace = self._workspace(person.workspace_id)
         workspace.check_may_generate_tokens(person)
@@ -694,7 +724,7 @@ class Ledger(Application[UUID]):
         return token
 
 
-A = TypeVar("A", Person, Workspace, Token)
+A = TypeVar("A", Person, Workspace, Token, Session)
 
 
 def _replay(aggregate: Any, events: Iterable[Any]) -> Any:

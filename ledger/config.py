@@ -40,6 +40,11 @@ class Settings:
     # Each API process answers tokens it verified lately from memory, with Rule 5 kept by
     # acknowledgements (projections/verification_cache.py); on a Redis server only.
     verification_cache: bool = True
+    # The pages' sessions: the key that signs their CSRF tokens (unset: a file beside an SQLite
+    # store, see web/keys.py), and how long a session lasts unused and at most.
+    secret_key: bytes | None = field(default=None, repr=False)
+    session_idle_seconds: int = 30 * 60
+    session_max_seconds: int = 12 * 60 * 60
 
     def __post_init__(self) -> None:
         if not TOKEN_PREFIX_PATTERN.fullmatch(self.token_prefix):
@@ -55,6 +60,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         audit_key = environ.get("LEDGER_AUDIT_KEY")
+        secret_key = environ.get("LEDGER_SECRET_KEY")
         return cls(
             database_url=environ.get("LEDGER_DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=environ.get("LEDGER_REDIS_URL") or None,
@@ -71,6 +77,13 @@ class Settings:
             ),
             admin_password=environ.get("LEDGER_ADMIN_PASSWORD") or None,
             verification_cache=_switch(environ, "LEDGER_VERIFICATION_CACHE", default=True),
+            secret_key=secret_key.encode() if secret_key else None,
+            session_idle_seconds=_int(
+                environ, "LEDGER_SESSION_IDLE_SECONDS", Settings.session_idle_seconds
+            ),
+            session_max_seconds=_int(
+                environ, "LEDGER_SESSION_MAX_SECONDS", Settings.session_max_seconds
+            ),
             argon2=Argon2Parameters(
                 time_cost=_int(environ, "LEDGER_ARGON2_TIME_COST", Argon2Parameters.time_cost),
                 memory_kib=_int(environ, "LEDGER_ARGON2_MEMORY_KIB", Argon2Parameters.memory_kib),

@@ -28,6 +28,8 @@ from ledger.events import (
     PERSON_ENABLED,
     ROLE_CHANGED,
     SETTING_CHANGED,
+    SIGNED_IN,
+    SIGNED_OUT,
     TOKEN_DELETED,
     TOKEN_ISSUED,
     TOKEN_PERMISSION_CHANGED,
@@ -38,7 +40,7 @@ from ledger.events import (
 ADMIN, MEMBER, VERIFIER = "admin", "member", "verifier"
 ROLES = (ADMIN, MEMBER, VERIFIER)
 
-AuthMethod = Literal["password", "token", "cli", "system"]
+AuthMethod = Literal["password", "token", "session", "cli", "system"]
 EventContext = dict[str, str | None]  # AuditContext as stored in an event
 
 DAY = 86400
@@ -381,6 +383,32 @@ register_topic(LOCKOUT_STARTED_V1.topic, Lockout.Started)  # type: ignore[attr-d
 def subject_hash(key: bytes, username: str) -> str:
     """An unknown username as a lockout keeps it: keyed, so that it cannot be read back."""
     return hmac.new(key, username.casefold().encode(), hashlib.sha256).hexdigest()
+
+
+class Session(Aggregate):
+    """A person signed in to the pages: when, and from where, for the audit trail. The session
+    itself (its cookie, its timeouts) is kept by the pages; this records only that it began and
+    that its person ended it."""
+
+    TOPIC = "ledger:Session"
+
+    class Created(Aggregate.Created):
+        TOPIC = "ledger:Session.Created"
+
+    @event("SignedIn", topic=SIGNED_IN.topic)
+    def __init__(self, person_id: UUID, workspace_id: UUID, context: EventContext) -> None:
+        self.person_id = person_id
+        self.workspace_id = workspace_id
+        self.signed_out = False
+
+    def sign_out(self, context: EventContext) -> None:
+        if not self.signed_out:
+            self._signed_out(self.person_id, self.workspace_id, context)
+
+    @event("SignedOut", topic=SIGNED_OUT.topic)
+    def _signed_out(self, person_id: UUID, workspace_id: UUID, context: EventContext) -> None:
+        # Whose and where travel with the event, so the audit trail files it without a lookup.
+        self.signed_out = True
 
 
 class UsageReport(Aggregate):

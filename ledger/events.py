@@ -53,6 +53,9 @@ TOKEN_DELETED = EventType("ledger:Token.Deleted.v1", projected=True, audited=Tru
 LOCKOUT_STARTED = EventType("ledger:Lockout.Started.v2", projected=True, audited=True)
 # Its subject was the username as typed, which may be a password: no longer written.
 LOCKOUT_STARTED_V1 = EventType("ledger:Lockout.Started.v1", projected=True, audited=True)
+# A person signing in to the pages, and out again: for the audit trail only.
+SIGNED_IN = EventType("ledger:Session.SignedIn.v1", projected=False, audited=True)
+SIGNED_OUT = EventType("ledger:Session.SignedOut.v1", projected=False, audited=True)
 # The read models' own lastUsed times made durable: restored on a rebuild, of no audit interest.
 USAGE_RECORDED = EventType("ledger:UsageReport.Recorded.v1", projected=True, audited=False)
 
@@ -69,6 +72,8 @@ CATALOGUE: tuple[EventType, ...] = (
     TOKEN_DELETED,
     LOCKOUT_STARTED,
     LOCKOUT_STARTED_V1,
+    SIGNED_IN,
+    SIGNED_OUT,
     USAGE_RECORDED,
 )
 BY_TOPIC: dict[str, EventType] = {event_type.topic: event_type for event_type in CATALOGUE}

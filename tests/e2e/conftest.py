@@ -48,6 +48,7 @@ FAST_ARGON2 = {
     "LEDGER_ARGON2_PARALLELISM": "1",
 }
 AUDIT_KEY = "e2e audit key, signs the trail's checkpoints"
+SECRET_KEY = "e2e secret key, signs the pages' CSRF tokens"
 SECRETS: set[str] = {ADMIN_PASSWORD, Secret(AUDIT_KEY)}
 BASIC_CREDENTIALS: set[str] = set()  # base64 of `username:password`, as an Authorization header
 PASSWORD = Secret("an e2e passphrase, long enough")  # every person the tests add has it
@@ -160,6 +161,7 @@ def e2e_env(postgres_url: str, redis_server: RedisServer) -> dict[str, str]:  # 
         LEDGER_REDIS_URL=redis_server.url,
         LEDGER_ADMIN_PASSWORD=ADMIN_PASSWORD,
         LEDGER_AUDIT_KEY=AUDIT_KEY,
+        LEDGER_SECRET_KEY=SECRET_KEY,
         LEDGER_TRUSTED_PROXIES="127.0.0.1",
     )
 

@@ -37,17 +37,19 @@ FAST_ARGON2 = {
 # Every command builds its process through `bootstrap.build`, which reads the audit key first:
 # on PostgreSQL, the deployment's key (every process needs the same one).
 AUDIT_KEY = "the CLI tests' own audit key"
+SECRET_KEY = "the CLI tests' own secret key"  # the pages' sessions: `serve` needs it on PostgreSQL
 
 
 def run(
     url: str, *args: str, stdin: str = "", **environment: str
 ) -> subprocess.CompletedProcess[str]:
-    """The CLI on `url`, with the audit key unless `environment` says otherwise (an empty value
-    is no key)."""
+    """The CLI on `url`, with the audit and secret keys unless `environment` says otherwise (an
+    empty value is no key)."""
     env = {
         **os.environ,
         **FAST_ARGON2,
         "LEDGER_AUDIT_KEY": AUDIT_KEY,
+        "LEDGER_SECRET_KEY": SECRET_KEY,
         "LEDGER_DATABASE_URL": url,
         **environment,
     }
@@ -167,6 +169,12 @@ def test_every_command_has_help(command, tmp_path):
     result = run(f"sqlite:///{tmp_path}/x.sqlite", *command, "--help")
     assert result.returncode == 0
     assert "Usage:" in result.stdout
+
+
+def test_postgresql_without_a_secret_key_stops_the_server_at_start(postgres_url, monkeypatch):
+    monkeypatch.delenv("LEDGER_SECRET_KEY", raising=False)
+    result = run(postgres_url, "serve", "--port", "1", LEDGER_SECRET_KEY="")
+    assert_one_line_error(result, 2, "LEDGER_SECRET_KEY")
 
 
 @pytest.mark.parametrize(

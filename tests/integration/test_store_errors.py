@@ -17,7 +17,11 @@ from tests.integration.test_cli import FAST_ARGON2, LEDGER, assert_one_line_erro
 
 pytestmark = pytest.mark.integration
 
-AUDIT_KEY = {"LEDGER_AUDIT_KEY": "signs the checkpoints of these tests"}
+# PostgreSQL needs both keys before it is opened: the audit trail's, and the pages'.
+AUDIT_KEY = {
+    "LEDGER_AUDIT_KEY": "signs the checkpoints of these tests",
+    "LEDGER_SECRET_KEY": "signs the pages' CSRF tokens in these tests",
+}
 
 
 def ledger(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

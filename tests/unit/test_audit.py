@@ -148,6 +148,8 @@ def test_event_types_are_the_catalogues_stable_readable_names():
         "token.issued",
         "token.deleted",
         "lockout.started",
+        "session.signed_in",
+        "session.signed_out",
     }
 
 
@@ -167,7 +169,12 @@ def test_each_event_is_listed_with_actor_source_subject_and_details(world, trail
     ledger.delete_token(by_token, token_id)
 
     events = {e["type"]: e for e in everything(trail, world.workspace_id)}
-    assert set(events) == set(EVENT_TYPES) - {"person.password_changed", "lockout.started"}
+    assert set(events) == set(EVENT_TYPES) - {
+        "person.password_changed",
+        "lockout.started",
+        "session.signed_in",
+        "session.signed_out",
+    }
     assert events["workspace.created"]["actor"] == {
         "id": None,
         "username": None,
@@ -227,6 +234,23 @@ def test_no_secret_reaches_the_trail_or_its_exports(world, trail):
     for text in texts:
         for secret in (value, new_password, PASSWORD, person_hash, token_hash, "$argon2"):
             assert secret not in text
+
+
+def test_signing_in_and_out_of_the_pages_is_listed_for_the_persons_workspace(world, trail):
+    ledger = world.ledger
+    context = AuditContext("password", ip="192.0.2.7", user_agent="browser")
+    person_id, session_id = ledger.sign_in("max", PASSWORD, context)
+    ledger.sign_out(AuditContext("session", actor_id=person_id, ip="192.0.2.7"), session_id)
+    signed_in, signed_out = reversed(
+        everything(trail, world.workspace_id, types=("session.signed_in", "session.signed_out"))
+    )
+    assert signed_in["type"] == "session.signed_in"
+    assert signed_in["actor"]["username"] == "max" and signed_in["actor"]["method"] == "password"
+    assert signed_in["subject"]["personId"] == world.member_id
+    assert signed_in["source"]["ip"] == "192.0.2.7"
+    assert signed_out["type"] == "session.signed_out"
+    assert signed_out["actor"]["method"] == "session"
+    assert signed_out["subject"]["personId"] == world.member_id
 
 
 def test_a_lockout_is_listed_but_an_unknown_username_is_never_shown(world, trail):

@@ -22,7 +22,7 @@ def test_the_api_and_the_projector_run_one_image_built_once():
 
 
 def test_secrets_are_required_never_defaulted():
-    for secret in ("POSTGRES_PASSWORD", "LEDGER_AUDIT_KEY"):
+    for secret in ("POSTGRES_PASSWORD", "LEDGER_AUDIT_KEY", "LEDGER_SECRET_KEY"):
         uses = re.findall(r"\$\{" + secret + r"(\W[^}]*)?\}", TEXT)
         assert uses, secret
         assert all(use.startswith(":?") and len(use) > 2 for use in uses), (secret, uses)

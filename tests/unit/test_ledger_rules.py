@@ -23,6 +23,7 @@ from ledger.domainmodel import (
     LockedOut,
     NotAdmin,
     NotForOperators,
+    NotFound,
     PersonDisabled,
     PersonNotFound,
     TokenAlreadyDeleted,
@@ -92,6 +93,32 @@ def test_a_person_gets_a_token_with_one_of_their_own_tokens(world):
     history = list(world.ledger.repository.event_store.get(second["token_id"]))
     assert history[0].context["method"] == "token"
     assert history[0].context["token_id"] == str(first["token_id"])
+
+
+def test_a_person_signed_in_to_the_pages_gets_a_token_recorded_as_session(world):
+    person_id, _ = world.ledger.sign_in("ada", PASSWORD, AuditContext("password"))
+    _, info = world.ledger.issue_token(AuditContext("session", actor_id=person_id))
+    assert info["owner_id"] == world.admin_id
+    history = list(world.ledger.repository.event_store.get(info["token_id"]))
+    assert history[0].context["method"] == "session"
+
+
+def test_signing_in_is_rule_8_and_refuses_a_disabled_person(world):
+    with pytest.raises(AuthenticationFailed):
+        world.ledger.sign_in("ada", "not the password", AuditContext("password"))
+    world.ledger.update_person(world.admin(), world.member_id, disabled=True)
+    with pytest.raises(PersonDisabled):
+        world.ledger.sign_in("max", PASSWORD, AuditContext("password"))
+
+
+def test_only_the_sessions_own_person_signs_it_out_and_only_once(world):
+    person_id, session_id = world.ledger.sign_in("max", PASSWORD, AuditContext("password"))
+    with pytest.raises(NotFound):
+        world.ledger.sign_out(AuditContext("session", actor_id=world.admin_id), session_id)
+    head = world.ledger.recorder.max_notification_id()
+    world.ledger.sign_out(AuditContext("session", actor_id=person_id), session_id)
+    world.ledger.sign_out(AuditContext("session", actor_id=person_id), session_id)
+    assert world.ledger.recorder.max_notification_id() == head + 1
 
 
 def test_a_deleted_or_foreign_token_cannot_issue_another(world):

@@ -1,0 +1,152 @@
+"""What every page shares: the blueprint, who is signed in, the pages' headers and errors.
+
+Pages authenticate people by their session and hand each change to the same `Ledger` command the
+API calls, with method `session`. Refusals are the ledger's, shown in words beside the field that
+caused them; nothing here decides who may do what.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from api.auth import client_context, from_trusted_proxy
+from api.context import services
+from api.errors import STATUS_BY_FAMILY, UNAVAILABLE
+from ledger.domainmodel import AuditContext, LedgerError, PersonNotFound
+from web.sessions import ServerSession, SessionStore
+
+# Not /static: the app (api/app.py) keeps that path for a folder of its own.
+bp = Blueprint(
+    "web", __name__, template_folder="templates", static_folder="static", static_url_path="/assets"
+)
+csrf = CSRFProtect()
+WHOLE_DAYS = re.compile(r"-?[0-9]{1,6}")  # a form's number of days, as typed
+SIGNED_OUT_ENDPOINTS = frozenset({"web.login", "web.sign_in", "web.static"})
+# No inline script or style, no framing, forms post only here.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def behind_https() -> bool:
+    """Whether the browser reached us over HTTPS, directly or through a trusted proxy."""
+    if request.scheme == "https":
+        return True
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return forwarded == "https" and from_trusted_proxy()
+
+
+def server_session() -> ServerSession:
+    assert isinstance(session, ServerSession)  # web.register installs the interface
+    return session
+
+
+def person() -> dict[str, Any]:
+    """The signed-in person, as the ledger has them now."""
+    found: dict[str, Any] = g.person
+    return found
+
+
+def context() -> AuditContext:
+    """The audit context of a change made on a page: method `session`, the signed-in person."""
+    return client_context("session", person()["id"])
+
+
+@bp.before_request
+def _check_request() -> ResponseReturnValue | None:
+    if request.method == "POST":
+        csrf.protect()  # a POST without its token changes nothing: 400
+    if request.endpoint in SIGNED_OUT_ENDPOINTS:
+        return None
+    person_id = session.get("person_id")
+    if person_id is not None:
+        try:
+            found = services().ledger.get_person(UUID(person_id))
+        except PersonNotFound:
+            found = None
+        if found is not None and not found["disabled"]:
+            g.person = found
+            return None
+        # Disabled since signing in (on a page, over the API or the CLI): every session ends.
+        sessions().end_person(person_id)
+        server_session().renew()
+    return redirect(url_for("web.login", next=local_path(request.full_path)))
+
+
+def sessions() -> SessionStore:
+    """The process's session store, which web.register built."""
+    store: SessionStore = current_app.extensions["web_sessions"]
+    return store
+
+
+def local_path(path: str) -> str | None:
+    """Only a path on this site is a place to return to after signing in."""
+    parts = urlsplit(path)
+    if parts.scheme or parts.netloc or not path.startswith("/") or path.startswith("//"):
+        return None
+    return path.rstrip("?") or None
+
+
+@bp.after_request
+def _headers(response: Response) -> ResponseReturnValue:
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def status_of(error: LedgerError) -> int:
+    return next(code for family, code in STATUS_BY_FAMILY if isinstance(error, family))
+
+
+def render(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
+    return render_template(template, **values), status
+
+
+@bp.errorhandler(LedgerError)
+def _refused(error: LedgerError) -> tuple[str, int]:
+    return render("error.html", status_of(error), message=str(error))
+
+
+@bp.errorhandler(CSRFError)
+def _no_csrf(error: CSRFError) -> tuple[str, int]:
+    return render(
+        "error.html",
+        400,
+        message="This form was not sent from this site, or it has expired: "
+        "go back, reload the page and try again.",
+    )
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> tuple[str, int]:
+    return render("error.html", error.code or 500, message=error.description)
+
+
+def _unavailable(error: Exception) -> tuple[str, int]:
+    return render("error.html", 503, message="The service is unavailable; try again shortly.")
+
+
+for _family in UNAVAILABLE:
+    bp.register_error_handler(_family, _unavailable)

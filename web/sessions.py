@@ -1,0 +1,142 @@
+"""The pages' sessions, kept in Redis (the process's own client, so the embedded stand-in serves
+too). The cookie holds only a random 256-bit id; Redis holds the session under the id's SHA-256,
+so that what Redis holds cannot be replayed as a cookie. Ending a session deletes it there, which
+ends it for every copy of the cookie.
+
+A session ends when unused for `idle_seconds` or `max_seconds` after it began, whichever is
+first; each person's sessions are indexed so that disabling them or changing their password
+ends the lot at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface, SessionMixin
+from redis import Redis
+from werkzeug.datastructures import CallbackDict
+
+COOKIE = "ledger_session"
+SESSION_KEY = "web:session:"  # + SHA-256 of the cookie's id: the session as JSON
+PERSON_KEY = "web:person:"  # + person id: a set of that person's session keys
+BEGAN, SEEN = "_began", "_seen"  # the session's own times, epoch seconds
+
+
+def _key(sid: str) -> str:
+    return SESSION_KEY + hashlib.sha256(sid.encode()).hexdigest()
+
+
+class SessionStore:
+    def __init__(
+        self,
+        redis: Redis,
+        idle_seconds: int,
+        max_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.idle_seconds = idle_seconds
+        self.max_seconds = max_seconds
+        self.clock = clock
+
+    def load(self, sid: str) -> dict[str, Any] | None:
+        """The session's data, or None for an unknown, ended or timed-out one."""
+        raw = self.redis.get(_key(sid))
+        if raw is None:
+            return None
+        data: dict[str, Any] = json.loads(raw)
+        now = self.clock()
+        if now - data[SEEN] >= self.idle_seconds or now - data[BEGAN] >= self.max_seconds:
+            self.end(sid)
+            return None
+        return data
+
+    def save(self, sid: str, data: dict[str, Any]) -> None:
+        now = self.clock()
+        data = {**data, SEEN: now, BEGAN: data.get(BEGAN, now)}
+        left = min(self.idle_seconds, data[BEGAN] + self.max_seconds - now)
+        key = _key(sid)
+        if left <= 0:
+            self.end(sid)
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, json.dumps(data), ex=max(1, int(left)))
+            person_id = data.get("person_id")
+            if person_id:
+                pipe.sadd(PERSON_KEY + person_id, key)
+                pipe.expire(PERSON_KEY + person_id, self.max_seconds)
+            pipe.execute()
+
+    def end(self, sid: str) -> None:
+        self.redis.delete(_key(sid))
+
+    def end_person(self, person_id: str, keep: str | None = None) -> None:
+        """End every session of a person, except `keep` (the id of the one asking)."""
+        index = PERSON_KEY + person_id
+        kept = _key(keep) if keep else None
+        keys = [k.decode() for k in self.redis.smembers(index)]  # type: ignore[union-attr]
+        ended = [k for k in keys if k != kept]
+        if ended:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(*ended)
+                pipe.srem(index, *ended)
+                pipe.execute()
+
+
+class ServerSession(CallbackDict[str, Any], SessionMixin):
+    def __init__(self, data: dict[str, Any] | None = None, sid: str | None = None) -> None:
+        def changed(_: CallbackDict[str, Any]) -> None:
+            self.modified = True
+
+        super().__init__(data or {}, changed)
+        self.sid = sid
+        self.ended: str | None = None
+        self.modified = False
+
+    def renew(self) -> None:
+        """End this session's id now (signing in or out); the next save makes a fresh one, so an
+        id known before signing in (session fixation) or copied before signing out is worth
+        nothing."""
+        if self.sid is not None:
+            self.ended, self.sid = self.sid, None
+        self.clear()
+
+
+class RedisSessionInterface(SessionInterface):
+    def __init__(self, store: SessionStore, secure: Callable[[], bool]) -> None:
+        self.store = store
+        self.secure = secure  # whether this request reached us over HTTPS
+
+    def open_session(self, app: Flask, request: Request) -> ServerSession:
+        sid = request.cookies.get(COOKIE)
+        data = self.store.load(sid) if sid else None
+        return ServerSession(data, sid if data is not None else None)
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        assert isinstance(session, ServerSession)
+        if session.ended is not None:
+            self.store.end(session.ended)
+        if not session:
+            if session.sid is not None:
+                self.store.end(session.sid)
+            if session.sid is not None or session.ended is not None:
+                response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Lax")
+            return
+        if session.sid is None:
+            session.sid = secrets.token_urlsafe(32)
+        self.store.save(session.sid, dict(session))
+        response.set_cookie(
+            COOKIE,
+            session.sid,
+            httponly=True,
+            samesite="Lax",
+            secure=self.secure(),
+            path="/",
+        )
+        response.vary.add("Cookie")
