@@ -20,6 +20,7 @@ import enum
 import logging
 import multiprocessing
 import pickle
+import secrets
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -33,9 +34,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from audit.chain import load_key_file
 from audit.trail import AuditTrail, AuditTrailRefused, keyring_from_settings
 from ledger.application import Ledger, Saved
-from ledger.config import Settings
+from ledger.config import ConfigError, Settings
 from projections.attempts import RedisAttemptLimiter
 from projections.generations import Generations
 from projections.listings import Listings
@@ -305,6 +307,26 @@ def _follow_audit_apart(settings: Settings, poll_seconds: float, parent: Connect
                 parent.send(failure)
             except (pickle.PicklingError, TypeError, AttributeError):
                 parent.send(RuntimeError(f"{type(failure).__name__}: {failure}"))
+
+
+SECRET_KEY_FILE = "secret.key"
+
+
+def secret_key(settings: Settings) -> bytes:
+    """The key that signs the pages' CSRF tokens: LEDGER_SECRET_KEY, or a file beside an SQLite
+    store created on first use (as the audit key is). PostgreSQL serves many processes, which
+    must share one key, so there it must be given. Resolved here, in the composition root, so
+    that `ledger serve` checks it before a worker starts, without importing the pages."""
+    if settings.secret_key:
+        return settings.secret_key
+    if settings.sqlite_file is not None:
+        return load_key_file(settings.sqlite_file.parent / SECRET_KEY_FILE, "secret key file")
+    if settings.eventsourcing_env()["PERSISTENCE_MODULE"] == "eventsourcing.postgres":
+        raise ConfigError(
+            "LEDGER_SECRET_KEY must be set for a PostgreSQL store: every process that serves "
+            "the pages needs the same key"
+        )
+    return secrets.token_bytes(32)  # an in-memory store: sessions die with the process anyway
 
 
 def connect_redis(settings: Settings, *, retries: bool = True) -> Redis:

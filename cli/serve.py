@@ -24,13 +24,12 @@ import click
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from bootstrap import Role, build
+from bootstrap import Role, build, secret_key
 from cli.common import Env, fail
 from ledger.application import Ledger
 from ledger.config import Settings
 from ledger.domainmodel import AuditContext, StoreInUse
 from ledger.passwords import policy_violation
-from web.keys import secret_key
 
 DEFAULT_WORKSPACE = "default"
 DEFAULT_ADMIN = "admin"

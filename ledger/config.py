@@ -41,7 +41,7 @@ class Settings:
     # acknowledgements (projections/verification_cache.py); on a Redis server only.
     verification_cache: bool = True
     # The pages' sessions: the key that signs their CSRF tokens (unset: a file beside an SQLite
-    # store, see web/keys.py), and how long a session lasts unused and at most.
+    # store, see bootstrap.secret_key), and how long a session lasts unused and at most.
     secret_key: bytes | None = field(default=None, repr=False)
     session_idle_seconds: int = 30 * 60
     session_max_seconds: int = 12 * 60 * 60

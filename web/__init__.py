@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from bootstrap import Services
+from bootstrap import Services, secret_key
 from web import account, admin, tokens  # noqa: F401 - their routes join the blueprint
 from web.base import behind_https, bp, csrf
-from web.keys import secret_key
 from web.sessions import RedisSessionInterface, SessionStore
 
 

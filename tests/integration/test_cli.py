@@ -112,6 +112,18 @@ def test_operator_errors_are_one_line_and_non_zero(store_url, name):
     )
 
 
+def type_password_twice(child: pexpect.spawn) -> None:
+    """Answer the CLI's two password prompts on a terminal; it must succeed and not echo."""
+    child.expect("Password: ")
+    child.sendline("typed on a terminal")
+    child.expect("Repeat for confirmation: ")
+    child.sendline("typed on a terminal")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert "typed on a terminal" not in (child.before or "")
+
+
 def test_the_password_is_prompted_twice_on_a_terminal(store_url, name):
     assert run(store_url, "workspaces", "create", name).returncode == 0
     env = {
@@ -127,14 +139,7 @@ def test_the_password_is_prompted_twice_on_a_terminal(store_url, name):
         encoding="utf-8",
         timeout=30,
     )
-    child.expect("Password: ")
-    child.sendline("typed on a terminal")
-    child.expect("Repeat for confirmation: ")
-    child.sendline("typed on a terminal")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0, child.before
-    assert "typed on a terminal" not in (child.before or "")
+    type_password_twice(child)
 
 
 def test_a_bad_database_url_is_one_line_and_exit_code_2():
@@ -435,14 +440,7 @@ def test_reset_password_prompts_twice_on_a_terminal(deployment):
     child = pexpect.spawn(
         LEDGER, ["users", "reset-password", d.max], env=env, encoding="utf-8", timeout=30
     )
-    child.expect("Password: ")
-    child.sendline("typed on a terminal")
-    child.expect("Repeat for confirmation: ")
-    child.sendline("typed on a terminal")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0, child.before
-    assert "typed on a terminal" not in (child.before or "")
+    type_password_twice(child)
     assert d.ledger.authenticate(d.max, "typed on a terminal", AuditContext("password"))
 
 

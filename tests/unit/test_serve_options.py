@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -74,3 +76,11 @@ def test_with_reuse_port_a_port_another_program_holds_is_one_line_and_exit_1(sta
     assert result.output.strip() == expected
     assert not started
     assert run("--reuse-port", "--port", port).exit_code == 0  # free again
+
+
+def test_the_cli_imports_no_metrics_before_serve_sets_their_directory():
+    """prometheus_client picks its multiprocess mode when first imported: imported by the CLI
+    before `serve` sets PROMETHEUS_MULTIPROC_DIR, every worker's counters stay in its own memory
+    and /metrics shows none of them."""
+    check = "import sys, cli.main; sys.exit('prometheus_client' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
