@@ -426,7 +426,9 @@ def store_reads(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> Callable[[],
         return read
 
     recorder = ledger.recorder
-    monkeypatch.setattr(recorder, "select_notifications", counting(recorder.select_notifications, 0))
+    monkeypatch.setattr(
+        recorder, "select_notifications", counting(recorder.select_notifications, 0)
+    )
     monkeypatch.setattr(recorder, "select_events", counting(recorder.select_events, 1))
     return lambda: list(counts)
 
