@@ -43,7 +43,7 @@ from projections.generations import Generations
 from projections.listings import Listings
 from projections.memory import memory_problem
 from projections.projector import BATCH_SIZE, Projector
-from projections.revocations import LEASE_SECONDS, Revocations
+from projections.revocations import LEASE_SECONDS, Floor, Revocations
 from projections.usage import UsageLog
 from projections.verification_cache import RENEW_SECONDS, CachingVerifier, VerificationCache
 from projections.verifier import TokenVerifier, Verifier
@@ -139,7 +139,9 @@ def build(
     keyring = keyring_from_settings(settings)  # PostgreSQL with no audit key fails here, first
     redis = redis if redis is not None else connect_redis(settings)
     caching = settings.caches_verifications
-    writer = Writer(redis, Revocations(redis, tuning.lease_seconds) if caching else None)
+    revocations = Revocations(redis, tuning.lease_seconds) if caching else None
+    floor = Floor(redis, revocations)
+    writer = Writer(redis, revocations, floor)
     ledger = Ledger.from_settings(
         settings,
         attempts=RedisAttemptLimiter(redis),
@@ -158,7 +160,7 @@ def build(
         followers=[follow_audit(trail)] if followers is None else followers,
         batch_size=tuning.batch_size,
     )
-    plain = Verifier(redis, settings.token_prefix)
+    plain = Verifier(redis, settings.token_prefix, floor)
     verifier: TokenVerifier = plain
     cache = None
     if role is Role.API and caching:
@@ -167,6 +169,7 @@ def build(
             subscriber if subscriber is not None else connect_redis(settings, retries=False),
             lease_seconds=tuning.lease_seconds,
             renew_seconds=tuning.renew_seconds,
+            floor=floor,
         )
         verifier = CachingVerifier(plain, cache)
     return Services(

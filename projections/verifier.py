@@ -26,6 +26,7 @@ from projections.keys import (
     from_ms,
     now_ms,
 )
+from projections.revocations import Floor
 
 # Rule 4, evaluated in Redis in one round trip; `token_is_usable` in ledger/domainmodel.py is
 # the same rule on the write model, and tests hold the two together. -1: not ready; -2: a lookup
@@ -42,6 +43,9 @@ local gen = redis.call('GET', KEYS[1])
 if not gen then return -1 end
 local prefix, sha, now = ARGV[1], ARGV[4], tonumber(ARGV[5])
 local g = prefix .. gen .. ':'
+-- behind a revoking write that failed to land (revocations.py, Floor)
+local floor = redis.call('GET', prefix .. 'floor')
+if floor and tonumber(floor) > (tonumber(redis.call('GET', g .. 'pos')) or 0) then return -3 end
 local state = redis.call('GET', g .. 't:' .. sha)
 if state == '0' then return 0 end
 local s, owner, id, created, expires = token_ref(g, sha)
@@ -97,9 +101,11 @@ class TokenVerifier(Protocol):
 
 
 class Verifier:
-    def __init__(self, redis: Redis, token_prefix: str) -> None:
+    def __init__(self, redis: Redis, token_prefix: str, floor: Floor | None = None) -> None:
+        """`floor`: this process's writes' (`Floor`), landed before it asks Redis anything."""
         self.redis = redis
         self.token_prefix = token_prefix
+        self.floor = floor
         self._verify = redis.register_script(_VERIFY)
         self._threads = threading.local()  # each thread's own connection
         # The verify call as sent on the wire (RESP), but for the arguments each call adds:
@@ -128,11 +134,15 @@ class Verifier:
     def lookup(self, digest: bytes, *, stamp: bool = True) -> Found | None:
         """Rule 4 in one Redis round trip; NotReady while the read model is being built.
         `stamp`: record the use in lastUsed (as to the minute)."""
+        if self.floor is not None:
+            self.floor.land()
         found = self._evalsha_verify(digest, now_ms(), b"1" if stamp else b"0")
         if found == -1:
             raise NotReady("The token read model is being rebuilt")
         if found == -2:
             raise NotReady("A token's lookup is missing from Redis before its expiry: Redis evicts")
+        if found == -3:
+            raise NotReady("The token read model is behind a change that failed to reach it")
         if not found:
             return None
         token_id, person_id, username, workspace_id, role, grant, created, expires, used = found

@@ -28,7 +28,7 @@ from ledger.application import Saved
 from ledger.domainmodel import Lockout, Person, Token, UsageReport, Workspace, expiry, lockout_key
 from projections.attempts import BLOCKED
 from projections.keys import GENERATION, LUA_COMMON, PREFIX, flatten, to_ms
-from projections.revocations import Revocations
+from projections.revocations import Floor, Revocations
 
 Op = list[bytes | str | int]
 
@@ -171,11 +171,15 @@ class Batch(NamedTuple):
 
 
 class Writer:
-    def __init__(self, redis: Redis, revocations: Revocations | None = None) -> None:
+    def __init__(
+        self, redis: Redis, revocations: Revocations | None = None, floor: Floor | None = None
+    ) -> None:
         """`revocations`: where API processes cache verifications, the announcement that
-        Rule 5 needs of every write that may revoke, from whichever process makes it."""
+        Rule 5 needs of every write that may revoke, from whichever process makes it.
+        `floor`: this process's record of a revoking write that failed (`Floor`)."""
         self.redis = redis
         self.revocations = revocations
+        self.floor = floor
         self._apply = redis.register_script(_APPLY)
 
     def apply_saved(self, saved: Saved) -> None:
@@ -186,6 +190,8 @@ class Writer:
         revocations = self.revocations if saved.revokes else None
         started = time.monotonic()
         try:
+            if self.floor is not None:
+                self.floor.land()
             if ops:
                 target = "+" if saved.again else "*"
                 args = [PREFIX, target, "", *flatten(ops)]
@@ -193,6 +199,8 @@ class Writer:
             if revocations is not None:
                 revocations.announce()
         except RedisError:
+            if saved.revokes and self.floor is not None:
+                self.floor.behind(max(at for _, at in saved.aggregates))
             if revocations is not None:
                 # The call fails, but its event may be stored: no cache may answer past it
                 # from a lease it held before (a failure can be quicker than a lease).

@@ -1,6 +1,7 @@
 """Redis failing under the read-your-writes path (issue 22): a revoking command whose event is
-stored but whose write to Redis failed leaves the token verifying until the projector passes
-it; the client's retry, which finds the change made, must bring it to Redis before it answers.
+stored but whose write to Redis failed must leave no process accepting what it revoked, though
+Redis still holds the token as valid until the projector passes the event; the client's retry,
+which finds the change made, must bring it to Redis before it answers.
 And a lookup that Redis lost before its token's expiry (evicted) is "not ready", never a 401."""
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import pytest
 import redis
 
 from ledger.domainmodel import TokenAlreadyDeleted
+from projections.revocations import FLOOR
+from projections.verifier import Verifier
 from tests.read_model_support import mentions
-from tests.unit.test_read_models import Rig, World
+from tests.unit.test_read_models import Rig, World, status
 
 # Each revoking command, as run by the world's admin against the token `value` of `world.member`.
 Command = Callable[[World, dict[str, Any]], object]
@@ -47,12 +50,30 @@ def test_a_retry_that_finds_its_change_made_brings_it_to_redis(command: Command)
     with pytest.raises(redis.ConnectionError):
         command(world, info)
     rig.server.connected = True
-    assert rig.status(value) == "valid"  # what Redis still says until the projector passes
     try:
         command(world, info)  # the client's retry: 410 for a deletion, 200 for the others
     except TokenAlreadyDeleted:
         assert command is delete
+    assert rig.status(value) == "not ready"  # the floor of the failed call, still ahead
+    rig.redis.delete(FLOOR)  # what the read model itself holds: the retry brought it in
     assert rig.status(value) == "refused"
+
+
+@pytest.mark.parametrize("command", [delete, disable, tokens_off])
+def test_a_revoking_call_that_failed_leaves_no_process_accepting_once_redis_is_back(
+    command: Command,
+) -> None:
+    rig = Rig("read-your-writes")
+    world, value, info = member_token(rig)
+    elsewhere = Verifier(rig.redis, "tlk")  # another API process's, which knows of no failure
+    rig.server.connected = False  # Redis down after the save: the command fails
+    with pytest.raises(redis.ConnectionError):
+        command(world, info)
+    rig.server.connected = True
+    assert rig.status(value) == "not ready"  # this process raises the floor before it asks
+    assert status(elsewhere, value) == "not ready"
+    rig.projector.run_once()  # the projector passes the stored event
+    assert rig.status(value) == status(elsewhere, value) == "refused"
 
 
 def test_a_retried_deletion_the_projector_passed_leaves_nothing_behind() -> None:
