@@ -22,7 +22,7 @@ from marshmallow import fields, validate
 from api.auth import authenticate, caller
 from api.context import services
 from api.http import AUTHENTICATED, Blueprint
-from api.schemas import PAGE_LIMIT_MAX, QueryInteger, Schema, Timestamp
+from api.schemas import PAGE_LIMIT_MAX, QUERY_INTEGER_MAX, QueryInteger, Schema, Timestamp
 from audit.shape import TREE, Kind, Node
 from audit.trail import EVENT_TYPES, PROBLEMS, AuditFilter, AuditTrail, AuditTrailRefused
 
@@ -76,7 +76,7 @@ class AuditQuerySchema(Schema):
         data_key="to", metadata={"description": "exclusive; later than `from`, or 400"}
     )
     cursor = QueryInteger(
-        validate=validate.Range(min=1),
+        validate=validate.Range(min=1, max=QUERY_INTEGER_MAX),
         metadata={"description": "the nextCursor of the previous page: older events (json only)"},
     )
     limit = QueryInteger(

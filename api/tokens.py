@@ -144,7 +144,8 @@ def verify_request_token() -> Response:
     """Forward auth: does the request's own Bearer token verify? For nginx `auth_request`,
     Traefik ForwardAuth and Envoy ext_authz; the identity is in the response's headers.
 
-    Counts as a use of the token (lastUsed), as any Bearer call does.
+    Counts as a use of the token (lastUsed), as any Bearer call does. Only a Bearer token is
+    read: with Basic credentials, or none, the answer is 401.
     """
     value = bearer_token()
     principal = None if value is None else verify(value)
