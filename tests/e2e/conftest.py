@@ -154,10 +154,17 @@ def ledger_env(**settings: str) -> dict[str, str]:
     return {**env, **FAST_ARGON2, **settings}
 
 
+def small_pools(url: str) -> str:
+    """Each process of a server (workers, projector, the trail's child) keeps up to its pool's
+    size of idle PostgreSQL connections; a few servers at once at the default would take most of
+    a default PostgreSQL's 100 connections."""
+    return f"{url}&pool_size=2"
+
+
 @pytest.fixture(scope="session")
 def e2e_env(postgres_url: str, redis_server: RedisServer) -> dict[str, str]:  # noqa: F811
     return ledger_env(
-        LEDGER_DATABASE_URL=postgres_url,
+        LEDGER_DATABASE_URL=small_pools(postgres_url),
         LEDGER_REDIS_URL=redis_server.url,
         LEDGER_ADMIN_PASSWORD=ADMIN_PASSWORD,
         LEDGER_AUDIT_KEY=AUDIT_KEY,

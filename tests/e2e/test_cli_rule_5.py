@@ -12,12 +12,14 @@ import pytest
 from tests.e2e.conftest import (
     BIN,
     PASSWORD,
+    SECRET_KEY,
     Http,
     Server,
     free_port,
     ledger_cli,
     ledger_env,
     remember,
+    small_pools,
 )
 from tests.integration.conftest import RedisServer, fresh_postgres_schema
 
@@ -31,10 +33,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     try:
         with fresh_postgres_schema() as url:
             yield ledger_env(
-                LEDGER_DATABASE_URL=url,
+                LEDGER_DATABASE_URL=small_pools(url),
                 LEDGER_REDIS_URL=redis.url,
                 LEDGER_ADMIN_PASSWORD=PASSWORD,
                 LEDGER_AUDIT_KEY="cli rule 5 audit key",
+                LEDGER_SECRET_KEY=SECRET_KEY,
             )
     finally:
         redis.stop()
