@@ -282,6 +282,24 @@ def test_the_generate_dialog_defaults_to_30_days_and_shows_the_maximum(admin: Br
         assert words in page
 
 
+@pytest.mark.parametrize(
+    ("path", "attributes"),
+    [
+        ("/preferences/access-tokens/new", ('min="-1"', 'max="365"', 'maxlength="255"')),
+        ("/preferences/password", ('autocomplete="current-password"', "required")),
+        ("/people", ('autocomplete="off"', 'autocomplete="new-password"')),
+        ("/workspace/settings", ('min="-1"', 'step="1"')),
+    ],
+)
+def test_form_fields_get_their_attributes_unescaped(
+    admin: Browser, path: str, attributes: tuple[str, ...]
+) -> None:
+    page = admin.get(path).get_data(as_text=True)
+    assert "&#34;" not in page
+    for attribute in attributes:
+        assert f" {attribute}" in page
+
+
 def test_a_new_token_is_shown_once_not_cached_and_works_with_the_api(app, admin: Browser) -> None:  # type: ignore[no-untyped-def]
     admin.get("/preferences/access-tokens/new")
     response = admin.post(
@@ -618,3 +636,4 @@ def test_a_refused_password_change_is_shown_on_its_field(
 def test_the_apis_json_errors_are_unchanged(app) -> None:  # type: ignore[no-untyped-def]
     response = app.test_client().get("/v4/apiAccessTokens")
     assert response.status_code == 401 and response.mimetype == "application/json"
+
