@@ -637,3 +637,40 @@ def test_the_apis_json_errors_are_unchanged(app) -> None:  # type: ignore[no-unt
     response = app.test_client().get("/v4/apiAccessTokens")
     assert response.status_code == 401 and response.mimetype == "application/json"
 
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/nonexistent", BROWSER_ACCEPT),
+        ("/nonexistent", "*/*"),
+        ("/preferences/nothing/here", BROWSER_ACCEPT),
+        ("/v4x", BROWSER_ACCEPT),
+    ],
+)
+def test_an_unknown_path_asked_by_a_person_is_a_404_page(app, path: str, accept: str) -> None:  # type: ignore[no-untyped-def]
+    response = app.test_client().get(path, headers={"Accept": accept})
+    assert response.status_code == 404 and response.mimetype == "text/html"
+    page = response.get_data(as_text=True)
+    assert "<title>Error · Token Ledger</title>" in page and "not found" in page
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/v4/nonexistent", BROWSER_ACCEPT),
+        ("/v4/apiAccessTokens/not-an-id", BROWSER_ACCEPT),
+        ("/docs/nonexistent", BROWSER_ACCEPT),
+        ("/metrics/x", BROWSER_ACCEPT),
+        ("/nonexistent", "application/json"),
+    ],
+)
+def test_an_unknown_path_asked_by_an_api_client_is_the_json_error(  # type: ignore[no-untyped-def]
+    app, path: str, accept: str
+) -> None:
+    response = app.test_client().get(path, headers={"Accept": accept})
+    assert response.status_code == 404 and response.mimetype == "application/json"
+    assert response.json["exception"]["name"] == "NotFound"
