@@ -40,6 +40,7 @@ bp = Blueprint(
 )
 csrf = CSRFProtect()
 WHOLE_DAYS = re.compile(r"-?[0-9]{1,6}")  # a form's number of days, as typed
+PASSWORD_CHANGES = "password_changes"  # the person's count, which a session remembers
 SIGNED_OUT_ENDPOINTS = frozenset({"web.login", "web.sign_in", "web.static"})
 API_PATHS = ("/v4", "/docs", "/healthz", "/readyz", "/metrics")  # their errors are JSON
 # No inline script or style, no framing, forms post only here.
@@ -89,13 +90,25 @@ def _check_request() -> ResponseReturnValue | None:
             found = services().ledger.get_person(UUID(person_id))
         except PersonNotFound:
             found = None
-        if found is not None and not found["disabled"]:
+        # Disabled, or the password changed, since this session began (on a page, over the API
+        # or the CLI): the session ends. The session that changed it on a page was renewed.
+        if found is None or found["disabled"]:
+            sessions().end_person(person_id)  # every session of theirs, not only this one
+        elif found[PASSWORD_CHANGES] == session.get(PASSWORD_CHANGES):
             g.person = found
             return None
-        # Disabled since signing in (on a page, over the API or the CLI): every session ends.
-        sessions().end_person(person_id)
         server_session().renew()
     return redirect(url_for("web.login", next=local_path(request.full_path)))
+
+
+def begin_session(person_id: UUID, record_id: str) -> None:
+    """A fresh session id for the person (signing in; the session that changed the password),
+    remembering how often their password had changed then."""
+    current = server_session()
+    current.renew()
+    current["person_id"] = str(person_id)
+    current["record_id"] = record_id
+    current[PASSWORD_CHANGES] = services().ledger.get_person(person_id)[PASSWORD_CHANGES]
 
 
 def sessions() -> SessionStore:

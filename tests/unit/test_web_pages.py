@@ -613,6 +613,31 @@ def test_changing_the_password_ends_other_sessions_but_not_this_one_nor_tokens(
     assert new not in admin.get(response.location).get_data(as_text=True)
 
 
+def test_a_password_changed_over_the_api_ends_every_page_session_but_no_token(
+    app, admin: Browser
+) -> None:  # type: ignore[no-untyped-def]
+    value, _ = _issue_by_api(app, "ada")
+    other = new_browser(app)
+    other.sign_in("ada")
+    body = {"currentPassword": PASSWORD, "newPassword": "another long passphrase"}
+    client = app.test_client()
+    changed = client.post("/v4/people/current/password", headers=basic("ada"), json=body)
+    assert changed.status_code == 204, changed.get_data(as_text=True)
+    for browser in (admin, other):
+        response = browser.get("/preferences/access-tokens")
+        assert response.status_code == 302 and response.location.startswith("/login")
+    assert client.get("/v4/people/current", headers=bearer(value)).status_code == 200
+
+
+def test_a_session_begun_after_a_password_change_stays(app, world: World) -> None:  # type: ignore[no-untyped-def]
+    from ledger.domainmodel import AuditContext
+
+    world.ledger.set_password(AuditContext.cli(), world.admin_id, "another long passphrase")
+    later = new_browser(app)
+    assert later.sign_in("ada", "another long passphrase").status_code == 302
+    assert later.get("/preferences/access-tokens").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("current", "new", "status", "field"),
     [
