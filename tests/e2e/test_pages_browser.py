@@ -209,6 +209,70 @@ def test_every_page_fits_a_375_px_screen(browser: Any, server: Server) -> None:
         assert width <= 375, (path, width)
 
 
+# What has the focus, by the name a person sees, and whether they can see where it is.
+FOCUSED = """() => {
+  const e = document.activeElement;
+  const style = getComputedStyle(e);
+  const name = e.labels && e.labels.length ? e.labels[0].innerText : e.innerText || e.value;
+  return {
+    name: (name || "").trim(),
+    visible: e !== document.body && e.matches(":focus-visible")
+      && style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2,
+  };
+}"""
+
+
+def tab_to(page: Any, name: str, limit: int = 30) -> None:
+    """Press Tab until what has the focus is named `name` (a dialog may have given it already),
+    each stop showing its focus."""
+    focused = page.evaluate(FOCUSED)
+    for _ in range(limit):
+        if focused["name"] == name:
+            assert focused["visible"], f"focus not visible on {name!r}"
+            return
+        page.keyboard.press("Tab")
+        focused = page.evaluate(FOCUSED)
+        assert focused["visible"], f"focus not visible on {focused['name'][:80]!r}"
+    pytest.fail(f"{name!r} not reached in {limit} presses of Tab")
+
+
+def follow(page: Any, key: str) -> None:
+    """Press `key` on what has the focus, and wait for the page it leads to."""
+    with page.expect_navigation():
+        page.keyboard.press(key)
+
+
+def test_sign_in_generate_and_delete_with_the_keyboard_alone(
+    browser: Any, server: Server, http: Http, new_workspace: Any
+) -> None:
+    username, password = new_workspace()
+    page = new_page(browser, server)
+    page.goto("/login")
+    page.keyboard.type(username)  # the username field has the focus
+    tab_to(page, "Password")
+    page.keyboard.type(password)
+    follow(page, "Enter")
+    tab_to(page, "Generate New Token")
+    follow(page, "Enter")
+    tab_to(page, "Description")
+    page.keyboard.type("typed, never clicked")
+    tab_to(page, "Generate")
+    follow(page, "Space")
+    token = page.locator("#token-value").input_value()
+    remember(token)
+    assert http.status(token) == 200
+    tab_to(page, "Close")
+    follow(page, "Enter")
+    tab_to(page, "Actions")
+    page.keyboard.press("Space")  # opens the row's menu
+    tab_to(page, "Delete Token…")
+    follow(page, "Enter")
+    tab_to(page, "Delete")
+    follow(page, "Space")
+    assert "deleted" in page.content()
+    assert http.status(token) == 401
+
+
 def violations(page: Any) -> list[str]:
     """axe-core's serious and critical findings on the page as it is now, each with where."""
     page.add_script_tag(path=str(AXE))
