@@ -593,12 +593,18 @@ def test_bad_audit_filters_are_a_400_page(admin: Browser, query: str) -> None:
 # Password
 
 
-def test_changing_the_password_ends_other_sessions_but_not_this_one_nor_tokens(
-    app, admin: Browser
-) -> None:  # type: ignore[no-untyped-def]
+def _token_and_another_session(app) -> tuple[str, Browser]:  # type: ignore[no-untyped-def]
+    """Ada's token, issued over the API, and a session of hers in another browser."""
     value, _ = _issue_by_api(app, "ada")
     other = new_browser(app)
     other.sign_in("ada")
+    return value, other
+
+
+def test_changing_the_password_ends_other_sessions_but_not_this_one_nor_tokens(
+    app, admin: Browser
+) -> None:  # type: ignore[no-untyped-def]
+    value, other = _token_and_another_session(app)
     page = admin.get("/preferences/password").get_data(as_text=True)
     for words in ("Current password", "New password", "Change password"):
         assert words in page
@@ -616,9 +622,7 @@ def test_changing_the_password_ends_other_sessions_but_not_this_one_nor_tokens(
 def test_a_password_changed_over_the_api_ends_every_page_session_but_no_token(
     app, admin: Browser
 ) -> None:  # type: ignore[no-untyped-def]
-    value, _ = _issue_by_api(app, "ada")
-    other = new_browser(app)
-    other.sign_in("ada")
+    value, other = _token_and_another_session(app)
     body = {"currentPassword": PASSWORD, "newPassword": "another long passphrase"}
     client = app.test_client()
     changed = client.post("/v4/people/current/password", headers=basic("ada"), json=body)
