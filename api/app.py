@@ -71,7 +71,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
         Blueprint("docs", __name__, static_folder=swagger_ui_path, static_url_path=DOCS_ASSETS)
     )
     errors.register(app)
-    web.register(app, services)  # the pages for people, with errors of their own (HTML)
+    # The pages for people, with errors of their own (HTML), and a 404 page for people.
+    web.register(app, services, api.handle_http_exception)
     app.before_request(_start)
     app.after_request(_finish)
     return app

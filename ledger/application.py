@@ -793,6 +793,7 @@ def person_as_dict(person: Person) -> dict[str, Any]:
         "disabled": person.disabled,
         "can_generate_tokens": person.can_generate_tokens,
         "workspace_id": person.workspace_id,
+        "password_changes": person.password_changes,
     }
 
 

@@ -231,6 +231,7 @@ class Person(Aggregate):
         self.role = role
         self.can_generate_tokens = can_generate_tokens
         self.password_hash = password_hash
+        self.password_changes = 0  # sessions remember it: a change since ends them
         self.disabled = False
 
     def set_disabled(self, disabled: bool, context: EventContext) -> bool:
@@ -274,6 +275,7 @@ class Person(Aggregate):
     @event("PasswordChanged", topic=PASSWORD_CHANGED.topic)
     def change_password(self, password_hash: str, context: EventContext) -> None:
         self.password_hash = password_hash
+        self.password_changes += 1
 
     def check_may_administer(self, subject_workspace_id: UUID) -> None:
         if self.disabled or self.role != ADMIN or self.workspace_id != subject_workspace_id:

@@ -3,15 +3,21 @@ admins' Workspace Settings, People and Audit Trail, served by the API's own proc
 
 from __future__ import annotations
 
-from flask import Flask
+from collections.abc import Callable
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException, NotFound
 
 from bootstrap import Services, secret_key
 from web import account, admin, tokens  # noqa: F401 - their routes join the blueprint
-from web.base import behind_https, bp, csrf
+from web.base import behind_https, bp, csrf, not_found
 from web.sessions import RedisSessionInterface, SessionStore
 
 
-def register(app: Flask, services: Services) -> None:
+def register(
+    app: Flask, services: Services, api_error: Callable[[HTTPException], Response]
+) -> None:
+    """The pages join `app`; `api_error` answers a 404 outside them that is not for a person."""
     settings = services.settings
     store = SessionStore(
         services.redis, settings.session_idle_seconds, settings.session_max_seconds
@@ -25,3 +31,4 @@ def register(app: Flask, services: Services) -> None:
     )
     csrf.init_app(app)
     app.register_blueprint(bp)
+    app.register_error_handler(NotFound, not_found(api_error))

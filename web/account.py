@@ -10,7 +10,16 @@ from flask.typing import ResponseReturnValue
 from api.auth import client_context
 from api.context import services
 from ledger.domainmodel import LedgerError, LockedOut
-from web.base import bp, context, local_path, person, render, server_session, sessions, status_of
+from web.base import (
+    begin_session,
+    bp,
+    context,
+    local_path,
+    person,
+    render,
+    server_session,
+    status_of,
+)
 
 HOME = "web.access_tokens"
 
@@ -41,10 +50,7 @@ def sign_in() -> ResponseReturnValue:
         if isinstance(error, LockedOut):
             response.headers["Retry-After"] = str(error.retry_after_seconds)
         return response
-    current = server_session()
-    current.renew()
-    current["person_id"] = str(person_id)
-    current["record_id"] = str(record_id)
+    begin_session(person_id, str(record_id))
     return redirect(local_path(request.args.get("next", "")) or url_for(HOME))
 
 
@@ -69,6 +75,7 @@ def change_password() -> ResponseReturnValue:
     except LedgerError as error:
         field = "new_password" if status_of(error) == 400 else "current_password"
         return render("password.html", status_of(error), errors={field: str(error)})
-    # The person's other sessions end; this one, and every token, stay.
-    sessions().end_person(str(person()["id"]), keep=server_session().sid)
+    # Every other session of the person ends at its next request (web.base); this one is
+    # renewed and stays, and so does every token.
+    begin_session(person()["id"], session["record_id"])
     return redirect(url_for("web.password", changed=1))

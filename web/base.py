@@ -8,6 +8,7 @@ caused them; nothing here decides who may do what.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -25,7 +26,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from api.auth import client_context, from_trusted_proxy
 from api.context import services
@@ -39,7 +40,9 @@ bp = Blueprint(
 )
 csrf = CSRFProtect()
 WHOLE_DAYS = re.compile(r"-?[0-9]{1,6}")  # a form's number of days, as typed
+PASSWORD_CHANGES = "password_changes"  # the person's count, which a session remembers
 SIGNED_OUT_ENDPOINTS = frozenset({"web.login", "web.sign_in", "web.static"})
+API_PATHS = ("/v4", "/docs", "/healthz", "/readyz", "/metrics")  # their errors are JSON
 # No inline script or style, no framing, forms post only here.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -87,13 +90,25 @@ def _check_request() -> ResponseReturnValue | None:
             found = services().ledger.get_person(UUID(person_id))
         except PersonNotFound:
             found = None
-        if found is not None and not found["disabled"]:
+        # Disabled, or the password changed, since this session began (on a page, over the API
+        # or the CLI): the session ends. The session that changed it on a page was renewed.
+        if found is None or found["disabled"]:
+            sessions().end_person(person_id)  # every session of theirs, not only this one
+        elif found[PASSWORD_CHANGES] == session.get(PASSWORD_CHANGES):
             g.person = found
             return None
-        # Disabled since signing in (on a page, over the API or the CLI): every session ends.
-        sessions().end_person(person_id)
         server_session().renew()
     return redirect(url_for("web.login", next=local_path(request.full_path)))
+
+
+def begin_session(person_id: UUID, record_id: str) -> None:
+    """A fresh session id for the person (signing in; the session that changed the password),
+    remembering how often their password had changed then."""
+    current = server_session()
+    current.renew()
+    current["person_id"] = str(person_id)
+    current["record_id"] = record_id
+    current[PASSWORD_CHANGES] = services().ledger.get_person(person_id)[PASSWORD_CHANGES]
 
 
 def sessions() -> SessionStore:
@@ -111,7 +126,7 @@ def local_path(path: str) -> str | None:
 
 
 @bp.after_request
-def _headers(response: Response) -> ResponseReturnValue:
+def _headers(response: Response) -> Response:
     response.headers.update(SECURITY_HEADERS)
     return response
 
@@ -142,6 +157,29 @@ def _no_csrf(error: CSRFError) -> tuple[str, int]:
 @bp.errorhandler(HTTPException)
 def _http_error(error: HTTPException) -> tuple[str, int]:
     return render("error.html", error.code or 500, message=error.description)
+
+
+def wants_page() -> bool:
+    """Whether an answer outside the pages' routes is for a person: a path outside the API's,
+    from a client that does not prefer JSON (a browser, or one that states nothing)."""
+    if any(request.path == p or request.path.startswith(p + "/") for p in API_PATHS):
+        return False
+    preferred = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return preferred != "application/json"
+
+
+def not_found(
+    api_error: Callable[[HTTPException], Response],
+) -> Callable[[NotFound], ResponseReturnValue]:
+    """The app's 404: a page for a person, `api_error`'s JSON for an API client."""
+
+    def handle(error: NotFound) -> ResponseReturnValue:
+        if not wants_page():
+            return api_error(error)
+        response = Response(*render("error.html", 404, message=error.description))
+        return _headers(response)  # the blueprint's own hooks do not run outside its routes
+
+    return handle
 
 
 def _unavailable(error: Exception) -> tuple[str, int]:

@@ -4,8 +4,9 @@ so that what Redis holds cannot be replayed as a cookie. Ending a session delete
 ends it for every copy of the cookie.
 
 A session ends when unused for `idle_seconds` or `max_seconds` after it began, whichever is
-first; each person's sessions are indexed so that disabling them or changing their password
-ends the lot at once.
+first; each person's sessions are indexed so that disabling them ends the lot at once. (A
+password change ends them too: each remembers how often the password had changed when it began,
+and web.base signs out a request whose person's count has moved on since.)
 """
 
 from __future__ import annotations
@@ -76,12 +77,10 @@ class SessionStore:
     def end(self, sid: str) -> None:
         self.redis.delete(_key(sid))
 
-    def end_person(self, person_id: str, keep: str | None = None) -> None:
-        """End every session of a person, except `keep` (the id of the one asking)."""
+    def end_person(self, person_id: str) -> None:
+        """End every session of a person."""
         index = PERSON_KEY + person_id
-        kept = _key(keep) if keep else None
-        keys = [k.decode() for k in self.redis.smembers(index)]  # type: ignore[union-attr]
-        ended = [k for k in keys if k != kept]
+        ended = [k.decode() for k in self.redis.smembers(index)]  # type: ignore[union-attr]
         if ended:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.delete(*ended)

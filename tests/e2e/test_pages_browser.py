@@ -1,7 +1,7 @@
 """The pages in a real browser: headless Chromium (Debian's `chromium`, launched by Playwright
 through `executable_path`) against `ledger serve` on its own port, as tests/e2e/conftest.py
-starts it. Outside CI a missing browser skips these tests with the reason; under CI=true it
-fails them."""
+starts it. Outside CI a missing browser (or axe-core, which `npm ci --prefix tests/e2e`
+installs) skips these tests with the reason; under CI=true it fails them."""
 
 from __future__ import annotations
 
@@ -20,15 +20,21 @@ from tests.e2e.conftest import ADMIN, PASSWORD, ROOT, Http, Server, remember
 
 pytestmark = pytest.mark.e2e
 SCREENSHOT = ROOT / "docs" / "access-tokens.png"
+AXE = ROOT / "tests" / "e2e" / "node_modules" / "axe-core" / "axe.min.js"
+TOO_BAD = {"serious", "critical"}  # axe's impacts that fail a page
+
+
+def _missing(message: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        message = "Debian's chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing("Debian's chromium is not installed (apt-get install chromium)")
+    assert found is not None
     return found
 
 
@@ -41,11 +47,12 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-def new_page(browser: Any, server: Server) -> Any:
+def new_page(browser: Any, server: Server, **options: Any) -> Any:
     context = browser.new_context(
         base_url=server.url,
         permissions=["clipboard-read", "clipboard-write"],
         viewport={"width": 1100, "height": 800},
+        **options,
     )
     return context.new_page()
 
@@ -200,6 +207,132 @@ def test_every_page_fits_a_375_px_screen(browser: Any, server: Server) -> None:
         page.goto(path)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 375, (path, width)
+
+
+# What has the focus, by the name a person sees, and whether they can see where it is.
+FOCUSED = """() => {
+  const e = document.activeElement;
+  const style = getComputedStyle(e);
+  const name = e.labels && e.labels.length ? e.labels[0].innerText : e.innerText || e.value;
+  return {
+    name: (name || "").trim(),
+    visible: e !== document.body && e.matches(":focus-visible")
+      && style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2,
+  };
+}"""
+
+
+def tab_to(page: Any, name: str, limit: int = 30) -> None:
+    """Press Tab until what has the focus is named `name` (a dialog may have given it already),
+    each stop showing its focus."""
+    focused = page.evaluate(FOCUSED)
+    for _ in range(limit):
+        if focused["name"] == name:
+            assert focused["visible"], f"focus not visible on {name!r}"
+            return
+        page.keyboard.press("Tab")
+        focused = page.evaluate(FOCUSED)
+        assert focused["visible"], f"focus not visible on {focused['name'][:80]!r}"
+    pytest.fail(f"{name!r} not reached in {limit} presses of Tab")
+
+
+def follow(page: Any, key: str) -> None:
+    """Press `key` on what has the focus, and wait for the page it leads to."""
+    with page.expect_navigation():
+        page.keyboard.press(key)
+
+
+def test_sign_in_generate_and_delete_with_the_keyboard_alone(
+    browser: Any, server: Server, http: Http, new_workspace: Any
+) -> None:
+    username, password = new_workspace()
+    page = new_page(browser, server)
+    page.goto("/login")
+    page.keyboard.type(username)  # the username field has the focus
+    tab_to(page, "Password")
+    page.keyboard.type(password)
+    follow(page, "Enter")
+    tab_to(page, "Generate New Token")
+    follow(page, "Enter")
+    tab_to(page, "Description")
+    page.keyboard.type("typed, never clicked")
+    tab_to(page, "Generate")
+    follow(page, "Space")
+    token = page.locator("#token-value").input_value()
+    remember(token)
+    assert http.status(token) == 200
+    tab_to(page, "Close")
+    follow(page, "Enter")
+    tab_to(page, "Actions")
+    page.keyboard.press("Space")  # opens the row's menu
+    tab_to(page, "Delete Token…")
+    follow(page, "Enter")
+    tab_to(page, "Delete")
+    follow(page, "Space")
+    assert "deleted" in page.content()
+    assert http.status(token) == 401
+
+
+def violations(page: Any) -> list[str]:
+    """axe-core's serious and critical findings on the page as it is now, each with where."""
+    page.add_script_tag(path=str(AXE))
+    found = page.evaluate("axe.run()")["violations"]
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']]}"
+        for v in found
+        if v["impact"] in TOO_BAD
+    ]
+
+
+def test_no_page_has_a_serious_accessibility_violation(
+    browser: Any, server: Server, http: Http, new_workspace: Any
+) -> None:
+    if not AXE.exists():
+        _missing("axe-core is not installed (npm ci --prefix tests/e2e)")
+    admin = new_workspace()
+    _, person_id = http.person(admin=admin)
+    # axe is injected as an inline script, which the pages' CSP refuses (as it should).
+    page = new_page(browser, server, bypass_csp=True)
+    found: dict[str, list[str]] = {}
+
+    def check(name: str) -> None:
+        found[name] = violations(page)
+
+    page.goto("/login")
+    check("Sign in")
+    sign_in(page, *admin)
+    check("Access Tokens (empty)")
+    open_generate(page)
+    check("Generate New Token")
+    page.get_by_label("Lifetime (days)").fill("0")
+    page.get_by_role("button", name="Generate").click()
+    check("Generate New Token, refused")
+    page.get_by_label("Lifetime (days)").fill("7")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_role("button", name="Copy Token to clipboard").wait_for()
+    remember(page.locator("#token-value").input_value())
+    check("the new token")
+    page.goto("/preferences/access-tokens")
+    check("Access Tokens")
+    page.locator("summary", has_text="Actions").click()
+    check("Access Tokens, Actions open")
+    page.get_by_role("link", name="Delete Token…").click()
+    page.wait_for_selector("dialog[open]")
+    check("Delete Token")
+    for name, path in (
+        ("Workspace Settings", "/workspace/settings"),
+        ("People", "/people"),
+        ("a person's page", f"/people/{person_id}"),
+        ("Audit Trail", "/audit"),
+        ("Password", "/preferences/password"),
+    ):
+        page.goto(path)
+        check(name)
+    page.get_by_text("User menu").click()
+    check("the user menu open")
+    page.goto("/nonexistent")
+    check("an unknown page")
+    assert {name: v for name, v in found.items() if v} == {}
 
 
 def test_the_screenshot_is_in_the_docs() -> None:

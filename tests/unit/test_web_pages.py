@@ -282,6 +282,24 @@ def test_the_generate_dialog_defaults_to_30_days_and_shows_the_maximum(admin: Br
         assert words in page
 
 
+@pytest.mark.parametrize(
+    ("path", "attributes"),
+    [
+        ("/preferences/access-tokens/new", ('min="-1"', 'max="365"', 'maxlength="255"')),
+        ("/preferences/password", ('autocomplete="current-password"', "required")),
+        ("/people", ('autocomplete="off"', 'autocomplete="new-password"')),
+        ("/workspace/settings", ('min="-1"', 'step="1"')),
+    ],
+)
+def test_form_fields_get_their_attributes_unescaped(
+    admin: Browser, path: str, attributes: tuple[str, ...]
+) -> None:
+    page = admin.get(path).get_data(as_text=True)
+    assert "&#34;" not in page
+    for attribute in attributes:
+        assert f" {attribute}" in page
+
+
 def test_a_new_token_is_shown_once_not_cached_and_works_with_the_api(app, admin: Browser) -> None:  # type: ignore[no-untyped-def]
     admin.get("/preferences/access-tokens/new")
     response = admin.post(
@@ -575,12 +593,18 @@ def test_bad_audit_filters_are_a_400_page(admin: Browser, query: str) -> None:
 # Password
 
 
-def test_changing_the_password_ends_other_sessions_but_not_this_one_nor_tokens(
-    app, admin: Browser
-) -> None:  # type: ignore[no-untyped-def]
+def _token_and_another_session(app) -> tuple[str, Browser]:  # type: ignore[no-untyped-def]
+    """Ada's token, issued over the API, and a session of hers in another browser."""
     value, _ = _issue_by_api(app, "ada")
     other = new_browser(app)
     other.sign_in("ada")
+    return value, other
+
+
+def test_changing_the_password_ends_other_sessions_but_not_this_one_nor_tokens(
+    app, admin: Browser
+) -> None:  # type: ignore[no-untyped-def]
+    value, other = _token_and_another_session(app)
     page = admin.get("/preferences/password").get_data(as_text=True)
     for words in ("Current password", "New password", "Change password"):
         assert words in page
@@ -593,6 +617,29 @@ def test_changing_the_password_ends_other_sessions_but_not_this_one_nor_tokens(
     assert other.get("/preferences/access-tokens").status_code == 302
     assert app.test_client().get("/v4/people/current", headers=bearer(value)).status_code == 200
     assert new not in admin.get(response.location).get_data(as_text=True)
+
+
+def test_a_password_changed_over_the_api_ends_every_page_session_but_no_token(
+    app, admin: Browser
+) -> None:  # type: ignore[no-untyped-def]
+    value, other = _token_and_another_session(app)
+    body = {"currentPassword": PASSWORD, "newPassword": "another long passphrase"}
+    client = app.test_client()
+    changed = client.post("/v4/people/current/password", headers=basic("ada"), json=body)
+    assert changed.status_code == 204, changed.get_data(as_text=True)
+    for browser in (admin, other):
+        response = browser.get("/preferences/access-tokens")
+        assert response.status_code == 302 and response.location.startswith("/login")
+    assert client.get("/v4/people/current", headers=bearer(value)).status_code == 200
+
+
+def test_a_session_begun_after_a_password_change_stays(app, world: World) -> None:  # type: ignore[no-untyped-def]
+    from ledger.domainmodel import AuditContext
+
+    world.ledger.set_password(AuditContext.cli(), world.admin_id, "another long passphrase")
+    later = new_browser(app)
+    assert later.sign_in("ada", "another long passphrase").status_code == 302
+    assert later.get("/preferences/access-tokens").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -618,3 +665,41 @@ def test_a_refused_password_change_is_shown_on_its_field(
 def test_the_apis_json_errors_are_unchanged(app) -> None:  # type: ignore[no-untyped-def]
     response = app.test_client().get("/v4/apiAccessTokens")
     assert response.status_code == 401 and response.mimetype == "application/json"
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/nonexistent", BROWSER_ACCEPT),
+        ("/nonexistent", "*/*"),
+        ("/preferences/nothing/here", BROWSER_ACCEPT),
+        ("/v4x", BROWSER_ACCEPT),
+    ],
+)
+def test_an_unknown_path_asked_by_a_person_is_a_404_page(app, path: str, accept: str) -> None:  # type: ignore[no-untyped-def]
+    response = app.test_client().get(path, headers={"Accept": accept})
+    assert response.status_code == 404 and response.mimetype == "text/html"
+    page = response.get_data(as_text=True)
+    assert "<title>Error · Token Ledger</title>" in page and "not found" in page
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/v4/nonexistent", BROWSER_ACCEPT),
+        ("/v4/apiAccessTokens/not-an-id", BROWSER_ACCEPT),
+        ("/docs/nonexistent", BROWSER_ACCEPT),
+        ("/metrics/x", BROWSER_ACCEPT),
+        ("/nonexistent", "application/json"),
+    ],
+)
+def test_an_unknown_path_asked_by_an_api_client_is_the_json_error(  # type: ignore[no-untyped-def]
+    app, path: str, accept: str
+) -> None:
+    response = app.test_client().get(path, headers={"Accept": accept})
+    assert response.status_code == 404 and response.mimetype == "application/json"
+    assert response.json["exception"]["name"] == "NotFound"
