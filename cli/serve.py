@@ -89,6 +89,7 @@ def serve(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    check_admin_password(settings)
     secret_key(settings)  # PostgreSQL without LEDGER_SECRET_KEY: one line here, not in each worker
     bootstrap(settings)
     options = {
@@ -119,6 +120,13 @@ def _check_port(host: str, port: int) -> None:
             fail(f"cannot listen on {host} port {port}: {error.strerror or error}")
 
 
+def check_admin_password(settings: Settings) -> None:
+    """A bad LEDGER_ADMIN_PASSWORD stops the start before any file or row is made."""
+    problem = settings.admin_password and policy_violation(settings.admin_password)
+    if problem:
+        fail(f"LEDGER_ADMIN_PASSWORD: {problem}", 2)
+
+
 def bootstrap(settings: Settings) -> None:
     """On the first start with an empty store: workspace `default` and its admin `admin`, in
     one atomic save, so that a start that fails leaves the store empty for the next one.
@@ -128,10 +136,8 @@ def bootstrap(settings: Settings) -> None:
     never to the output (under gunicorn or docker, that is a log). A PostgreSQL store's servers
     run in containers and on hosts whose files the operator may never see: there it is required.
     """
+    check_admin_password(settings)
     given = settings.admin_password
-    problem = given and policy_violation(given)
-    if problem:
-        fail(f"LEDGER_ADMIN_PASSWORD: {problem}", 2)
     services = build(settings, Role.CLI)
     try:
         if services.ledger.recorder.max_notification_id():
