@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application, EventSourcedLog
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, Recording
 from eventsourcing.postgres import PostgresDatastore
@@ -50,7 +50,6 @@ from ledger.domainmodel import (
     Session,
     StoreInUse,
     Token,
-    TokenIndex,
     TokenNotFound,
     UsageReport,
     UsernameTaken,
@@ -62,7 +61,6 @@ from ledger.domainmodel import (
     check_username,
     person_id_for,
     subject_hash,
-    token_index_id,
     token_is_usable,
 )
 from ledger.passwords import Passwords, policy_violation
@@ -447,14 +445,11 @@ class Ledger(Application[UUID]):
             raise NotForOperators("The operator holds no tokens")
         return int(self._workspace(person.workspace_id).settings["maxTokenLifetimeDays"])
 
-    @retry_on_conflict
     def issue_token(
         self, ctx: AuditContext, lifetime_seconds: int | None = None, description: str = ""
     ) -> IssuedToken:
         """Rule 1: only to the person who authenticated, by password, with their own token, or
-        signed in to the pages (whose session the pages checked for this request). Saved with
-        the token's entry in its owner's index, so two issues by one person at once conflict:
-        the loser runs again."""
+        signed in to the pages (whose session the pages checked for this request)."""
         person = self._actor(ctx)
         if person is None or ctx.method not in ("password", "token", "session"):
             raise NotForOperators("Tokens are issued only to the person who authenticates for them")
@@ -475,19 +470,7 @@ class Ledger(Application[UUID]):
             lifetime_seconds=lifetime,
             context=ctx.as_event_field(),
         )
-        index = self._token_index(person.id)
-        last = index.get_last()
-        if last is None:
-            _, logged = self._start_token_index(ctx, person.id, token.id)
-        else:
-            logged = [
-                index.trigger_event(
-                    next_originator_version=last.originator_version + 1,
-                    token_ids=[token.id],
-                    context=ctx.as_event_field(),
-                )
-            ]
-        self.save(token, *logged)
+        self.save(token)
         return IssuedToken(value, token_as_dict(token, now))
 
     def get_token(self, ctx: AuditContext, token_id: UUID) -> dict[str, Any]:
@@ -510,12 +493,11 @@ class Ledger(Application[UUID]):
     def delete_all_tokens(self, ctx: AuditContext, person_id: UUID | None = None) -> int:
         """All or nothing: the deletions are saved atomically."""
         owner = self._subject_person(self._actor(ctx), person_id)
-        token_ids, logged = self._token_ids_of(ctx, owner.id)
-        owned = list(map(self._token, token_ids))
+        owned = list(map(self._token, self._token_ids_of(owner.id)))
         live = [t for t in owned if not t.deleted]
         for token in live:
             token.delete(ctx.as_event_field())
-        self.save(*owned, *logged)  # those deleted before are written again (see `save`)
+        self.save(*owned)  # those deleted before are written again (see `save`)
         return len(live)
 
     def token_owner(self, ctx: AuditContext, person_id: UUID | None = None) -> UUID:
@@ -538,18 +520,14 @@ class Ledger(Application[UUID]):
             raise NotAdmin("Only administrators and verifiers may introspect tokens")
         return verified.workspace_id
 
-    @retry_on_conflict
     def list_tokens(self, ctx: AuditContext, person_id: UUID | None = None) -> list[dict[str, Any]]:
         """Rule 7, read from the store: newest first, expired included, deleted left out.
 
-        The API lists from the Redis read model instead.
+        This scans the store's token events; the API lists from the Redis read model instead.
         """
         owner = self._subject_person(self._actor(ctx), person_id)
         now = self.clock()
-        token_ids, logged = self._token_ids_of(ctx, owner.id)
-        listed = [self._token(token_id) for token_id in token_ids]
-        if logged:
-            self.save(*logged)
+        listed = [self._token(token_id) for token_id in self._token_ids_of(owner.id)]
         return [
             token_as_dict(t, now)
             for t in sorted(listed, key=lambda t: t.created_on, reverse=True)
@@ -606,32 +584,8 @@ class Ledger(Application[UUID]):
 
     # Helpers
 
-    def _token_index(self, owner_id: UUID) -> EventSourcedLog[TokenIndex.Indexed]:
-        return EventSourcedLog(self.events, token_index_id(owner_id), TokenIndex.Indexed)
-
-    def _token_ids_of(
-        self, ctx: AuditContext, owner_id: UUID
-    ) -> tuple[list[UUID], list[TokenIndex.Indexed]]:
-        """Every token ever issued to `owner_id`, read from their index, and the index's first
-        event where it has none yet, for the caller to save with its own changes."""
-        logged = list(self._token_index(owner_id).get())
-        if logged:
-            return [token_id for entry in logged for token_id in entry.token_ids], []
-        return self._start_token_index(ctx, owner_id)
-
-    def _start_token_index(
-        self, ctx: AuditContext, owner_id: UUID, *issuing: UUID
-    ) -> tuple[list[UUID], list[TokenIndex.Indexed]]:
-        """A person's first use of their index: their tokens issued before it existed, found by
-        the one scan of every token in the store they will cost, and those being issued."""
-        found = self._created_ids(Token.Issued.TOPIC, owner_id=owner_id)  # type: ignore[attr-defined]
-        token_ids = [*found, *issuing]
-        first = self._token_index(owner_id).trigger_event(
-            next_originator_version=Aggregate.INITIAL_VERSION,
-            token_ids=token_ids,
-            context=ctx.as_event_field(),
-        )
-        return token_ids, [first]
+    def _token_ids_of(self, owner_id: UUID) -> Iterator[UUID]:
+        return self._created_ids(Token.Issued.TOPIC, owner_id=owner_id)  # type: ignore[attr-defined]
 
     def _created_ids(self, topic: str, **fields: UUID) -> Iterator[UUID]:
         """Ids of the aggregates whose creation event (`topic`) has these `fields`: a scan."""

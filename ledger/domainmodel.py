@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from eventsourcing.domain import Aggregate, DomainEvent, event
+from eventsourcing.domain import Aggregate, event
 from eventsourcing.utils import register_topic
 
 from ledger.events import (
@@ -33,7 +33,6 @@ from ledger.events import (
     TOKEN_DELETED,
     TOKEN_ISSUED,
     TOKEN_PERMISSION_CHANGED,
-    TOKENS_INDEXED,
     USAGE_RECORDED,
     WORKSPACE_CREATED,
 )
@@ -346,25 +345,6 @@ class Token(Aggregate):
             and viewer.workspace_id == self.workspace_id
         ):
             raise TokenNotFound(f"Token {self.id} not found")
-
-
-class TokenIndex:
-    """Which tokens a person was issued: an event-sourced log (eventsourcing's
-    `EventSourcedLog`) of its own id (`token_index_id`), appended to in the same atomic save as
-    each Token.Issued, so that finding a person's tokens reads their own events alone. Its
-    first event holds the tokens a scan of the store found, issued before the index existed."""
-
-    class Indexed(DomainEvent):
-        TOPIC = TOKENS_INDEXED.topic
-        token_ids: list[UUID]
-        context: EventContext
-
-
-register_topic(TOKENS_INDEXED.topic, TokenIndex.Indexed)
-
-
-def token_index_id(person_id: UUID) -> UUID:
-    return uuid5(NAMESPACE_URL, f"/token-ledger/people/{person_id}/tokens")
 
 
 class Lockout(Aggregate):

@@ -58,8 +58,6 @@ SIGNED_IN = EventType("ledger:Session.SignedIn.v1", projected=False, audited=Tru
 SIGNED_OUT = EventType("ledger:Session.SignedOut.v1", projected=False, audited=True)
 # The read models' own lastUsed times made durable: restored on a rebuild, of no audit interest.
 USAGE_RECORDED = EventType("ledger:UsageReport.Recorded.v1", projected=True, audited=False)
-# Token ids added to a person's index of their tokens: for the store's own queries alone.
-TOKENS_INDEXED = EventType("ledger:TokenIndex.Indexed.v1", projected=False, audited=False)
 
 CATALOGUE: tuple[EventType, ...] = (
     WORKSPACE_CREATED,
@@ -77,7 +75,6 @@ CATALOGUE: tuple[EventType, ...] = (
     SIGNED_IN,
     SIGNED_OUT,
     USAGE_RECORDED,
-    TOKENS_INDEXED,
 )
 BY_TOPIC: dict[str, EventType] = {event_type.topic: event_type for event_type in CATALOGUE}
 PROJECTED_TOPICS = frozenset(e.topic for e in CATALOGUE if e.projected)

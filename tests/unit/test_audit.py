@@ -429,8 +429,8 @@ def test_catch_up_is_incremental_and_bounded(world, trail):
     assert trail.catch_up() == 1
     assert trail.catch_up() == 0
     world.ledger.issue_token(world.admin())
-    assert trail.catch_up() == 2  # the token, and its entry in its owner's index
-    assert trail.store.head().events == 5
+    assert trail.catch_up() == 1
+    assert trail.store.head().events == 4
 
 
 def test_catch_up_never_steps_over_an_event_still_to_appear(world, trail, monkeypatch):
@@ -441,7 +441,7 @@ def test_catch_up_never_steps_over_an_event_still_to_appear(world, trail, monkey
     ledger, recorder = world.ledger, world.ledger.recorder
     for _ in range(3):
         ledger.issue_token(world.admin())
-    in_flight = recorder.max_notification_id() - 1  # the third token's (its index entry is last)
+    in_flight = recorder.max_notification_id() - 1  # the second token's position
     horizons: list[int] = []
     visible = recorder.select_notifications
 
@@ -455,13 +455,13 @@ def test_catch_up_never_steps_over_an_event_still_to_appear(world, trail, monkey
 
     monkeypatch.setattr(recorder, "select_notifications", select)
     monkeypatch.setattr(ledger, "horizon", horizon)
-    assert trail.catch_up() == 6  # each token and its owner's index entry
+    assert trail.catch_up() == 3
     assert len(horizons) == 1
     assert trail.store.head().position == recorder.max_notification_id()
     assert trail.verify()["ok"]
 
     ledger.issue_token(world.admin())
-    assert trail.catch_up() == 2  # no hole: no horizon
+    assert trail.catch_up() == 1  # no hole: no horizon
     assert len(horizons) == 1
 
 
@@ -484,7 +484,7 @@ def test_a_failed_catch_up_writes_nothing_and_the_next_one_does_it_all(world, tr
     assert trail.store.head().position == 0
     assert trail.store.links(0, 100, 100) == []
     assert trail.list_events(world.workspace_id) == ([], None)
-    assert trail.catch_up() == 9  # 6 listed, and 3 entries of the admin's index of tokens
+    assert trail.catch_up() == 6
     assert trail.verify()["ok"]
     assert len(everything(trail, world.workspace_id)) == 6
 
@@ -501,7 +501,7 @@ def test_a_stale_head_writes_nothing(world, trail):
 
 def test_a_checkpoint_every_n_events(world, trail):
     admin = world.admin()
-    for _ in range(4):  # 8 events: each token and its owner's index entry
+    for _ in range(9):
         world.ledger.issue_token(admin)
     trail.catch_up()
     assert [c.position for c in trail.store.checkpoints(0, 100)] == [5, 10]
@@ -524,16 +524,16 @@ def test_a_checkpoint_after_t_seconds_even_when_nothing_new_arrives(world, trail
 
 def test_verify_is_ok_on_an_untouched_trail_and_reports_its_head(world, trail):
     admin = world.admin()
-    for _ in range(6):  # 12 events: each token and its owner's index entry
+    for _ in range(7):
         world.ledger.issue_token(admin)
     trail.catch_up()
     report = trail.verify()
     assert report == {
         "ok": True,
-        "eventsChecked": 15,
-        "headPosition": 15,
-        "headHash": trail.store.chain_hash_at(15),
-        "lastCheckpointPosition": 15,
+        "eventsChecked": 10,
+        "headPosition": 10,
+        "headHash": trail.store.chain_hash_at(10),
+        "lastCheckpointPosition": 10,
         "firstBadPosition": None,
         "problem": None,
         "detail": None,
@@ -631,7 +631,7 @@ def test_a_read_refuses_while_a_backlog_remains(world, trail):
         trail.catch_up_for_reading(2)
     assert trail.store.head().position == 2
     trail.catch_up_for_reading(100)
-    assert trail.store.head().position == 9
+    assert trail.store.head().position == 6
 
 
 def test_a_different_key_is_a_bad_signature_at_the_first_checkpoint(world, ledger, trail):
@@ -659,7 +659,8 @@ def test_key_rotation_keeps_old_checkpoints_verifiable_and_resign_retires_the_ol
 
     rotated = AuditTrail(ledger, Keyring(new_key, [KEY]), checkpoint_every=5)
     rotated.store = trail.store
-    world.ledger.issue_token(admin)
+    for _ in range(5):
+        world.ledger.issue_token(admin)
     rotated.catch_up()  # checkpoint 10 under the new key
     key_ids = [c.key_id for c in trail.store.checkpoints(0, 100)]
     assert key_ids == [key_id(KEY), key_id(new_key)]

@@ -51,7 +51,6 @@ from ledger.domainmodel import (
     Person,
     Session,
     Token,
-    TokenIndex,
     UsageReport,
     Workspace,
     token_is_usable,
@@ -1663,17 +1662,16 @@ def test_the_domain_topics_are_all_known_to_the_projection():
     """Every event class the domain defines is in the catalogue, and either projected or
     deliberately ignored; the person events that set one field are projected ones."""
     known = events.PROJECTED_TOPICS
-    # for the audit trail only, and for the store's own queries
-    ignored = {events.SIGNED_IN.topic, events.SIGNED_OUT.topic, events.TOKENS_INDEXED.topic}
+    ignored = {events.SIGNED_IN.topic, events.SIGNED_OUT.topic}  # for the audit trail only
     assert PERSON_FIELDS.keys() <= known
     defined = {
         get_topic(attribute)
-        for aggregate in (Workspace, Person, Token, TokenIndex, Lockout, Session, UsageReport)
+        for aggregate in (Workspace, Person, Token, Lockout, Session, UsageReport)
         for attribute in vars(aggregate).values()
         if isinstance(attribute, type) and issubclass(attribute, DomainEvent)
     }
     defined = {topic for topic in defined if re.search(r"\.v\d+$", topic)}
-    assert len(defined) == 15
+    assert len(defined) == 14
     # the one class that reads two versions is registered under the older one too
     assert defined | {events.LOCKOUT_STARTED_V1.topic} == set(events.BY_TOPIC)
     assert set(events.BY_TOPIC) - known == ignored
