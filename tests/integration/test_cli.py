@@ -567,12 +567,17 @@ def test_audit_verify_prints_its_anchor_whole_on_one_line(deployment):
     assert report["ok"] is True and len(report["headHash"]) == 64
 
 
-def test_projections_status_as_json_on_the_embedded_defaults_says_what_it_sees(store_url):
+def test_projections_status_as_json_on_the_embedded_defaults_says_what_it_sees(
+    store_url, passwords
+):
     """Without LEDGER_REDIS_URL the read models live in `ledger serve`'s memory: the command
     sees the store's head, and says where the read models are, as JSON too."""
+    store = make_ledger(store_url, passwords)
     result = run(store_url, "projections", "status", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"head": 0, "readModels": "embedded"}
+    head = store.recorder.max_notification_id() or 0  # the session's PostgreSQL schema is shared
+    assert json.loads(result.stdout) == {"head": head, "readModels": "embedded"}
+    store.close()
 
 
 def test_projections_status_as_json_with_shared_read_models(store_url, redis_server):

@@ -70,7 +70,7 @@ def test_an_sqlite_path_that_cannot_be_a_file(tmp_path, command, path, problem):
 def test_only_the_stores_own_folder_is_created(tmp_path):
     result = ledger(tmp_path, "workspaces", "create", "acme", LEDGER_DATABASE_URL="sqlite:///var/x")
     assert result.returncode == 0, result.stderr
-    assert contents(tmp_path) == ["var", "var/x"]
+    assert contents(tmp_path) == ["var", "var/audit.key", "var/x"]  # the trail's key, beside it
 
 
 def test_a_postgresql_schema_that_does_not_exist(tmp_path, command, postgres_url):
@@ -116,6 +116,6 @@ def test_projections_status_on_the_embedded_defaults_says_what_it_sees(tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "event store: head at position 1",
-        "read models: embedded (no LEDGER_REDIS_URL), inside `ledger serve`'s process, which"
-        " alone can see them: ask its /readyz",
+        "read models: embedded, inside `ledger serve`'s process (no LEDGER_REDIS_URL), which"
+        " alone sees them: ask its /readyz",
     ]
