@@ -395,6 +395,8 @@ def test_delete_token_is_confirmed_then_refused_at_once(app, admin: Browser) -> 
     _, page = generate(admin, "1")
     value = TOKEN_VALUE.search(page).group(0)  # type: ignore[union-attr]
     token_id = app.test_client().get("/v4/people/current", headers=bearer(value)).json["tokenId"]
+    listed = admin.get("/preferences/access-tokens").get_data(as_text=True)
+    assert f'href="/preferences/access-tokens/{token_id}/delete"' in listed
     confirm = admin.get(f"/preferences/access-tokens/{token_id}/delete").get_data(as_text=True)
     assert "Delete" in confirm and token_id in confirm
     response = admin.post(f"/preferences/access-tokens/{token_id}/delete")
@@ -570,7 +572,7 @@ def test_the_admin_deletes_a_persons_token_from_their_page(
     admin.post(f"/people/{world.member_id}", {"role": "member", "can_generate_tokens": "on"})
     value, info = _issue_by_api(app, "max")
     page = admin.get(f"/people/{world.member_id}").get_data(as_text=True)
-    assert info["tokenId"] in page
+    assert f'action="/people/{world.member_id}/tokens/{info["tokenId"]}/delete"' in page
     response = admin.post(f"/people/{world.member_id}/tokens/{info['tokenId']}/delete")
     assert response.status_code == 302
     assert app.test_client().get("/v4/people/current", headers=bearer(value)).status_code == 401
