@@ -135,6 +135,17 @@ def status_of(error: LedgerError) -> int:
     return next(code for family, code in STATUS_BY_FAMILY if isinstance(error, family))
 
 
+ANY_TOKEN = UUID(int=0)  # stands for a row's token id in a link built once per table
+
+
+@bp.app_template_global()
+def token_link(endpoint: str, **values: Any) -> tuple[str, str]:
+    """`endpoint`'s URL split where the token id goes, so that a table of tokens joins each row's
+    link: a url_for per row took 6% of the Access Tokens page's time."""
+    before, _, after = url_for(endpoint, token_id=ANY_TOKEN, **values).partition(str(ANY_TOKEN))
+    return before, after
+
+
 def render(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
     return render_template(template, **values), status
 

@@ -35,16 +35,15 @@ def token_page(owner_id: UUID) -> dict[str, Any]:
 
 def _page(status: int = 200, **dialog: Any) -> tuple[str, int]:
     ctx = context()
-    maximum = services().ledger.max_token_lifetime_days(ctx)
+    if dialog.get("dialog") == "generate":
+        # Only this dialog shows the workspace's maximum: the list alone reads the store twice less.
+        maximum = services().ledger.max_token_lifetime_days(ctx)
+        dialog.update(
+            maximum=maximum,
+            default_days=DEFAULT_LIFETIME_DAYS if maximum == NEVER else min(30, maximum),
+        )
     owner = services().ledger.token_owner(ctx)
-    return render(
-        "access_tokens.html",
-        status,
-        maximum=maximum,
-        default_days=DEFAULT_LIFETIME_DAYS if maximum == NEVER else min(30, maximum),
-        **token_page(owner),
-        **dialog,
-    )
+    return render("access_tokens.html", status, **token_page(owner), **dialog)
 
 
 @bp.get("/preferences/access-tokens")
