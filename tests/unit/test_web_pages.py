@@ -275,6 +275,11 @@ def test_the_access_tokens_page_has_the_seeds_columns_and_buttons(admin: Browser
         "Active",
     ):
         assert words in page, words
+    assert "<caption>1 token</caption>" in page
+    generate(admin, "10", "another")
+    assert "<caption>2 tokens</caption>" in admin.get("/preferences/access-tokens").get_data(
+        as_text=True
+    )
 
 
 def test_the_access_tokens_page_compiles_no_template_once_rendered(
