@@ -1,14 +1,17 @@
-"""`ledger serve`: the HTTP API under gunicorn.
+"""`ledger serve`: the HTTP API under granian, a WSGI server whose HTTP side (parsing, slow
+clients, keep-alive, timeouts) runs in Rust, off the workers' Python threads.
 
 Each worker builds its own app, Ledger and Redis client after the fork (no preloading), so no
-connection is shared between processes. The master only bootstraps an empty store and collects
-the workers' metrics directory.
+connection is shared between processes. The master only bootstraps an empty store, checks the
+port and owns the workers' metrics directory. Why granian, and what each setting holds off, is
+in docs/ARCHITECTURE.md ("Serving").
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -16,13 +19,17 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 from flask import Flask
-from gunicorn.app.base import BaseApplication
+from granian._granian import ListenerSpec
+from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
+from granian.server import MPServer
 
 from bootstrap import Role, build, secret_key
 from cli.common import Env, fail
@@ -36,9 +43,9 @@ DEFAULT_ADMIN = "admin"
 CREATED = f"Created workspace {DEFAULT_WORKSPACE!r} and administrator {DEFAULT_ADMIN!r}"
 ADMIN_PASSWORD_FILE = "admin-password"  # beside an SQLite store, when generated
 THREADS = 4  # per worker, by default: requests waiting on argon2 do not hold up the others
-# Method, path without query string, status, bytes, milliseconds, request id, user agent:
-# no Authorization, no query string, no user name (gunicorn's %(u)s decodes Basic auth).
-ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s "%(a)s"'
+HEADER_READ_TIMEOUT_MS = 10_000  # a request head, and an idle keep-alive connection's next one
+HEADER_BUFFER_BYTES = 64 * 1024  # the request head's bound (granian's HTTP/1 read buffer)
+STOP_SECONDS = 30  # on SIGTERM, what requests in flight get before their worker is killed
 
 
 @click.command()
@@ -49,7 +56,7 @@ ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    help="Worker processes. Default: 1 in embedded mode, otherwise 2 x CPUs + 1.",
+    help="Worker processes. Default: 1 in embedded mode, otherwise one per CPU.",
 )
 @click.option(
     "--threads",
@@ -66,8 +73,7 @@ ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s
     envvar="LEDGER_REUSE_PORT",
     help="A listening socket per worker (SO_REUSEPORT), so that the kernel spreads connections"
     " over the workers. Shared, one worker can take nearly all of a proxy's few keep-alive"
-    " connections. A worker's restart resets the connections waiting on its socket, and a"
-    " second server on the same port starts without an error.",
+    " connections. A worker's restart resets the connections waiting on its socket.",
 )
 @click.pass_obj
 def serve(
@@ -81,8 +87,7 @@ def serve(
             "use --workers 1, or set LEDGER_REDIS_URL to run more workers",
             2,
         )
-    if reuse_port:
-        _check_port(host, port)
+    _check_port(host, port)
     _use_metrics_dir()
     logging.basicConfig(
         level=logging.INFO,
@@ -92,28 +97,83 @@ def serve(
     check_admin_password(settings)
     secret_key(settings)  # PostgreSQL without LEDGER_SECRET_KEY: one line here, not in each worker
     bootstrap(settings)
-    options = {
-        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        "workers": workers or (1 if settings.embedded else 2 * (os.cpu_count() or 1) + 1),
-        "worker_class": "gthread",
-        "threads": threads,
-        "reuse_port": reuse_port,
-        "accesslog": "-",
-        "errorlog": "-",
-        "access_log_format": ACCESS_LOG_FORMAT,
-        "child_exit": _child_exit,
-        "control_socket_disable": True,
-        "proc_name": "ledger",
-    }
-    Server(settings, options).run()
+    server = (SocketPerWorker if reuse_port else SharedSocket)(
+        "api.app:create_app",  # a name for granian's log: the workers call `_worker_app`
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        http=HTTPModes.http1,
+        websockets=False,
+        workers=workers or (1 if settings.embedded else os.cpu_count() or 1),
+        blocking_threads=threads,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=HEADER_READ_TIMEOUT_MS, max_buffer_size=HEADER_BUFFER_BYTES
+        ),
+        log_dictconfig=LOGGING,
+        respawn_failed_workers=True,
+        respawn_interval=1.0,
+        workers_kill_timeout=STOP_SECONDS,
+    )
+    server.serve(target_loader=functools.partial(_worker_app, settings), wrap_loader=False)
+
+
+def _worker_app(settings: Settings) -> Flask:
+    """Called in each worker, after the fork (Ledger.from_settings makes workers that open a
+    PostgreSQL store at once take turns creating its tables)."""
+    from api.app import create_app  # in the worker only: nothing of it in the master
+
+    return create_app(settings)
+
+
+class SocketPerWorker(MPServer):
+    """granian's own way on Linux: each worker binds the port with SO_REUSEPORT, and the kernel
+    spreads new connections over the workers.
+
+    granian's master wakes its loop from its signal handlers with threading.Event.set(), whose
+    lock the main thread itself may hold at that moment (waking from that very Event when a
+    worker exits, as when Ctrl-C reaches the workers too): the master then hangs for ever. Here
+    the handlers only note the signal, and a thread of their own wakes the loop.
+    """
+
+    def signal_handler_interrupt(self, *args: Any) -> None:
+        self.interrupt_signal = True
+        threading.Thread(target=self.main_loop_interrupt.set, daemon=True).start()
+
+    def signal_handler_reload(self, *args: Any) -> None:
+        self.reload_signal = True
+        threading.Thread(target=self.main_loop_interrupt.set, daemon=True).start()
+
+
+class SharedSocket(SocketPerWorker):
+    """One listening socket, made by the master and inherited by every worker, which take turns
+    accepting from it: granian's own code takes this path on platforms without SO_REUSEPORT
+    (tests/unit/test_serve_options.py checks it still does)."""
+
+    def _init_shared_socket(self) -> None:
+        self._ssp = None  # no spec: no worker binds a socket of its own
+        holder = ListenerSpec(self.bind_addr, self.bind_port, self.backlog).build()
+        self._shd = holder  # type: ignore[assignment]  # declared None: Linux's path has none
+        self._sfd = holder.get_fd()
+        self._sso = socket.socket(fileno=self._sfd)
+        self._sso.set_inheritable(True)
+
+
+# granian's own messages (start, workers, stops) in the same shape as ours, on stderr.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {"_granian": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+}
 
 
 def _check_port(host: str, port: int) -> None:
-    """With reuse_port only the workers bind, and gunicorn restarts a worker that cannot, for
-    ever: a port another program holds is found here instead, as one line and exit 1."""
+    """granian binds with SO_REUSEPORT, so a second server on a port already served would start
+    and quietly share it. A probe without that option finds any holder, as one line and exit 1.
+    """
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT is no holder
         try:
             probe.bind((host, port))
         except OSError as error:
@@ -133,7 +193,7 @@ def bootstrap(settings: Settings) -> None:
 
     The admin's password is LEDGER_ADMIN_PASSWORD, checked before anything is opened; or,
     beside an SQLite store only, a generated one written to a file only this user can read,
-    never to the output (under gunicorn or docker, that is a log). A PostgreSQL store's servers
+    never to the output (under a service manager or docker, that is a log). A PostgreSQL store's servers
     run in containers and on hosts whose files the operator may never see: there it is required.
     """
     check_admin_password(settings)
@@ -190,24 +250,6 @@ def _private_draft(path: Path, password: str) -> Iterator[Callable[[], object]]:
         draft.unlink(missing_ok=True)
 
 
-class Server(BaseApplication):  # type: ignore[misc]  # gunicorn has no type information
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
-        self.settings = settings
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        """Called in each worker, after the fork (Ledger.from_settings makes workers that open
-        a PostgreSQL store at once take turns creating its tables)."""
-        from api.app import create_app  # in the worker only: nothing of it in the master
-
-        return create_app(self.settings)
-
-
 def _use_metrics_dir() -> None:
     """PROMETHEUS_MULTIPROC_DIR, given or a fresh one: there each worker writes its counters
     and /metrics adds them up (prometheus_client's multiprocess mode, which must be set up
@@ -228,9 +270,3 @@ def _use_metrics_dir() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
     atexit.register(remove)
-
-
-def _child_exit(server: Any, worker: Any) -> None:
-    from prometheus_client import multiprocess  # once the directory is set
-
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -98,6 +98,10 @@ class Process:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def started_workers(self) -> int:
+        """Workers the server has said it started (granian's log line, once each listens)."""
+        return self.output().count(" Started worker-")
+
 
 class Supervised:
     """A process started again whenever it exits, as docker compose's `restart: on-failure`
@@ -131,6 +135,7 @@ class Server(Process):
     def __init__(self, args: list[str], env: dict[str, str], log: Path, port: int, **kw: Any):
         super().__init__(args, env, log, **kw)
         self.url = f"http://127.0.0.1:{port}"
+        self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -140,7 +145,8 @@ class Server(Process):
                 pytest.fail(f"the server exited with {self.process.returncode}:\n{self.output()}")
             try:
                 response = requests.get(f"{self.url}/readyz", timeout=2)
-                if response.status_code == 200:
+                # Ready, and every worker started: one may answer before the others listen.
+                if response.status_code == 200 and self.started_workers() >= self.workers:
                     return
                 last = response.text
             except (requests.ConnectionError, requests.Timeout):  # starting, or a busy machine

@@ -145,18 +145,36 @@ def test_concurrent_password_changes_conflict_and_count_as_no_failure(http, slow
     assert guess(http, username, NEW_PASSWORD, "198.18.5.1")() == 200
 
 
-def test_a_malformed_chunked_body_is_400(http, server: Server):
+@pytest.mark.parametrize(
+    ("framing", "body"),
+    [
+        ("Transfer-Encoding: chunked", b"zz\r\n{}\r\n0\r\n\r\n"),  # a chunk size not in hex
+        ("Transfer-Encoding: chunked", b"0\r\n\r\n"),  # chunked, and empty
+        ("Content-Length: 40", b'{"lifetimeSeconds": 60}'),  # the client went away early
+    ],
+)
+def test_a_body_other_than_its_headers_announced_is_400_and_issues_nothing(
+    http, server: Server, framing, body
+):
     value, _ = http.issue(ADMIN)  # authenticated, so that the body is read
+    before = http("GET", "/v4/apiAccessTokens", value).json()["count"]
     address = urlsplit(server.url)
     request = (
         b"POST /v4/apiAccessTokens HTTP/1.1\r\nHost: e2e\r\nContent-Type: application/json\r\n"
-        b"Authorization: Bearer " + value.encode() + b"\r\n"
-        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+        b"Authorization: Bearer "
+        + value.encode()
+        + b"\r\n"
+        + framing.encode()
+        + b"\r\nConnection: close\r\n\r\n"
+        + body
     )
     with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
         conn.sendall(request)
+        if framing.startswith("Content-Length"):
+            conn.shutdown(socket.SHUT_WR)  # no more: the short body ends here
         answer = b""
         while chunk := conn.recv(65536):
             answer += chunk
     assert answer.split(b" ", 2)[1] == b"400", answer[:300]
     assert b'"name":"BadRequest"' in answer
+    assert http("GET", "/v4/apiAccessTokens", value).json()["count"] == before

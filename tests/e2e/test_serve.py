@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -112,8 +113,12 @@ def test_with_reuse_port_each_worker_listens_and_keep_alive_connections_spread_o
     master = server.process.pid
     pids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     assert len(pids) == 2
-    # Shared, the workers would hold the master's one socket: the same inode in both.
-    listeners = [_sockets(pid, port, LISTEN) for pid in pids]
+    # Shared, the workers would hold the master's one socket: the same inode in both. A worker
+    # binds once its app is built, which may be after the other has answered /readyz.
+    deadline = time.monotonic() + 30
+    while not all(listeners := [_sockets(pid, port, LISTEN) for pid in pids]):
+        assert time.monotonic() < deadline, listeners
+        time.sleep(0.2)
     assert all(len(found) == 1 for found in listeners)
     assert len(set.union(*listeners)) == 2
     clients = [requests.Session() for _ in range(32)]

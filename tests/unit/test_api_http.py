@@ -4,6 +4,7 @@ X-Request-Id, 503s when a dependency is down, the ops endpoints and the OpenAPI 
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import redis.exceptions
 from eventsourcing.persistence import OperationalError
 
 from api.auth import client_ip
-from api.context import new_request_id
+from api.edge import new_request_id
 from api.http import MAX_BODY_BYTES
 from tests.conftest import PASSWORD
 from tests.unit.conftest import assert_error, basic, bearer
@@ -150,7 +151,7 @@ def test_a_sane_request_id_is_echoed_and_any_other_is_replaced(api):
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")  # 3.12+ warns of fork
 def test_forked_workers_do_not_repeat_each_others_request_ids():
-    # gunicorn forks its workers from one master: ids come from a generator that each child
+    # the server forks its workers from one master: ids come from a generator that each child
     # seeds afresh, not from state the fork copied. The child makes one id and leaves at
     # once, touching nothing another thread could hold a lock on.
     read, write = os.pipe()
@@ -343,3 +344,28 @@ def test_metrics_show_the_projections_lag(api):
     text = api.get("/metrics").get_data(as_text=True)
     assert "ledger_projection_lag_events 0.0" in text
     assert re.search(r"^ledger_projection_head [1-9]", text, re.MULTILINE)
+
+
+def test_no_hook_or_view_is_a_coroutine_function_since_the_app_does_not_check(api):
+    """LedgerFlask calls hooks and views as they are, without Flask's check for async ones."""
+    app = api.client.application
+    called = [
+        *app.view_functions.values(),
+        *(f for hooks in app.before_request_funcs.values() for f in hooks),
+        *(f for hooks in app.after_request_funcs.values() for f in hooks),
+        *(f for hooks in app.teardown_request_funcs.values() for f in hooks),
+    ]
+    assert called
+    assert not [f for f in called if inspect.iscoroutinefunction(inspect.unwrap(f))]
+
+
+def test_a_route_keeps_its_documented_errors_without_a_wrapper_for_each(api):
+    app = api.client.application
+    operation = api.get("/v4/openapi.json").json["paths"]["/v4/people/current"]["get"]
+    assert operation["operationId"] == "currentPerson"
+    assert {"200", "401", "404", "429", "503"} <= set(operation["responses"])
+    assert operation["responses"]["401"]["headers"]["WWW-Authenticate"]
+    view, layers = app.view_functions["people.current_person"], 0
+    while hasattr(view, "__wrapped__"):
+        view, layers = view.__wrapped__, layers + 1
+    assert layers == 1  # flask-smorest's response, which dumps the body

@@ -1,4 +1,4 @@
-"""`ledger serve`'s options reach gunicorn as given (the server itself is run in tests/e2e)."""
+"""`ledger serve`'s options reach granian as given (the server itself is run in tests/e2e)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from tests.integration.conftest import free_port
 
 
 @pytest.fixture
-def started(monkeypatch) -> list[dict[str, Any]]:
-    """The gunicorn options of each `serve` run, with nothing started or bootstrapped."""
-    runs: list[dict[str, Any]] = []
+def started(monkeypatch) -> list[Any]:
+    """The granian server of each `serve` run, with nothing started or bootstrapped."""
+    runs: list[Any] = []
     monkeypatch.setattr(serve, "bootstrap", lambda settings: None)
-    monkeypatch.setattr(serve.Server, "run", lambda self: runs.append(self.options))
+    monkeypatch.setattr(serve.MPServer, "serve", lambda self, **kwargs: runs.append(self))
     monkeypatch.setattr(serve, "_use_metrics_dir", lambda: None)
     return runs
 
@@ -34,15 +34,15 @@ def run(*args: str, **env: str) -> Any:
 
 def test_threads_per_worker_default_to_four(started):
     assert run("--workers", "2").exit_code == 0
-    assert started[-1]["threads"] == serve.THREADS == 4
-    assert started[-1]["workers"] == 2
+    assert started[-1].blocking_threads == serve.THREADS == 4
+    assert started[-1].workers == 2
 
 
 def test_threads_come_from_the_option_or_the_environment(started):
     assert run("--threads", "8").exit_code == 0
-    assert started[-1]["threads"] == 8
+    assert started[-1].blocking_threads == 8
     assert run(LEDGER_THREADS="3").exit_code == 0
-    assert started[-1]["threads"] == 3
+    assert started[-1].blocking_threads == 3
 
 
 @pytest.mark.parametrize("threads", ["0", "-1", "many"])
@@ -55,27 +55,54 @@ def test_a_thread_count_below_one_or_not_a_number_is_a_usage_error(started, thre
 
 def test_workers_share_one_listening_socket_unless_asked_for_one_each(started):
     assert run().exit_code == 0
-    assert started[-1]["reuse_port"] is False
+    assert type(started[-1]) is serve.SharedSocket
     assert run("--reuse-port").exit_code == 0
-    assert started[-1]["reuse_port"] is True
+    assert type(started[-1]) is serve.SocketPerWorker
     assert run(LEDGER_REUSE_PORT="true").exit_code == 0
-    assert started[-1]["reuse_port"] is True
+    assert type(started[-1]) is serve.SocketPerWorker
     assert run("--no-reuse-port", LEDGER_REUSE_PORT="1").exit_code == 0
-    assert started[-1]["reuse_port"] is False
+    assert type(started[-1]) is serve.SharedSocket
 
 
-def test_with_reuse_port_a_port_another_program_holds_is_one_line_and_exit_1(started):
-    # gunicorn would start, and restart for ever the workers that cannot bind it.
+def test_the_http_side_is_bounded_and_stops_gracefully(started):
+    assert run().exit_code == 0
+    server = started[-1]
+    assert server.http1_settings.header_read_timeout == serve.HEADER_READ_TIMEOUT_MS
+    assert server.http1_settings.max_buffer_size == serve.HEADER_BUFFER_BYTES
+    assert server.workers_kill_timeout == serve.STOP_SECONDS
+    assert server.respawn_failed_workers
+
+
+@pytest.mark.parametrize("reuse_port", ["--reuse-port", "--no-reuse-port"])
+def test_a_port_another_program_holds_is_one_line_and_exit_1(started, reuse_port):
+    # granian binds with SO_REUSEPORT: a second server would start and share the port quietly.
     with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = str(holder.getsockname()[1])
-        result = run("--reuse-port", "--port", port)
+        result = run(reuse_port, "--port", port)
     assert result.exit_code == 1
     expected = f"Error: cannot listen on 127.0.0.1 port {port}: Address already in use"
     assert result.output.strip() == expected
     assert not started
-    assert run("--reuse-port", "--port", port).exit_code == 0  # free again
+    assert run(reuse_port, "--port", port).exit_code == 0  # free again
+
+
+def test_the_shared_socket_is_made_once_by_the_master_for_every_worker():
+    """The one seam on granian's internals (cli/serve.py's SharedSocket): the master holds a
+    listening socket whose descriptor the workers inherit, and no socket spec for each worker
+    to bind on its own."""
+    port = free_port()
+    server = serve.SharedSocket("app:app", address="127.0.0.1", port=port)
+    server._init_shared_socket()
+    try:
+        assert server._ssp is None  # no worker binds a socket of its own
+        assert server._sso.get_inheritable()
+        assert server._sso.getsockname() == ("127.0.0.1", port)  # bound: workers listen on it
+    finally:
+        server._drop_shared_socket()
+        server._shd = None
 
 
 def test_the_cli_imports_no_metrics_before_serve_sets_their_directory():
@@ -84,3 +111,19 @@ def test_the_cli_imports_no_metrics_before_serve_sets_their_directory():
     and /metrics shows none of them."""
     check = "import sys, cli.main; sys.exit('prometheus_client' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("handler", ["signal_handler_interrupt", "signal_handler_reload"])
+def test_a_signal_while_the_master_holds_its_loops_lock_does_not_hang_it(handler):
+    """A signal handler runs on the main thread, which may be inside the loop's Event, holding
+    its lock (waking because a worker exited, as when Ctrl-C reaches the workers too): granian's
+    own handlers then wait on that lock for ever. Ours return, and the loop still wakes."""
+    check = f"""
+import cli.serve as serve
+server = serve.SocketPerWorker("app:app")
+with server.main_loop_interrupt._cond:
+    server.{handler}()
+assert server.main_loop_interrupt.wait(5)
+"""
+    done = subprocess.run([sys.executable, "-c", check], timeout=30, check=False)
+    assert done.returncode == 0
