@@ -14,6 +14,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The bench extra (django-rest-knox, issue 20's peer) on top: only `make bench` needs it.
+$(BIN)/.installed-bench: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
 run: install  ## the service on its embedded defaults (SQLite + in-process Redis)
 	$(BIN)/ledger serve
 
@@ -40,7 +45,7 @@ format: install
 
 check: test lint
 
-bench: install  ## rewrites docs/benchmarks.md
+bench: $(BIN)/.installed-bench  ## rewrites docs/benchmarks.md
 	$(BIN)/python -m bench
 
 clean:

@@ -193,8 +193,9 @@ def bootstrap(settings: Settings) -> None:
 
     The admin's password is LEDGER_ADMIN_PASSWORD, checked before anything is opened; or,
     beside an SQLite store only, a generated one written to a file only this user can read,
-    never to the output (under a service manager or docker, that is a log). A PostgreSQL store's servers
-    run in containers and on hosts whose files the operator may never see: there it is required.
+    never to the output (under a service manager or docker, that is a log). A PostgreSQL
+    store's servers run in containers and on hosts whose files the operator may never see:
+    there it is required.
     """
     check_admin_password(settings)
     given = settings.admin_password

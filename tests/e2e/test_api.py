@@ -1,4 +1,5 @@
-"""The real server over HTTP: two workers of `ledger serve` on PostgreSQL and Redis, and the projector.
+"""The real server over HTTP: `ledger serve` (two workers) on PostgreSQL and Redis, and the
+projector.
 
 Each test works with people of its own, so that tests do not depend on each other's state.
 """
