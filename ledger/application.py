@@ -11,6 +11,7 @@ import contextlib
 import functools
 import secrets
 import sqlite3
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -37,6 +38,8 @@ from ledger.domainmodel import (
     AuditContext,
     AuthenticationFailed,
     Conflict,
+    EarlierTokens,
+    EarlierTokenScan,
     FailureLimit,
     InvalidInput,
     LockedOut,
@@ -61,8 +64,10 @@ from ledger.domainmodel import (
     check_username,
     person_id_for,
     subject_hash,
+    token_id_range,
     token_is_usable,
 )
+from ledger.id_ranges import select_events_between
 from ledger.passwords import Passwords, policy_violation
 
 P = ParamSpec("P")
@@ -192,7 +197,7 @@ class Ledger(Application[UUID]):
             if settings.sqlite_file is not None:
                 settings.sqlite_file.parent.mkdir(exist_ok=True)
             with _one_process_at_a_time_creating_tables(env):
-                return cls(
+                ledger = cls(
                     env,
                     passwords=Passwords(settings.argon2),
                     attempts=attempts,
@@ -200,6 +205,8 @@ class Ledger(Application[UUID]):
                     subject_key=subject_key,
                     on_saved=on_saved,
                 )
+                ledger.find_earlier_tokens()
+                return ledger
         except (OSError, PersistenceError, PostgresError, sqlite3.Error) as error:
             reason = (str(error).strip() or type(error).__name__).splitlines()[0]
             raise StoreUnavailable(
@@ -493,7 +500,7 @@ class Ledger(Application[UUID]):
     def delete_all_tokens(self, ctx: AuditContext, person_id: UUID | None = None) -> int:
         """All or nothing: the deletions are saved atomically."""
         owner = self._subject_person(self._actor(ctx), person_id)
-        owned = list(map(self._token, self._token_ids_of(owner.id)))
+        owned = self._tokens_of(owner.id)
         live = [t for t in owned if not t.deleted]
         for token in live:
             token.delete(ctx.as_event_field())
@@ -522,15 +529,12 @@ class Ledger(Application[UUID]):
 
     def list_tokens(self, ctx: AuditContext, person_id: UUID | None = None) -> list[dict[str, Any]]:
         """Rule 7, read from the store: newest first, expired included, deleted left out.
-
-        This scans the store's token events; the API lists from the Redis read model instead.
-        """
+        The API lists from the Redis read model instead."""
         owner = self._subject_person(self._actor(ctx), person_id)
         now = self.clock()
-        listed = [self._token(token_id) for token_id in self._token_ids_of(owner.id)]
         return [
             token_as_dict(t, now)
-            for t in sorted(listed, key=lambda t: t.created_on, reverse=True)
+            for t in sorted(self._tokens_of(owner.id), key=lambda t: t.created_on, reverse=True)
             if not t.deleted
         ]
 
@@ -582,20 +586,54 @@ class Ledger(Application[UUID]):
         ]
         self.save(*reports)
 
+    def find_earlier_tokens(self) -> None:
+        """Once per store, by the first process of a version whose token ids begin with their
+        owner's to open it holding events: record each person's tokens issued before, which
+        their range misses, with one scan of every token. Processes of an older version must
+        be stopped first: a token they issue later is in no range and no record."""
+        if not self.recorder.max_notification_id() or EarlierTokenScan.ID in self.repository:
+            return
+        earlier: dict[UUID, list[UUID]] = defaultdict(list)
+        for issued in self._created(Token.Issued.TOPIC):  # type: ignore[attr-defined]
+            first, last = token_id_range(issued.owner_id)
+            if not first <= issued.originator_id <= last:
+                earlier[issued.owner_id].append(issued.originator_id)
+        context = AuditContext.system().as_event_field()
+        found = [
+            EarlierTokens(owner_id=o, token_ids=ids, context=context) for o, ids in earlier.items()
+        ]
+        scan = EarlierTokenScan(
+            people=len(found), tokens=sum(map(len, earlier.values())), context=context
+        )
+        with contextlib.suppress(IntegrityError):  # another process opening the store did it
+            self.save(*found, scan)
+
     # Helpers
 
-    def _token_ids_of(self, owner_id: UUID) -> Iterator[UUID]:
-        return self._created_ids(Token.Issued.TOPIC, owner_id=owner_id)  # type: ignore[attr-defined]
+    def _tokens_of(self, owner_id: UUID) -> list[Token]:
+        """Every token ever issued to `owner_id`: one read of the range of ids theirs have,
+        and of their earlier tokens' record. The cost follows their tokens, not the store's."""
+        first, last = token_id_range(owner_id)
+        history: dict[UUID | str, list[Any]] = defaultdict(list)
+        for stored in select_events_between(self.recorder, first, last):
+            history[stored.originator_id].append(self.mapper.to_domain_event(stored))
+        found = (_replay(None, events) for events in history.values())
+        owned = [t for t in found if isinstance(t, Token) and t.owner_id == owner_id]
+        earlier = self._find(EarlierTokens, EarlierTokens.create_id(owner_id))
+        return owned + [self._token(t) for t in (earlier.token_ids if earlier else [])]
 
     def _created_ids(self, topic: str, **fields: UUID) -> Iterator[UUID]:
         """Ids of the aggregates whose creation event (`topic`) has these `fields`: a scan."""
+        for created in self._created(topic):
+            if all(getattr(created, name) == value for name, value in fields.items()):
+                yield created.originator_id
+
+    def _created(self, topic: str) -> Iterator[Any]:
+        """Every creation event `topic` in the store: a scan."""
         start = 1
         while True:
             page = self.recorder.select_notifications(start, 500, topics=[topic])
-            for notification in page:
-                created = self.mapper.to_domain_event(notification)
-                if all(getattr(created, name) == value for name, value in fields.items()):
-                    yield created.originator_id
+            yield from map(self.mapper.to_domain_event, page)
             if len(page) < 500:
                 return
             start = page[-1].id + 1
@@ -724,7 +762,7 @@ class Ledger(Application[UUID]):
         return token
 
 
-A = TypeVar("A", Person, Workspace, Token, Session)
+A = TypeVar("A", Person, Workspace, Token, Session, EarlierTokens)
 
 
 def _replay(aggregate: Any, events: Iterable[Any]) -> Any:

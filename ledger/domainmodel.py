@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 import unicodedata
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -20,6 +21,8 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.utils import register_topic
 
 from ledger.events import (
+    EARLIER_TOKENS_FOUND,
+    EARLIER_TOKENS_SCANNED,
     LOCKOUT_STARTED,
     LOCKOUT_STARTED_V1,
     PASSWORD_CHANGED,
@@ -293,6 +296,10 @@ class Token(Aggregate):
     class Created(Aggregate.Created):
         TOPIC = "ledger:Token.Created"
 
+    @staticmethod
+    def create_id(owner_id: UUID, **_: Any) -> UUID:
+        return token_id_for(owner_id)
+
     @event("Issued", topic=TOKEN_ISSUED.topic)
     def __init__(
         self,
@@ -345,6 +352,69 @@ class Token(Aggregate):
             and viewer.workspace_id == self.workspace_id
         ):
             raise TokenNotFound(f"Token {self.id} not found")
+
+
+# A token's id is a version 8 UUID: its owner's id's first 48 bits, the version, then 74 random
+# bits. A person's tokens are then one range of the store's primary key (`token_id_range`), read
+# without any record that every issue to that person would write, and contend on.
+_VERSION_8 = 8 << 76
+_RANDOM_BITS = 76
+_VARIANT_MASK, _RFC_VARIANT = 0b11 << 62, 0b10 << 62
+
+
+def token_id_for(owner_id: UUID) -> UUID:
+    random = secrets.randbits(_RANDOM_BITS) & ~_VARIANT_MASK | _RFC_VARIANT
+    return UUID(int=_owner_prefix(owner_id) | random)
+
+
+def token_id_range(owner_id: UUID) -> tuple[UUID, UUID]:
+    """The first and last id a token of `owner_id` may have. Another person's id may begin
+    with the same 48 bits: what the range holds is filtered by owner."""
+    prefix = _owner_prefix(owner_id)
+    return UUID(int=prefix), UUID(int=prefix | (1 << _RANDOM_BITS) - 1)
+
+
+def _owner_prefix(owner_id: UUID) -> int:
+    return owner_id.int >> 80 << 80 | _VERSION_8
+
+
+class EarlierTokens(Aggregate):
+    """The tokens a person was issued before token ids began with their owner's, which their
+    range therefore misses: found by the one scan of the store `EarlierTokenScan` records."""
+
+    TOPIC = "ledger:EarlierTokens"
+
+    class Created(Aggregate.Created):
+        TOPIC = "ledger:EarlierTokens.Created"
+
+    @staticmethod
+    def create_id(owner_id: UUID, **_: Any) -> UUID:
+        return uuid5(NAMESPACE_URL, f"/token-ledger/people/{owner_id}/earlier-tokens")
+
+    @event("Found", topic=EARLIER_TOKENS_FOUND.topic)
+    def __init__(self, owner_id: UUID, token_ids: list[UUID], context: EventContext) -> None:
+        self.owner_id = owner_id
+        self.token_ids = token_ids
+
+
+class EarlierTokenScan(Aggregate):
+    """That the store was scanned once for tokens issued before their ids began with their
+    owner's, and each person's found recorded (`EarlierTokens`, saved with this)."""
+
+    TOPIC = "ledger:EarlierTokenScan"
+    ID = uuid5(NAMESPACE_URL, "/token-ledger/earlier-token-scan")
+
+    class Created(Aggregate.Created):
+        TOPIC = "ledger:EarlierTokenScan.Created"
+
+    @staticmethod
+    def create_id(**_: Any) -> UUID:
+        return EarlierTokenScan.ID
+
+    @event("Scanned", topic=EARLIER_TOKENS_SCANNED.topic)
+    def __init__(self, people: int, tokens: int, context: EventContext) -> None:
+        self.people = people
+        self.tokens = tokens
 
 
 class Lockout(Aggregate):

@@ -58,6 +58,12 @@ SIGNED_IN = EventType("ledger:Session.SignedIn.v1", projected=False, audited=Tru
 SIGNED_OUT = EventType("ledger:Session.SignedOut.v1", projected=False, audited=True)
 # The read models' own lastUsed times made durable: restored on a rebuild, of no audit interest.
 USAGE_RECORDED = EventType("ledger:UsageReport.Recorded.v1", projected=True, audited=False)
+# A person's tokens from before token ids began with their owner's, and that the store was
+# scanned for them (ledger/domainmodel.py): for the ledger's own reads alone.
+EARLIER_TOKENS_FOUND = EventType("ledger:EarlierTokens.Found.v1", projected=False, audited=False)
+EARLIER_TOKENS_SCANNED = EventType(
+    "ledger:EarlierTokenScan.Scanned.v1", projected=False, audited=False
+)
 
 CATALOGUE: tuple[EventType, ...] = (
     WORKSPACE_CREATED,
@@ -75,6 +81,8 @@ CATALOGUE: tuple[EventType, ...] = (
     SIGNED_IN,
     SIGNED_OUT,
     USAGE_RECORDED,
+    EARLIER_TOKENS_FOUND,
+    EARLIER_TOKENS_SCANNED,
 )
 BY_TOPIC: dict[str, EventType] = {event_type.topic: event_type for event_type in CATALOGUE}
 PROJECTED_TOPICS = frozenset(e.topic for e in CATALOGUE if e.projected)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
-from ledger import tokens
+from ledger import domainmodel, tokens
 from ledger.application import Ledger
 from ledger.domainmodel import (
     ADMIN,
@@ -26,6 +26,7 @@ from ledger.domainmodel import (
     NotFound,
     PersonDisabled,
     PersonNotFound,
+    Token,
     TokenAlreadyDeleted,
     TokenNotFound,
     TokensDisabled,
@@ -33,6 +34,7 @@ from ledger.domainmodel import (
     WorkspaceExists,
     WrongPassword,
     subject_hash,
+    token_id_range,
     token_is_usable,
 )
 from tests.conftest import PASSWORD, World, login, make_ledger, with_token
@@ -399,6 +401,77 @@ def test_delete_all_deletes_every_live_token_of_a_person(world):
     assert world.ledger.delete_all_tokens(ctx) == 2
     assert world.ledger.list_tokens(ctx) == []
     assert world.ledger.delete_all_tokens(ctx) == 0
+
+
+def test_delete_all_and_the_listing_read_the_callers_own_tokens_however_many_others_have(
+    world, monkeypatch
+):
+    """Issue 22, item 10: any member may call deleteAll, so its cost must follow the caller's
+    own tokens. Counted: the stored events the ledger decodes, for a person with 3 tokens."""
+    ledger, cli = world.ledger, AuditContext.cli()
+    decoded = []
+    decode = ledger.mapper.to_domain_event
+    monkeypatch.setattr(ledger.mapper, "to_domain_event", lambda s: decoded.append(s) or decode(s))
+    ledger.change_settings(world.admin(), {"membersCanGenerateTokens": True})
+    member = world.member()
+
+    def events_decoded(others: int) -> tuple[int, int]:
+        for _ in range(others):
+            ledger.issue_token(member)
+        username = f"p{others}"
+        ledger.add_person(cli, username, PASSWORD, MEMBER, world.workspace_id)
+        person = login(ledger, username)
+        for _ in range(3):
+            ledger.issue_token(person)
+        decoded.clear()
+        assert len(ledger.list_tokens(person)) == 3
+        listing = len(decoded)
+        decoded.clear()
+        assert ledger.delete_all_tokens(person) == 3
+        return listing, len(decoded)
+
+    few, many = events_decoded(20), events_decoded(300)
+    assert few == many
+    assert max(many) <= 3 + 1  # their tokens' issues, and their own Added
+
+
+def test_a_persons_token_ids_share_a_range_that_holds_only_theirs(world):
+    ledger = world.ledger
+    ids = [ledger.issue_token(world.admin()).info["token_id"] for _ in range(3)]
+    first, last = token_id_range(world.admin_id)
+    assert all(first <= i <= last and i.version == 8 for i in ids)
+    assert len(set(ids)) == 3
+    other_first, _ = token_id_range(world.member_id)
+    assert not first <= other_first <= last
+    # Someone whose id begins with the same 48 bits has tokens in that range: not the admin's.
+    lookalike = UUID(int=world.admin_id.int ^ 1)
+    assert token_id_range(lookalike) == (first, last)
+    ledger.save(Token(lookalike, world.workspace_id, "ab" * 32, "", None, {}))
+    assert {t["token_id"] for t in ledger.list_tokens(world.admin())} == set(ids)
+    assert ledger.delete_all_tokens(world.admin()) == 3
+
+
+def test_tokens_issued_before_ids_had_ranges_are_found_once_and_deleted_too(world, monkeypatch):
+    """A store written by an earlier version holds tokens with random ids, outside any range."""
+    ledger, admin = world.ledger, world.admin()
+    with monkeypatch.context() as earlier_version:
+        earlier_version.setattr(domainmodel, "token_id_for", lambda owner_id: uuid4())
+        earlier = {ledger.issue_token(admin).info["token_id"] for _ in range(2)}
+    ledger.find_earlier_tokens()
+    later = ledger.issue_token(admin).info["token_id"]
+    assert {t["token_id"] for t in ledger.list_tokens(admin)} == {*earlier, later}
+
+    scans = []  # reads of the store by topic (the memory store's range read reads it all)
+    select = ledger.recorder.select_notifications
+    monkeypatch.setattr(
+        ledger.recorder,
+        "select_notifications",
+        lambda *a, **k: scans.extend(k.get("topics", ())) or select(*a, **k),
+    )
+    ledger.find_earlier_tokens()  # done once per store: no scan again
+    assert ledger.delete_all_tokens(admin) == 3
+    assert ledger.list_tokens(admin) == []
+    assert scans == []
 
 
 def test_an_admin_deletes_all_of_a_members_tokens_but_a_member_cannot(world):

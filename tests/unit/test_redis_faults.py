@@ -76,6 +76,26 @@ def test_a_revoking_call_that_failed_leaves_no_process_accepting_once_redis_is_b
     assert rig.status(value) == status(elsewhere, value) == "refused"
 
 
+@pytest.mark.xfail(
+    strict=True, reason="issue 22 item 1, still open: docs/RELIABILITY.md, 'What is left'"
+)
+@pytest.mark.parametrize("command", [delete, disable, tokens_off])
+def test_a_revoking_call_that_failed_is_final_before_the_failing_process_uses_redis_again(
+    command: Command,
+) -> None:
+    """The window left open: the failed call has returned, Redis is back, and the process that
+    made the call has not touched Redis since (a CLI command that exited, a worker between its
+    lease renewals): another process asks Redis first, and Redis still holds the token valid."""
+    rig = Rig("read-your-writes")
+    world, value, info = member_token(rig)
+    elsewhere = Verifier(rig.redis, "tlk")
+    rig.server.connected = False  # Redis down after the save: the command fails
+    with pytest.raises(redis.ConnectionError):
+        command(world, info)
+    rig.server.connected = True
+    assert status(elsewhere, value) != "valid"
+
+
 def test_a_retried_deletion_the_projector_passed_leaves_nothing_behind() -> None:
     """Written again, a deletion leaves its tombstone only over a lookup still there: one the
     projector passed long ago would never be cleared."""
