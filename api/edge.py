@@ -17,9 +17,11 @@ JSON strings, so that a `%0A` in a path or a quote in a user agent cannot forge 
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 import re
+import threading
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
@@ -31,6 +33,7 @@ from api.metrics import LATENCY, REQUESTS, labelled
 log = logging.getLogger("ledger.access")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 REQUEST_ID = "ledger.request_id"  # the environ key under which the request's id is kept
+BODY_ERROR = "ledger.body_error"  # why the body is not what its headers announced, if it is not
 # Accepted from the client as is: short, printable, and harmless in a log line or an event.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -91,3 +94,35 @@ def new_request_id() -> str:
 
 def _quoted(text: str) -> str:
     return orjson.dumps(text).decode()
+
+
+class BodyFirst:
+    """Receives a request's body before the request takes one of the worker's `running` slots.
+
+    granian hands a WSGI app the body as a stream that a thread reads as it arrives: a client
+    sending its body at a byte a second holds that thread for minutes. Here such a client holds
+    one of the spare threads the server is given for receiving (cli/serve.py), while at most
+    `running` requests run the app at once (each Basic login holds 64 MiB of argon2 memory).
+
+    The body is read whole (at most `limit` + 1 bytes: longer is the app's 413) and handed on
+    in memory. granian gives a body that ended early, or whose chunked framing was broken, as a
+    shorter or empty one: that is noted under BODY_ERROR for the app to answer 400, rather than
+    read as an empty or half JSON body.
+    """
+
+    def __init__(self, app: WSGIApp, running: int, limit: int) -> None:
+        self.app, self.limit = app, limit
+        self.running = threading.BoundedSemaphore(running)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        length = environ.get("CONTENT_LENGTH")
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if (chunked or length) and not (length and length.isdigit() and int(length) > self.limit):
+            data: bytes = environ["wsgi.input"].read(self.limit + 1)
+            if chunked and not data:
+                environ[BODY_ERROR] = "The chunked request body is malformed or empty"
+            elif not chunked and len(data) < int(length or 0):
+                environ[BODY_ERROR] = "The request body ended before its Content-Length"
+            environ["wsgi.input"] = io.BytesIO(data)
+        with self.running:
+            return self.app(environ, start_response)

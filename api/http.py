@@ -11,7 +11,6 @@ responses each one can give.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from http import HTTPStatus
@@ -25,6 +24,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, abort
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
+from api.edge import BODY_ERROR
 from api.schemas import ErrorSchema
 
 MAX_BODY_BYTES = 64 * 1024
@@ -54,41 +54,13 @@ def check_body() -> None:
     length = request.content_length
     if (length or 0) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge(f"The request body must be at most {MAX_BODY_BYTES} bytes")
-    chunked = "chunked" in request.headers.get("Transfer-Encoding", "")
-    if not length and not chunked:
+    if BODY_ERROR in environ:  # api/edge.py's BodyFirst, under `ledger serve`
+        raise BadRequest(environ[BODY_ERROR])
+    if not length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
         return
-    environ["wsgi.input"] = _CheckedBody(environ["wsgi.input"], None if chunked else length)
     mimetype = request.mimetype
     if mimetype and not _readable_as_json(mimetype):
         raise UnsupportedMediaType(f"Send JSON as application/json, not {mimetype}")
-
-
-class _CheckedBody:
-    """The body as its headers announced it, or a 400. The server hands the app a body that
-    ended early (the client went away), or whose chunked framing was broken, as a shorter or
-    empty one: read as it came, a half-sent `{"lifetimeSeconds": 60}` would issue a token of
-    the default lifetime. Read whole on first use (at most MAX_BODY_BYTES + 1, so that a
-    longer chunked body is still found too big), after authentication."""
-
-    def __init__(self, stream: Any, length: int | None) -> None:
-        self._stream, self._length = stream, length
-        self._body: io.BytesIO | None = None
-
-    def read(self, size: int = -1) -> bytes:
-        return self._whole().read(size)
-
-    def readline(self, size: int = -1) -> bytes:
-        return self._whole().readline(size)
-
-    def _whole(self) -> io.BytesIO:
-        if self._body is None:
-            data: bytes = self._stream.read(MAX_BODY_BYTES + 1)
-            if self._length is None and not data:
-                raise BadRequest("The chunked request body is malformed or empty")
-            if self._length is not None and len(data) < self._length:
-                raise BadRequest("The request body ended before its Content-Length")
-            self._body = io.BytesIO(data)
-        return self._body
 
 
 def _readable_as_json(mimetype: str) -> bool:

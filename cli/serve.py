@@ -22,10 +22,9 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from flask import Flask
 from granian._granian import ListenerSpec
 from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
@@ -38,11 +37,17 @@ from ledger.config import Settings
 from ledger.domainmodel import AuditContext, StoreInUse
 from ledger.passwords import policy_violation
 
+if TYPE_CHECKING:  # the app is imported in the workers only
+    from api.edge import BodyFirst
+
 DEFAULT_WORKSPACE = "default"
 DEFAULT_ADMIN = "admin"
 CREATED = f"Created workspace {DEFAULT_WORKSPACE!r} and administrator {DEFAULT_ADMIN!r}"
 ADMIN_PASSWORD_FILE = "admin-password"  # beside an SQLite store, when generated
 THREADS = 4  # per worker, by default: requests waiting on argon2 do not hold up the others
+# Per worker, besides THREADS: threads that receive request bodies, however slowly they come,
+# before a request runs (api/edge.py's BodyFirst). Idle ones end after 30 s.
+RECEIVING_THREADS = 128
 HEADER_READ_TIMEOUT_MS = 10_000  # a request head, and an idle keep-alive connection's next one
 HEADER_BUFFER_BYTES = 64 * 1024  # the request head's bound (granian's HTTP/1 read buffer)
 STOP_SECONDS = 30  # on SIGTERM, what requests in flight get before their worker is killed
@@ -105,7 +110,7 @@ def serve(
         http=HTTPModes.http1,
         websockets=False,
         workers=workers or (1 if settings.embedded else os.cpu_count() or 1),
-        blocking_threads=threads,
+        blocking_threads=threads + RECEIVING_THREADS,
         http1_settings=HTTP1Settings(
             header_read_timeout=HEADER_READ_TIMEOUT_MS, max_buffer_size=HEADER_BUFFER_BYTES
         ),
@@ -114,15 +119,17 @@ def serve(
         respawn_interval=1.0,
         workers_kill_timeout=STOP_SECONDS,
     )
-    server.serve(target_loader=functools.partial(_worker_app, settings), wrap_loader=False)
+    server.serve(target_loader=functools.partial(_worker_app, settings, threads), wrap_loader=False)
 
 
-def _worker_app(settings: Settings) -> Flask:
+def _worker_app(settings: Settings, threads: int) -> BodyFirst:
     """Called in each worker, after the fork (Ledger.from_settings makes workers that open a
     PostgreSQL store at once take turns creating its tables)."""
     from api.app import create_app  # in the worker only: nothing of it in the master
+    from api.edge import BodyFirst
+    from api.http import MAX_BODY_BYTES
 
-    return create_app(settings)
+    return BodyFirst(create_app(settings), running=threads, limit=MAX_BODY_BYTES)
 
 
 class SocketPerWorker(MPServer):

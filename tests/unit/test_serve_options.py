@@ -34,15 +34,16 @@ def run(*args: str, **env: str) -> Any:
 
 def test_threads_per_worker_default_to_four(started):
     assert run("--workers", "2").exit_code == 0
-    assert started[-1].blocking_threads == serve.THREADS == 4
+    assert serve.THREADS == 4
+    assert started[-1].blocking_threads == 4 + serve.RECEIVING_THREADS
     assert started[-1].workers == 2
 
 
 def test_threads_come_from_the_option_or_the_environment(started):
     assert run("--threads", "8").exit_code == 0
-    assert started[-1].blocking_threads == 8
+    assert started[-1].blocking_threads == 8 + serve.RECEIVING_THREADS
     assert run(LEDGER_THREADS="3").exit_code == 0
-    assert started[-1].blocking_threads == 3
+    assert started[-1].blocking_threads == 3 + serve.RECEIVING_THREADS
 
 
 @pytest.mark.parametrize("threads", ["0", "-1", "many"])
