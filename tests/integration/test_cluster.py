@@ -14,7 +14,7 @@ import random
 import signal
 import subprocess
 import sys
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -39,6 +39,7 @@ from tests.integration.test_read_models import (
     services,
 )
 from tests.read_model_support import Secret, dump, generations, status, wait_for
+from web.sessions import SessionStore
 
 pytestmark = pytest.mark.integration
 
@@ -139,6 +140,17 @@ def test_the_core_over_http(cluster, store_url):
         projected = dump(api.redis, generation_only=True, last_used=False)
         assert api.projector.rebuild() is not None
         assert dump(api.redis, generation_only=True, last_used=False) == projected
+
+
+def test_a_person_s_page_sessions_end_at_once(cluster, store_url):
+    with services(store_url, cluster.url) as api:
+        sessions = SessionStore(api.redis, idle_seconds=60, max_seconds=600)
+        person = str(uuid4())
+        for sid in ("first", "second", "third"):
+            sessions.save(sid, {"person_id": person})
+        assert sessions.load("second") is not None
+        sessions.end_person(person)
+        assert [sessions.load(sid) for sid in ("first", "second", "third")] == [None] * 3
 
 
 def test_the_keys_spread_over_every_master(cluster, store_url, passwords):
