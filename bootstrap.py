@@ -42,7 +42,7 @@ from ledger.application import Ledger, Saved
 from ledger.config import ConfigError, Settings
 from projections.attempts import RedisAttemptLimiter
 from projections.generations import Generations
-from projections.keys import layout_of
+from projections.keys import Layout, layout_of
 from projections.listings import Listings
 from projections.memory import memory_problem
 from projections.projector import BATCH_SIZE, Projector
@@ -73,6 +73,7 @@ class Tuning:
     renew_seconds: float = RENEW_SECONDS
     batch_size: int = BATCH_SIZE
     read_your_writes: bool = True  # False: only the projector brings saves into Redis
+    layout: Layout | None = None  # the read models' shards; None: the client's (`layout_of`)
 
 
 @dataclass
@@ -141,7 +142,7 @@ def build(
     over)."""
     keyring = keyring_from_settings(settings)  # PostgreSQL with no audit key fails here, first
     redis = redis if redis is not None else connect_redis(settings)
-    layout = layout_of(redis)
+    layout = tuning.layout or layout_of(redis)
     caching = settings.caches_verifications
     revocations = Revocations(redis, tuning.lease_seconds) if caching else None
     floor = Floor(redis, revocations, layout)
