@@ -60,7 +60,7 @@ from redis.exceptions import NoScriptError
 
 PREFIX = "{tl}:"  # the first shard's, where coordination lives too
 GENERATION = PREFIX + "gen"  # read first by every script: the key that routes it on a cluster
-CLUSTER_SHARDS = 16  # a cluster's: each master gets about 1/16 of the keys per shard it owns
+CLUSTER_SHARDS = 8
 LAST_USED_GRANULARITY_MS = 60_000  # docs/CONTRACT.md: lastUsed is kept to within a minute
 
 

@@ -185,8 +185,10 @@ def per_shard(ops: Sequence[Op], layout: Layout) -> list[list[bytes | str | int]
         elif kind == "B":
             shards[layout.of_subject(cast(str, op[2]))].extend(op)
         else:
+            # Encoded once, not once per shard by the client (most of a rebuild's packing).
+            encoded = [part if isinstance(part, bytes) else str(part).encode() for part in op]
             for args in shards.values():
-                args.extend(op)
+                args.extend(encoded)
     return list(shards.values())
 
 
