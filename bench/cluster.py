@@ -145,20 +145,21 @@ def bench_spread(cluster: RedisClusterServers) -> tuple[list[int], float]:
     assert generation is not None
     before = _used_memory(cluster)
     workspaces = [uuid4() for _ in range(WORKSPACES)]
-    ops: list[Op] = [_hash("F", 1, b"w:" + w.bytes, 1, {"en": "1", "mg": "1"}) for w in workspaces]
+    at = 1  # each batch's ops at the position it reaches, as the projector's are
+    ops: list[Op] = [_hash("F", at, b"w:" + w.bytes, 1, {"en": "1", "mg": "1"}) for w in workspaces]
     now = now_ms()
     for n in range(SPREAD_TOKENS):
         if n % TOKENS_PER_PERSON == 0:
             person, workspace = uuid4(), workspaces[n % WORKSPACES]
             fields = person_fields(f"p{n}", workspace.bytes, ADMIN, can_generate_tokens=False)
-            ops.append(_hash("F", 1, b"p:" + person.bytes, 1, fields))
+            ops.append(_hash("F", at, b"p:" + person.bytes, 1, fields))
         sha = hashlib.sha256(tokens.generate("tlk").encode()).digest()
-        ops.append(["T", 1, sha, secrets.token_bytes(16), person.bytes, now, now + 86_400_000, ""])
+        ops.append(["T", at, sha, secrets.token_bytes(16), person.bytes, now, now + 86_400_000, ""])
         if len(ops) >= 5000 or n == SPREAD_TOKENS - 1:
-            batch = Batch([], 1, per_shard(ops, writer.layout), revokes=False)
+            batch = Batch([], at, per_shard(ops, writer.layout), revokes=False)
             assert writer.apply_batch(batch, generation)
             generations.keep_building(generation)
-            ops = []
+            ops, at = [], at + 1
     assert generations.finish_rebuild(generation)
     per_token = (_used_memory(cluster) - before) / SPREAD_TOKENS
     counts = []
