@@ -73,6 +73,10 @@ def run() -> str:
         "|---|---|---|---|---|",
         *(f"| {' | '.join(str(c) for c in row)} |" for row in rows),
         "",
+        "Bytes per token are above the single server's (section above) by design: every shard",
+        "keeps a copy of each person and workspace (8 copies of a person per 10 tokens here),",
+        "and a person's listing is split over the shards of their tokens.",
+        "",
     ]
     print("\n".join(lines))
     return "\n".join(lines)

@@ -11,7 +11,7 @@ runs where all its keys are. A single Redis has one shard, `{tl}`, and the keys 
 exact names; a cluster has CLUSTER_SHARDS, `{tl}` and tags whose slots lie evenly around the
 slot space, so that they spread over every master. A token (lookup, listed part, lastUsed) and
 the attempt limiter's keys of one subject live in one shard, chosen by hash; every shard holds
-its own copy of every person and workspace (the part of them that verification reads) and its
+its own copy of every person and workspace (verification reads them beside the token) and its
 own generation pointers and positions, so that verification stays one script in one slot.
 Coordination that is not per token (the rebuild's claim, the verifiers' registry, the
 generation counter) lives in the first shard, `{tl}`.
@@ -60,6 +60,8 @@ from redis.exceptions import NoScriptError
 
 PREFIX = "{tl}:"  # the first shard's, where coordination lives too
 GENERATION = PREFIX + "gen"  # read first by every script: the key that routes it on a cluster
+# A cluster's: 3, 3 and 2 on three masters with equal slot ranges. Each more spreads finer and
+# costs another copy of every person and workspace (docs/ARCHITECTURE.md, "Redis Cluster").
 CLUSTER_SHARDS = 8
 LAST_USED_GRANULARITY_MS = 60_000  # docs/CONTRACT.md: lastUsed is kept to within a minute
 
