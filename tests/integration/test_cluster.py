@@ -108,7 +108,10 @@ def test_the_core_over_http(cluster, store_url):
         assert claims["active"] and claims["tokenId"] == issued[0][1]
 
         # Another process verifies from its cache; each revoking call reaches it before it returns.
+        assert other.cache is not None and wait_for(lambda: other.cache.ticket() is not None)
         assert status(other.verifier, issued[0][0]) == "valid"
+        digest = bytes.fromhex(tokens.digest(issued[0][0]))
+        assert other.cache.get(digest) is not None  # held: its subscription is alive
         deleted = client.delete(f"/v4/apiAccessTokens/{issued[0][1]}", headers=basic("ada"))
         assert deleted.status_code == 204
         assert (verify(issued[0][0]), status(other.verifier, issued[0][0])) == (401, "refused")
