@@ -156,7 +156,13 @@ class RedisClusterServers:
         redis_cli = shutil.which("redis-cli")
         if redis_cli is None:
             unavailable("redis-cli is not installed")
-        self.servers = [RedisServer(cluster=True) for _ in range(self.MASTERS)]
+        self.servers: list[RedisServer] = []
+        try:
+            for _ in range(self.MASTERS):
+                self.servers.append(RedisServer(cluster=True))
+        except BaseException:  # a node that did not start (skipped or failed): none left behind
+            self.stop()
+            raise
         nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
         create = ["--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
         created = subprocess.run(
