@@ -27,10 +27,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from types import TracebackType
+from typing import Any, cast
 
 import fakeredis
-from redis import Redis
+from redis import Redis, RedisCluster
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -40,6 +42,7 @@ from ledger.application import Ledger, Saved
 from ledger.config import ConfigError, Settings
 from projections.attempts import RedisAttemptLimiter
 from projections.generations import Generations
+from projections.keys import Layout, layout_of
 from projections.listings import Listings
 from projections.memory import memory_problem
 from projections.projector import BATCH_SIZE, Projector
@@ -70,6 +73,7 @@ class Tuning:
     renew_seconds: float = RENEW_SECONDS
     batch_size: int = BATCH_SIZE
     read_your_writes: bool = True  # False: only the projector brings saves into Redis
+    layout: Layout | None = None  # the read models' shards; None: the client's (`layout_of`)
 
 
 @dataclass
@@ -138,29 +142,30 @@ def build(
     over)."""
     keyring = keyring_from_settings(settings)  # PostgreSQL with no audit key fails here, first
     redis = redis if redis is not None else connect_redis(settings)
+    layout = tuning.layout or layout_of(redis)
     caching = settings.caches_verifications
     revocations = Revocations(redis, tuning.lease_seconds) if caching else None
-    floor = Floor(redis, revocations)
-    writer = Writer(redis, revocations, floor)
+    floor = Floor(redis, revocations, layout)
+    writer = Writer(redis, revocations, floor, layout)
     ledger = Ledger.from_settings(
         settings,
-        attempts=RedisAttemptLimiter(redis),
+        attempts=RedisAttemptLimiter(redis, layout),
         # An unknown username's lockout is kept as a hash keyed by the deployment's audit key,
         # which every process shares and the database never holds (docs/ARCHITECTURE.md).
         subject_key=keyring.derive(LOCKOUT_SUBJECTS),
         on_saved=_in_turn(writer.apply_saved if tuning.read_your_writes else None, on_saved),
     )
     trail = AuditTrail(ledger, keyring)
-    generations = Generations(redis)
+    generations = Generations(redis, layout)
     projector = Projector(
         ledger,
         writer,
         generations,
-        UsageLog(redis),
+        UsageLog(redis, layout),
         followers=[follow_audit(trail)] if followers is None else followers,
         batch_size=tuning.batch_size,
     )
-    plain = Verifier(redis, settings.token_prefix, floor)
+    plain = Verifier(redis, settings.token_prefix, floor, layout)
     verifier: TokenVerifier = plain
     cache = None
     if role is Role.API and caching:
@@ -178,7 +183,7 @@ def build(
         redis,
         ledger,
         verifier,
-        Listings(redis),
+        Listings(redis, layout),
         generations,
         writer,
         projector,
@@ -334,13 +339,30 @@ def secret_key(settings: Settings) -> bytes:
 
 def connect_redis(settings: Settings, *, retries: bool = True) -> Redis:
     """Without `retries`, a broken connection fails its command at once, where redis-py would
-    reconnect and resend it: what a subscription whose breaking must be seen needs."""
+    reconnect and resend it: what a subscription whose breaking must be seen needs. A
+    `redis+cluster://` URL gets redis-py's cluster client, which learns the cluster from
+    whichever of the nodes named answers first, and the read models' cluster layout
+    (`projections.keys.layout_of`)."""
     if settings.redis_url is None:
         return fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=REDIS_TIMEOUT_SECONDS,
-        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        health_check_interval=30 if retries else 0,
+    options: dict[str, Any] = {
+        "socket_timeout": REDIS_TIMEOUT_SECONDS,
+        "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+        "health_check_interval": 30 if retries else 0,
         **({} if retries else {"retry": Retry(NoBackoff(), 0)}),
+    }
+    cluster = settings.redis_cluster
+    if cluster is None:
+        return Redis.from_url(settings.redis_url, **options)
+    client = RedisCluster(
+        startup_nodes=[
+            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in cluster.nodes
+        ],
+        username=cluster.username,
+        password=cluster.password,
+        **options,
     )
+    # The cluster client answers the commands the read models send as a Redis client does;
+    # where it must be told apart (the verifier's connections, INFO), it is, by its class.
+    return cast(Redis, client)

@@ -15,7 +15,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-MODULES = ["bench.readmodel", "bench.audit", "bench.http", "bench.web"]
+MODULES = ["bench.readmodel", "bench.cluster", "bench.audit", "bench.http", "bench.web"]
 MARK = "<!-- section: "
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -59,8 +59,8 @@ def main(names: list[str]) -> None:
         sections[name] = f"{MARK}{name} -->\n{stamped(module.run().strip())}\n"
     header = (
         "# Benchmarks\n\n"
-        "Written by `make bench` (`python -m bench [readmodel|audit|http|web]`); each section says "
-        "when it was last run and on what machine.\n"
+        "Written by `make bench` (`python -m bench [readmodel|cluster|audit|http|web]`); each "
+        "section says when it was last run and on what machine.\n"
         "Load generators run on the same machine. Every goal is a ratio to a baseline measured "
         "in the same run, so the figures carry over between machines better than raw rates.\n"
     )

@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/ledger.sqlite"
@@ -92,6 +93,13 @@ class Settings:
                 ),
             ),
         )
+
+    @property
+    def redis_cluster(self) -> ClusterUrl | None:
+        """The nodes and credentials of a `redis+cluster://` URL; None for any other."""
+        if self.redis_url is None or urlsplit(self.redis_url).scheme != CLUSTER_SCHEME:
+            return None
+        return ClusterUrl.parse(self.redis_url)
 
     @property
     def embedded(self) -> bool:
@@ -182,18 +190,44 @@ def _check_sqlite_file(path: Path) -> None:
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEME = "redis+cluster"
+
+
+class ClusterUrl(NamedTuple):
+    """`redis+cluster://[user:password@]host:port[,host:port…]`: any node leads to the rest."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterUrl:
+        parts = urlsplit(url)
+        hosts = parts.netloc.rpartition("@")[2]
+        nodes = []
+        for node in hosts.split(","):
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(
+                    "LEDGER_REDIS_URL: redis+cluster:// takes host:port[,host:port…], "
+                    f"got {redact(url)}"
+                )
+            nodes.append((host.strip("[]"), int(port)))
+        return cls(
+            tuple(nodes),
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None,
+        )
 
 
 def _check_redis_url(url: str) -> None:
     scheme = urlsplit(url).scheme
-    if scheme == "redis+cluster":
+    if scheme == CLUSTER_SCHEME:
+        ClusterUrl.parse(url)
+    elif scheme not in REDIS_SCHEMES:
         raise ConfigError(
-            "LEDGER_REDIS_URL: redis+cluster:// (Redis Cluster) is not supported yet; "
-            "use redis://, rediss:// or unix:// for a single Redis server"
-        )
-    if scheme not in REDIS_SCHEMES:
-        raise ConfigError(
-            f"LEDGER_REDIS_URL must start with redis://, rediss:// or unix://, got {redact(url)}"
+            "LEDGER_REDIS_URL must start with redis://, rediss://, unix:// or redis+cluster://, "
+            f"got {redact(url)}"
         )
 
 

@@ -5,11 +5,12 @@ ledger, and the writer brings every active one back into `BLOCKED` keys when the
 rebuilt (a flush or a new Redis). While they are not ready no check is reserved (`NotReady`, a
 503): a lockout that is still to be restored must not let a guess through.
 
-    {tl}:attempts:<key>          zset, scored by ms: 'r:<attempt>' a check running,
-                                 'f:<attempt>' a failure; expires with the window
-    {tl}:attempts:blocked:<key>  string, expiring when the lockout ends
+    <shard>attempts:<key>          zset, scored by ms: 'r:<attempt>' a check running,
+                                   'f:<attempt>' a failure; expires with the window
+    <shard>attempts:blocked:<key>  string, expiring when the lockout ends
 
-The keys carry the read model's hash tag, since the script reads `{tl}:gen` beside them.
+A subject's keys live in the shard its key hashes to (`Layout.of_subject`), under that shard's
+hash tag, since the script reads the shard's `gen` beside them.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from datetime import datetime, timedelta
 from redis import Redis
 
 from ledger.attempts import BUSY_RETRY_SECONDS, Refused
-from projections.keys import GENERATION, PREFIX, NotReady, to_ms
+from projections.keys import SINGLE, Layout, NotReady, to_ms
 
-ATTEMPTS = PREFIX + "attempts:"
+ATTEMPTS = "attempts:"  # after the shard's prefix
 BLOCKED = ATTEMPTS + "blocked:"
 
-# KEYS: {tl}:gen, the key's zset, its block. ARGV: op, attempt, now ms, then per op:
+# KEYS: the shard's gen, the key's zset, its block. ARGV: op, attempt, now ms, then per op:
 #   reserve: limit, at once, window ms -> 0 held, -1 busy, -2 not ready, or the block's ms left
 #   fail: window ms -> failures within it;   release: '1' to forget the failures;   block: until ms
 _ATTEMPT = """
@@ -74,8 +75,9 @@ return 0
 class RedisAttemptLimiter:
     """`ledger.attempts.AttemptLimiter` on Redis, each operation one script call."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, layout: Layout = SINGLE) -> None:
         self.redis = redis
+        self.layout = layout
         self._script = redis.register_script(_ATTEMPT)
 
     def reserve(
@@ -98,7 +100,8 @@ class RedisAttemptLimiter:
         self._run(key, "block", "", None, to_ms(until))
 
     def _run(self, key: str, op: str, attempt: str, now: datetime | None, *args: int | str) -> int:
-        keys = [GENERATION, ATTEMPTS + key, BLOCKED + key]
+        prefix = self.layout.of_subject(key)
+        keys = [prefix + "gen", prefix + ATTEMPTS + key, prefix + BLOCKED + key]
         now_ms = to_ms(now) if now is not None else 0
         return int(self._script(keys=keys, args=[op, attempt, now_ms, *args], client=self.redis))
 

@@ -1,5 +1,6 @@
 """Generations: every key lives under one, so that a rebuild fills fresh keys while the old ones
-keep answering, then switches over with one write. A missing `{tl}:gen` is "not ready"."""
+keep answering, then switches over with one write per shard. A shard without `gen` is "not
+ready"."""
 
 from __future__ import annotations
 
@@ -9,25 +10,19 @@ from typing import Any, cast
 
 from redis import Redis
 
-from projections.keys import GENERATION, PREFIX, key
+from projections.keys import PREFIX, SINGLE, Layout, each_shard, key
 
 # A rebuilder renews its claim every batch; one that dies holds up the next rebuild (and so
 # readiness, after a flush) this long at most. One that stalls longer is overtaken, harmlessly:
 # its switch then fails on the claim's nonce.
 BUILDING_TTL_SECONDS = 10
-BUILDING = PREFIX + "building"
-CLAIM = PREFIX + "claim"
+GENERATION_KEYS = "{tl*}:[0-9]*"  # every shard's tag starts with tl
 
-# The live generation and the last event applied to it, or nothing when not ready.
-_LIVE = """
-local gen = redis.call('GET', KEYS[1])
-if not gen then return false end
-return {gen, redis.call('GET', ARGV[1] .. gen .. ':pos') or '0'}
-"""
-
-# The start of a rebuild: claim it for a while, with a nonce that says which rebuild holds it.
+# The start of a rebuild in a shard: its generation for a while, with a nonce that says which
+# rebuild holds it. ARGV[4] 'NX' in the first shard: only when no rebuild holds the claim.
 _BEGIN = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+if ARGV[4] == 'NX' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
 return 1
 """
@@ -39,9 +34,9 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
-# The end of a rebuild: its generation goes live, unless another rebuild took over. The nonce
-# matters after a flush, which restarts generation numbers: a rebuild from before it may hold
-# the number of one started since, and must not make that one live half-built.
+# The end of a rebuild in a shard: its generation goes live, unless another rebuild took over.
+# The nonce matters after a flush, which restarts generation numbers: a rebuild from before it
+# may hold the number of one started since, and must not make that one live half-built.
 _SWITCH = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('GET', KEYS[3]) ~= ARGV[2] then
   return -1
@@ -53,81 +48,136 @@ return old or 0
 """
 
 
+# A shard's own generation pointers, read together: {gen or false, pos of gen, building or false}.
+_POINTERS = """
+local gen = redis.call('GET', KEYS[1])
+local pos = gen and (redis.call('GET', ARGV[1] .. gen .. ':pos') or '0') or false
+return {gen, pos, redis.call('GET', ARGV[1] .. 'building')}
+"""
+
+# The next generation number, past any that a shard still has (a flush of the master that held
+# the counter restarts it while other shards keep theirs). KEYS: the counter. ARGV: the highest
+# number seen in a shard.
+_NEXT = """
+local g = redis.call('INCR', KEYS[1])
+if g <= tonumber(ARGV[1]) then
+  g = tonumber(ARGV[1]) + 1
+  redis.call('SET', KEYS[1], g)
+end
+return g
+"""
+
+
 class Generations:
-    def __init__(self, redis: Redis) -> None:
+    """Every shard has its own `gen`, `building` and `claim`, since each shard's scripts read
+    them beside its keys; the first shard's are also the rebuild's claim, taken first and given
+    up last, so that one rebuild runs at a time. The switch is one write per shard; on a single
+    Redis, one shard, it is the one write. On a cluster, every shard the switch reaches has its
+    whole new generation, already kept up by the API's writes, so a token's shard answers from
+    a complete generation, old or new, throughout; the projector follows a generation only once
+    every shard has it live, and rebuilds otherwise."""
+
+    def __init__(self, redis: Redis, layout: Layout = SINGLE) -> None:
         self.redis = redis
-        self._live = redis.register_script(_LIVE)
+        self.layout = layout
+        self._pointers = redis.register_script(_POINTERS)
+        self._next = redis.register_script(_NEXT)
         self._begin = redis.register_script(_BEGIN)
         self._renew = redis.register_script(_RENEW)
         self._switch = redis.register_script(_SWITCH)
         self._claims: dict[int, str] = {}  # generation -> nonce, for the rebuilds begun here
 
+    def _read(self) -> list[tuple[bytes | None, bytes | None, bytes | None]]:
+        calls = [([prefix + "gen"], [prefix]) for prefix in self.layout.prefixes]
+        return [tuple(found) for found in each_shard(self.redis, self._pointers, calls)]
+
     def generation(self) -> int | None:
-        found = self.redis.get(GENERATION)
-        return int(cast(bytes, found)) if found else None
+        live = self.live()
+        return live[0] if live else None
 
     def is_ready(self) -> bool:
-        return self.generation() is not None
+        """Every shard answers from a generation (not necessarily the same one)."""
+        return all(gen for gen, _, _ in self._read())
 
     def live(self) -> tuple[int, int] | None:
-        """The live generation and its position, in one round trip; None when not ready."""
-        found = self._live(keys=[GENERATION], args=[PREFIX], client=self.redis)
-        return (int(found[0]), int(found[1])) if found else None
+        """The live generation and its position, the lowest of the shards', in one round trip;
+        None when some shard is not ready, or the shards' live generations differ."""
+        found = self._read()
+        gens = {gen for gen, _, _ in found}
+        if len(gens) != 1 or None in gens:
+            return None
+        return int(cast(bytes, found[0][0])), min(int(cast(bytes, pos)) for _, pos, _ in found)
 
     def position(self, generation: int | None = None) -> int | None:
-        """The last event applied to a generation (the live one by default)."""
+        """The last event applied to a generation (the live one by default) in every shard."""
         if generation is None:
             live = self.live()
             return live[1] if live else None
-        found = self.redis.get(key(generation, b"pos"))
-        return int(cast(bytes, found)) if found else 0
+        positions = [
+            self.redis.get(key(generation, b"pos", prefix=prefix))
+            for prefix in self.layout.prefixes
+        ]
+        return min(int(cast(bytes, found)) if found else 0 for found in positions)
 
     def begin_rebuild(self) -> int | None:
         """Claim the rebuild and a fresh generation; None when another rebuild is running."""
-        generation = int(self.redis.incr(PREFIX + "generations"))
+        seen = [int(n) for found in self._read() for n in (found[0], found[2]) if n]
+        generation = int(self._next(keys=[PREFIX + "generations"], args=[max(seen, default=0)]))
         nonce = secrets.token_hex(8)
-        claimed = self._begin(
-            keys=[BUILDING, CLAIM],
-            args=[generation, BUILDING_TTL_SECONDS, nonce],
+        first, *others = self.layout.prefixes
+        if not self._begin(
+            keys=[first + "building", first + "claim"],
+            args=[generation, BUILDING_TTL_SECONDS, nonce, "NX"],
             client=self.redis,
-        )
-        if not claimed:
+        ):
             return None
+        # The other shards' pointers from a rebuild that died are past their claim: replaced.
+        each_shard(self.redis, self._begin, self._claim_calls(others, generation, nonce, ""))
         self._claims[generation] = nonce
         return generation
 
     def keep_building(self, generation: int) -> None:
         """Renew the claim; not once it has run out and another rebuild has taken over."""
-        self._renew(
-            keys=[BUILDING, CLAIM],
-            args=[generation, BUILDING_TTL_SECONDS, self._claims.get(generation, "")],
-            client=self.redis,
+        nonce = self._claims.get(generation, "")
+        each_shard(
+            self.redis, self._renew, self._claim_calls(self.layout.prefixes, generation, nonce)
         )
 
     def finish_rebuild(self, generation: int) -> bool:
-        """Make `generation` live in one write, then drop every older one: the one it replaces
-        and any left behind by a rebuild that died. Newer ones may belong to a rebuild that
-        started since, so they stay."""
-        old = self._switch(
-            keys=[GENERATION, BUILDING, CLAIM],
-            args=[generation, self._claims.pop(generation, "")],
-            client=self.redis,
-        )
-        if old == -1:
+        """Make `generation` live in every shard, the first (which holds the claim) last, then
+        drop every older one: the one it replaces and any left behind by a rebuild that died.
+        Newer ones may belong to a rebuild that started since, so they stay."""
+        nonce = self._claims.pop(generation, "")
+        first, *others = self.layout.prefixes
+        calls = [
+            ([prefix + "gen", prefix + "building", prefix + "claim"], [generation, nonce])
+            for prefix in [*others, first]
+        ]
+        switched = each_shard(self.redis, self._switch, calls[:-1])
+        if -1 not in switched:
+            switched = each_shard(self.redis, self._switch, calls[-1:])
+        if -1 in switched:
             return False
         self.drop_generations_before(generation)
         return True
 
     def drop_generations_before(self, generation: int) -> None:
-        keys = self.redis.scan_iter(match=PREFIX + "[0-9]*", count=1000)
+        keys = self.redis.scan_iter(match=GENERATION_KEYS, count=1000)
         older = (key for key in keys if int(cast(bytes, key).split(b":", 2)[1]) < generation)
         for batch in _batched(older, 1000):
             self.redis.unlink(*batch)
 
-    def drop_generation(self, generation: int) -> None:
-        pattern = key(generation, b"*")
-        for batch in _batched(self.redis.scan_iter(match=pattern, count=1000), 1000):
-            self.redis.unlink(*batch)
+    @staticmethod
+    def _claim_calls(
+        prefixes: Iterable[str], generation: int, nonce: str, *extra: str
+    ) -> list[tuple[list[Any], list[Any]]]:
+        return [
+            (
+                [prefix + "building", prefix + "claim"],
+                [generation, BUILDING_TTL_SECONDS, nonce, *extra],
+            )
+            for prefix in prefixes
+        ]
 
 
 def _batched(iterable: Iterable[Any], size: int) -> Iterable[list[Any]]:

@@ -3,9 +3,18 @@
 Every key lives under a generation, `{tl}:<gen>:`, so that a rebuild can fill fresh keys while
 the old ones keep answering, then switch over with one write (`{tl}:gen`). A missing `{tl}:gen`
 means "not ready" (Redis flushed or new), never "no tokens". Ids and hashes are stored as raw
-bytes (16 for a UUID, 32 for a SHA-256) to keep an active token under 300 bytes of Redis. Every
-key carries the hash tag `{tl}`, so that on Redis Cluster the whole read model is one slot and
-each script, which declares `{tl}:gen` as KEYS[1], runs where all its keys are.
+bytes (16 for a UUID, 32 for a SHA-256) to keep an active token under 300 bytes of Redis.
+
+The keys are split into shards (`Layout`), each under a hash tag of its own, so that on Redis
+Cluster each shard is one slot and each script, which declares its shard's `gen` as KEYS[1],
+runs where all its keys are. A single Redis has one shard, `{tl}`, and the keys below are its
+exact names; a cluster has CLUSTER_SHARDS, `{tl}` and tags whose slots lie evenly around the
+slot space, so that they spread over every master. A token (lookup, listed part, lastUsed) and
+the attempt limiter's keys of one subject live in one shard, chosen by hash; every shard holds
+its own copy of every person and workspace (verification reads them beside the token) and its
+own generation pointers and positions, so that verification stays one script in one slot.
+Coordination that is not per token (the rebuild's claim, the verifiers' registry, the
+generation counter) lives in the first shard, `{tl}`.
 
     {tl}:gen               live generation               {tl}:building  generation being rebuilt
     {tl}:generations       last generation handed out    {tl}:claim     nonce of the rebuild
@@ -40,12 +49,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zlib import crc32
 
-PREFIX = "{tl}:"
+from redis import Redis, RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import NoScriptError
+
+PREFIX = "{tl}:"  # the first shard's, where coordination lives too
 GENERATION = PREFIX + "gen"  # read first by every script: the key that routes it on a cluster
-USED = PREFIX + "used"
+# A cluster's: 3, 3 and 2 on three masters with equal slot ranges. Each more spreads finer and
+# costs another copy of every person and workspace (docs/ARCHITECTURE.md, "Redis Cluster").
+CLUSTER_SHARDS = 8
 LAST_USED_GRANULARITY_MS = 60_000  # docs/CONTRACT.md: lastUsed is kept to within a minute
 
 
@@ -104,8 +121,71 @@ end
 )
 
 
-def key(generation: int, *parts: bytes) -> bytes:
-    return b"".join([PREFIX.encode(), str(generation).encode(), b":", *parts])
+@dataclass(frozen=True)
+class Layout:
+    """The shards' key prefixes (`{tag}:`); the first is `{tl}:`."""
+
+    prefixes: tuple[str, ...]
+
+    @classmethod
+    def cluster(cls, shards: int = CLUSTER_SHARDS) -> Layout:
+        """`{tl}` and tags whose slots follow it at even steps around the slot space, so that
+        masters that own equal ranges of slots get equal numbers of shards, whatever the
+        ranges are. Each tag is the first `tl<n>` within an eighth of a step past its point."""
+        step = REDIS_CLUSTER_HASH_SLOTS // shards
+        start = key_slot(b"tl")
+        tags = ["tl"]
+        for i in range(1, shards):
+            point = (start + i * step) % REDIS_CLUSTER_HASH_SLOTS
+            n = 0
+            while (key_slot(f"tl{n}".encode()) - point) % REDIS_CLUSTER_HASH_SLOTS >= step // 8:
+                n += 1
+            tags.append(f"tl{n}")
+        return cls(tuple(f"{{{tag}}}:" for tag in tags))
+
+    def of_token(self, sha: bytes) -> str:
+        """The shard of a token, by its SHA-256 (or its first 16 bytes)."""
+        return self.prefixes[sha[0] % len(self.prefixes)]
+
+    def of_subject(self, name: str) -> str:
+        """The shard of the attempt limiter's keys for one subject."""
+        return self.prefixes[crc32(name.encode()) % len(self.prefixes)]
+
+
+SINGLE = Layout((PREFIX,))
+CLUSTER = Layout.cluster()
+
+
+def layout_of(redis: Redis) -> Layout:
+    """The layout for what a client talks to: a cluster's, or a single Redis's one shard."""
+    return CLUSTER if isinstance(redis, RedisCluster) else SINGLE
+
+
+def each_shard(
+    redis: Redis, script: Any, calls: Sequence[tuple[list[Any], list[Any]]]
+) -> list[Any]:
+    """Run `script` once per (keys, args), in one pipeline when there are several (a cluster
+    client sends each node its part), and the answers in order. A cluster pipeline does not
+    load scripts: a shard whose node lost it (restarted) runs it again on its own, which loads
+    it; the rest are not run twice."""
+    if len(calls) == 1:
+        keys, args = calls[0]
+        return [script(keys=keys, args=args, client=redis)]
+    pipe = redis.pipeline(transaction=False)
+    for keys, args in calls:
+        script(keys=keys, args=args, client=pipe)
+    found = pipe.execute(raise_on_error=False)
+    for n, answer in enumerate(found):
+        if isinstance(answer, NoScriptError):
+            keys, args = calls[n]
+            found[n] = script(keys=keys, args=args, client=redis)
+        elif isinstance(answer, Exception):
+            raise answer
+    return list(found)
+
+
+def key(generation: int, *parts: bytes, prefix: str = PREFIX) -> bytes:
+    return b"".join([prefix.encode(), str(generation).encode(), b":", *parts])
 
 
 def bulk(part: object) -> bytes:

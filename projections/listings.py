@@ -1,5 +1,6 @@
 """Rule 7's listings: a person's tokens, newest first, expired included, deleted left out, read
-from Redis in one round trip a page."""
+from Redis in one round trip a page. A person's tokens live in their tokens' shards; on a
+cluster, each shard lists its part, in one pipeline, and the parts are merged here."""
 
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ from uuid import UUID
 from redis import Redis
 
 from ledger.timestamps import timestamp_ms
-from projections.keys import GENERATION, LUA_COMMON, PREFIX, NotReady, from_ms, uuid_text
+from projections.keys import LUA_COMMON, SINGLE, Layout, NotReady, each_shard, from_ms, uuid_text
 
-# A person's tokens, newest first: {count, now, id, created, expires, description, lastUsed,
-# id, ...}. Without a status filter this is O(log n + limit); a filter has to look at every
-# token of the person.
+# A person's tokens in one shard, newest first, `count` of them from the `first`: {total, now,
+# s, id, created, expires, description, lastUsed, s, ...}. Without a status filter this is
+# O(log n + count); a filter has to look at every token of the person in the shard.
+# KEYS: the shard's gen. ARGV: the shard's prefix, the person, first, count, status or ''.
 _LIST = (
     LUA_COMMON
     + """
 local gen = redis.call('GET', KEYS[1])
 if not gen then return -1 end
-local prefix, owner, offset, limit, status =
+local prefix, owner, first, count, status =
   ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local g = prefix .. gen .. ':'
 local listing, records = g .. 'l:' .. owner, g .. 'm:' .. owner
@@ -29,32 +31,33 @@ local out = {0, now}
 local page = {}  -- the page's tokens, by s
 if status == '' then
   out[1] = redis.call('ZCARD', listing)
-  if limit > 0 then page = redis.call('ZREVRANGE', listing, offset, offset + limit - 1) end
+  if count > 0 then page = redis.call('ZREVRANGE', listing, first, first + count - 1) end
 else
-  local all, count = redis.call('ZREVRANGE', listing, 0, -1), 0
+  local all, matching = redis.call('ZREVRANGE', listing, 0, -1), 0
   for _, s in ipairs(all) do
     local _, _, _, _, expires = token_ref(g, s)
     local expired = expires ~= '' and tonumber(expires) <= now
     if expired == (status == 'expired') then
-      if count >= offset and count < offset + limit then page[#page + 1] = s end
-      count = count + 1
+      if matching >= first and matching < first + count then page[#page + 1] = s end
+      matching = matching + 1
     end
   end
-  out[1] = count
+  out[1] = matching
 end
 -- The page's m: records in one read, not one per token.
 local extras = #page > 0 and redis.call('HMGET', records, unpack(page)) or {}
 for n, s in ipairs(page) do
   local _, _, id, created, expires = token_ref(g, s)
   local used, description = split_extra(extras[n])
-  out[#out + 1] = id; out[#out + 1] = created; out[#out + 1] = expires
+  out[#out + 1] = s; out[#out + 1] = id; out[#out + 1] = created; out[#out + 1] = expires
   out[#out + 1] = description; out[#out + 1] = used
 end
 return out
 """
 )
 
-# One token's lastUsed ms, or '' (never used, or not listed).
+# One token's lastUsed ms, or '' (never used, or not listed). KEYS: its shard's gen. ARGV: the
+# shard's prefix, the token's SHA-256.
 _LAST_USED = (
     LUA_COMMON
     + """
@@ -69,8 +72,9 @@ return (extra(g .. 'm:' .. owner, s))
 
 
 class Listings:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, layout: Layout = SINGLE) -> None:
         self.redis = redis
+        self.layout = layout
         self._list = redis.register_script(_LIST)
         self._last_used = redis.register_script(_LAST_USED)
 
@@ -81,17 +85,29 @@ class Listings:
 
         Ids and times come as text, as the wire writes them, made straight from what Redis
         holds: making each a UUID and a datetime only to print them cost most of a page."""
-        found = self._list(
-            keys=[GENERATION],
-            args=[PREFIX, person_id.bytes, offset, limit, status or ""],
-            client=self.redis,
-        )
-        if found == -1:
+        prefixes = self.layout.prefixes
+        # One shard lists the page itself; several list theirs each up to the page's end.
+        first, count = (offset, limit) if len(prefixes) == 1 else (0, offset + limit)
+        calls = [
+            ([prefix + "gen"], [prefix, person_id.bytes, first, count, status or ""])
+            for prefix in prefixes
+        ]
+        parts = each_shard(self.redis, self._list, calls)
+        if -1 in parts:
             raise NotReady("The token read model is being rebuilt")
-        count, now, rest = found[0], found[1], found[2:]
+        # By (created, s), as a shard's sorted set orders them; each with its shard's clock,
+        # by which that shard expires the token.
+        rows = sorted(
+            (
+                (part[n + 2], part[n], part[1], *part[n + 1 : n + 6])
+                for part in parts
+                for n in range(2, len(part), 6)
+            ),
+            reverse=True,
+        )
+        page = rows[offset - first : offset - first + limit]
         items = []
-        for n in range(0, len(rest), 5):
-            token_id, created, expires, description, last_used = rest[n : n + 5]
+        for created, _, now, token_id, _, expires, description, last_used in page:
             expires_ms = int(expires) if expires else None
             items.append(
                 {
@@ -105,12 +121,12 @@ class Listings:
                     else "active",
                 }
             )
-        return items, int(count)
+        return items, sum(int(part[0]) for part in parts)
 
     def last_used(self, token_hash: str) -> datetime | None:
-        found = self._last_used(
-            keys=[GENERATION], args=[PREFIX, bytes.fromhex(token_hash)], client=self.redis
-        )
+        sha = bytes.fromhex(token_hash)
+        prefix = self.layout.of_token(sha)
+        found = self._last_used(keys=[prefix + "gen"], args=[prefix, sha], client=self.redis)
         if found == -1:
             raise NotReady("The token read model is being rebuilt")
         return from_ms(found) if found else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis import Redis
+from redis import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 KEEPING = "noeviction"
@@ -15,11 +15,21 @@ KEEPING = "noeviction"
 def memory_problem(redis: Redis) -> str | None:
     """'evicting (<policy>)', 'out of memory', or None while Redis keeps everything and has room.
     A Redis that does not report its policy (a proxy that refuses INFO or leaves it out, the
-    embedded mode's in-process stand-in) is taken at its word."""
+    embedded mode's in-process stand-in) is taken at its word. On a cluster, every master
+    must keep what it is given: the first that does not is named."""
+    if isinstance(redis, RedisCluster):
+        found = redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        for node, info in sorted(found.items()):
+            if problem := _problem(info):
+                return f"{problem} on {node}"
+        return None
     try:
-        info: dict[str, Any] = redis.info("memory")
+        return _problem(redis.info("memory"))
     except ResponseError:
         return None
+
+
+def _problem(info: dict[str, Any]) -> str | None:
     policy = info.get("maxmemory_policy", KEEPING)
     if policy != KEEPING:
         return f"evicting ({policy})"

@@ -217,7 +217,7 @@ class Projector:
         own write of it refused as older than the position: a deleted token left valid."""
         stored = self.ledger.settled_notifications(after, self.batch_size)
         position = stored[-1].id if stored else after
-        return Batch.of([self._as_json(n) for n in stored], position)
+        return Batch.of([self._as_json(n) for n in stored], position, self.writer.layout)
 
     def _as_json(self, stored: Notification) -> Notification:
         """A stored event with its state as the transcoder wrote it, before any cipher or

@@ -10,7 +10,7 @@ import time
 
 from redis import Redis
 
-from projections.keys import LUA_CLOCK, PREFIX
+from projections.keys import LUA_CLOCK, PREFIX, SINGLE, Layout, each_shard
 
 LEASE_SECONDS = 1.0  # how long a writer may wait for a process that stopped answering
 REGISTRY = PREFIX + "verifiers"
@@ -68,9 +68,9 @@ class Revocations:
             time.sleep(rest)
 
 
-FLOOR = PREFIX + "floor"  # the store position the live read model must reach to answer
+FLOOR = "floor"  # after a shard's prefix: the store position its live generation must reach
 
-# KEYS: floor. ARGV: a store position. The floor only rises.
+# KEYS: a shard's floor. ARGV: a store position. The floor only rises.
 _RAISE_FLOOR = """
 if tonumber(ARGV[1]) > (tonumber(redis.call('GET', KEYS[1])) or 0) then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -83,14 +83,18 @@ class Floor:
     still accepts what the event revoked until the projector brings it in, and the call must
     not leave that behind it. The process records the event's position (`behind`), and before
     it uses Redis again for anything (`land`: its verifications, its writes, its lease's
-    renewals) raises `{tl}:floor` to it and announces, so that every process's verify script
-    answers "not ready" until the live generation's position reaches it. What this leaves open
+    renewals) raises every shard's `floor` to it and announces, so that every process's verify
+    script answers "not ready" until the live generation's position in the token's shard
+    reaches it. What this leaves open
     (a verification elsewhere after Redis returns and before the floor lands) is in
     docs/RELIABILITY.md."""
 
-    def __init__(self, redis: Redis, revocations: Revocations | None = None) -> None:
+    def __init__(
+        self, redis: Redis, revocations: Revocations | None = None, layout: Layout = SINGLE
+    ) -> None:
         self.redis = redis
         self.revocations = revocations
+        self.layout = layout
         self.pending = 0  # the position to raise the floor to; 0: none
         self._lock = threading.Lock()
         self._raise = redis.register_script(_RAISE_FLOOR)
@@ -107,7 +111,8 @@ class Floor:
             pending = self.pending
             if not pending:
                 return
-            self._raise(keys=[FLOOR], args=[pending], client=self.redis)
+            calls = [([prefix + FLOOR], [pending]) for prefix in self.layout.prefixes]
+            each_shard(self.redis, self._raise, calls)
             if self.revocations is not None:
                 self.revocations.announce()  # caches filled since Redis came back
             self.pending = 0

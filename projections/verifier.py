@@ -10,17 +10,17 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
-from redis import Redis
+from redis import ConnectionPool, Redis, RedisCluster
+from redis.exceptions import AskError, MovedError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 
 from ledger import tokens
 from ledger.domainmodel import ADMIN
 from projections.keys import (
-    GENERATION,
     LAST_USED_GRANULARITY_MS,
     LUA_COMMON,
-    PREFIX,
+    SINGLE,
+    Layout,
     NotReady,
     bulk,
     from_ms,
@@ -28,14 +28,16 @@ from projections.keys import (
 )
 from projections.revocations import Floor
 
-# Rule 4, evaluated in Redis in one round trip; `token_is_usable` in ledger/domainmodel.py is
+# Rule 4, evaluated in Redis in one round trip, in the token's shard, which has a copy of every
+# person and workspace; `token_is_usable` in ledger/domainmodel.py is
 # the same rule on the write model, and tests hold the two together. -1: not ready; -2: a lookup
 # lost before its token's expiry (evicted); 0: refused.
 # Expiry needs no clock here: Redis has dropped the lookup from expiredAt on, by its own clock.
 # ARGV[5], the caller's time, only stamps lastUsed, as to the minute as any host's clock is.
-# ARGV: prefix, lastUsed granularity ms, the admin role, then those that change per call (the
-# token's SHA-256, the time, and '1' to stamp lastUsed or '0' to leave it, for introspection,
-# which must not touch the token it looks at), last, so that each call packs only those.
+# KEYS: the shard's gen. ARGV: the shard's prefix, lastUsed granularity ms, the admin role, then
+# those that change per call (the token's SHA-256, the time, and '1' to stamp lastUsed or '0' to
+# leave it, for introspection, which must not touch the token it looks at), last, so that each
+# call packs only those.
 _VERIFY = (
     LUA_COMMON
     + """
@@ -68,8 +70,9 @@ return {id, owner, p[1], p[2], p[3], p[4], created, expires, used}
 )
 
 
-# The verify script's arguments that never change, before the token's SHA-256, time and stamp.
-_VERIFY_FIXED_ARGS = (PREFIX, LAST_USED_GRANULARITY_MS, ADMIN)
+# The verify script's arguments that never change, after the shard's prefix and before the
+# token's SHA-256, time and stamp.
+_VERIFY_FIXED_ARGS = (LAST_USED_GRANULARITY_MS, ADMIN)
 
 
 class Principal(NamedTuple):
@@ -101,17 +104,24 @@ class TokenVerifier(Protocol):
 
 
 class Verifier:
-    def __init__(self, redis: Redis, token_prefix: str, floor: Floor | None = None) -> None:
+    def __init__(
+        self, redis: Redis, token_prefix: str, floor: Floor | None = None, layout: Layout = SINGLE
+    ) -> None:
         """`floor`: this process's writes' (`Floor`), landed before it asks Redis anything."""
         self.redis = redis
         self.token_prefix = token_prefix
         self.floor = floor
+        self.layout = layout
         self._verify = redis.register_script(_VERIFY)
-        self._threads = threading.local()  # each thread's own connection
-        # The verify call as sent on the wire (RESP), but for the arguments each call adds:
-        # redis-py's pack_command took 4 µs a call to pack it, of a round trip of about 55.
-        fixed = ["EVALSHA", self._verify.sha, 1, GENERATION, *_VERIFY_FIXED_ARGS]
-        self._verify_head = b"*%d\r\n" % (len(fixed) + 3) + b"".join(map(bulk, fixed))
+        self._threads = threading.local()  # each thread's own connection to each server
+        self._pools: dict[str, ConnectionPool] = {}  # shard -> its server's (a cluster's node)
+        # The verify call as sent on the wire (RESP), per shard, but for the arguments each call
+        # adds: redis-py's pack_command took 4 µs a call to pack it, of a round trip of about 55.
+        self._verify_heads = {prefix: self._head(prefix) for prefix in layout.prefixes}
+
+    def _head(self, prefix: str) -> bytes:
+        fixed = ["EVALSHA", self._verify.sha, 1, prefix + "gen", prefix, *_VERIFY_FIXED_ARGS]
+        return b"*%d\r\n" % (len(fixed) + 3) + b"".join(map(bulk, fixed))
 
     def verify(self, value: str) -> Principal | None:
         """Rule 4, counted as a use of the token (lastUsed)."""
@@ -160,30 +170,48 @@ class Verifier:
         return Found(principal, min(until, int(expires or until)) / 1000)
 
     def _evalsha_verify(self, sha: bytes, now_ms: int, stamp: bytes) -> Any:
-        """The verify script on this thread's own connection, held for the thread's life.
+        """The verify script on this thread's own connection to the token's server, held for
+        the thread's life.
 
         Every API call comes here, and checking a connection out of redis-py's pool and back
         costs as much CPU as the round trip itself. The pool still owns the connection (it is
         checked out, never returned), so closing the client closes it; a broken one is dropped
         and the next call reconnects, and a Redis that lost its scripts gets this one again.
         """
-        conn: Any = getattr(self._threads, "conn", None)  # redis-py leaves it untyped
-        if conn is None:
-            conn = self._threads.conn = self.redis.connection_pool.get_connection()
+        prefix = self.layout.of_token(sha)
+        conn = self._connection(prefix)
         try:
-            return self._send_verify(conn, sha, now_ms, stamp)
+            return self._send_verify(conn, prefix, sha, now_ms, stamp)
         except RedisConnectionError:
             # A connection left idle across a Redis restart fails at its first use; redis-py's
             # own client retries that once, and so does this, on a fresh connection.
-            return self._send_verify(conn, sha, now_ms, stamp)
+            return self._send_verify(conn, prefix, sha, now_ms, stamp)
 
-    def _send_verify(self, conn: Any, sha: bytes, now_ms: int, stamp: bytes) -> Any:
+    def _connection(self, prefix: str) -> Any:  # redis-py leaves connections untyped
+        pool = self._pools.get(prefix)
+        if pool is None:
+            client = self.redis
+            if isinstance(client, RedisCluster):  # the node that serves the shard's slot
+                client = client.get_redis_connection(client.get_node_from_key(prefix + "gen"))
+            pool = self._pools[prefix] = client.connection_pool
+        conns = self._threads.__dict__.setdefault("conns", {})
+        conn = conns.get(id(pool))
+        if conn is None:
+            conn = conns[id(pool)] = pool.get_connection()
+        return conn
+
+    def _send_verify(self, conn: Any, prefix: str, sha: bytes, now_ms: int, stamp: bytes) -> Any:
         try:
-            conn.send_packed_command([self._verify_head + bulk(sha) + bulk(now_ms) + bulk(stamp)])
+            head = self._verify_heads[prefix]
+            conn.send_packed_command([head + bulk(sha) + bulk(now_ms) + bulk(stamp)])
             return conn.read_response()
-        except NoScriptError:  # Redis restarted or flushed its scripts: load it again
-            args: list[bytes | str | int] = [*_VERIFY_FIXED_ARGS, sha, now_ms, stamp]
-            return self._verify(keys=[GENERATION], args=args, client=self.redis)
+        except (NoScriptError, MovedError, AskError):
+            # Redis restarted or flushed its scripts, or the shard's slot moved to another node
+            # of the cluster: the client's own call loads the script and follows the cluster,
+            # and the next call asks where the slot is now.
+            self._pools.pop(prefix, None)
+            args: list[bytes | str | int] = [prefix, *_VERIFY_FIXED_ARGS, sha, now_ms, stamp]
+            return self._verify(keys=[prefix + "gen"], args=args, client=self.redis)
         except Exception:
             conn.disconnect()  # in an unknown state: the next use connects afresh
             raise

@@ -27,11 +27,12 @@ from ledger import events
 from ledger.application import Saved
 from ledger.domainmodel import Lockout, Person, Token, UsageReport, Workspace, expiry, lockout_key
 from projections.attempts import BLOCKED
-from projections.keys import GENERATION, LUA_COMMON, PREFIX, flatten, to_ms
+from projections.keys import LUA_COMMON, SINGLE, Layout, each_shard, flatten, to_ms
 from projections.revocations import Floor, Revocations
 
 Op = list[bytes | str | int]
 
+# One shard's write: ARGV[1] is its prefix, KEYS[1] its `gen`, and every op is of a key in it.
 # Generations the write goes to: ARGV[2] '*' (the live one and the one being rebuilt, for the
 # API's read-your-writes; '+' the same for aggregates written again, whose deletion leaves a
 # tombstone only over a lookup still there, so that one the projector passed long ago is not
@@ -41,6 +42,7 @@ Op = list[bytes | str | int]
 # projector its generation is gone (flushed, or replaced by a rebuild).
 _APPLY = (
     LUA_COMMON
+    + f"local BLOCKED = '{BLOCKED}'\n"
     + """
 local prefix, target, position = ARGV[1], ARGV[2], ARGV[3]
 local now  -- Redis's clock, read once if an issue needs it
@@ -131,12 +133,12 @@ for _, gen in ipairs(gens) do
       end
       i = i + 4
     elseif op == 'B' then
-      -- a lockout: the attempt limiter's block (projections/attempts.py), key and end ms;
-      -- the same in every generation, and kept only while the lockout lasts
+      -- a lockout: the attempt limiter's block (projections/attempts.py) of a subject in this
+      -- shard, and its end ms; the same in every generation, kept only while it lasts
       if new then
         now = now or now_ms()
         if tonumber(ARGV[i + 3]) > now then
-          redis.call('SET', ARGV[i + 2], '1', 'PXAT', ARGV[i + 3])
+          redis.call('SET', prefix .. BLOCKED .. ARGV[i + 2], '1', 'PXAT', ARGV[i + 3])
         end
       end
       i = i + 4
@@ -154,25 +156,52 @@ return #gens
 
 
 class Batch(NamedTuple):
-    """Stored events in store order, the position the last of them reaches, and the write
-    script's arguments for what they change: made apart from the write, so that the projector
-    makes the next batch while Redis applies this one."""
+    """Stored events in store order, the position the last of them reaches, and each shard's
+    write script arguments for what they change: made apart from the write, so that the
+    projector makes the next batch while Redis applies this one."""
 
     events: Sequence[StoredEvent]
     position: int
-    args: list[bytes | str | int]
+    args: list[list[bytes | str | int]]  # one list per shard of the layout, in its order
     revokes: bool  # whether applying it may stop a token verifying
 
     @classmethod
-    def of(cls, stored: Sequence[StoredEvent], position: int) -> Batch:
+    def of(cls, stored: Sequence[StoredEvent], position: int, layout: Layout = SINGLE) -> Batch:
         ops = [op for event in stored for op in ops_for_event(event, position)]
         revokes = events.revokes_any(event.topic for event in stored)
-        return cls(stored, position, flatten(ops), revokes)
+        return cls(stored, position, per_shard(ops, layout), revokes)
+
+
+def per_shard(ops: Sequence[Op], layout: Layout) -> list[list[bytes | str | int]]:
+    """Each shard's ops, flattened into script arguments: a token's and a lockout's go to their
+    own shard, a person's and a workspace's to every shard, which each keep a copy."""
+    if len(layout.prefixes) == 1:
+        return [flatten(ops)]
+    shards: dict[str, list[bytes | str | int]] = {prefix: [] for prefix in layout.prefixes}
+    for op in ops:
+        kind = op[0]
+        if kind in TOKEN_OPS:
+            shards[layout.of_token(cast(bytes, op[2]))].extend(op)
+        elif kind == "B":
+            shards[layout.of_subject(cast(str, op[2]))].extend(op)
+        else:
+            # Encoded once, not once per shard by the client (most of a rebuild's packing).
+            encoded = [part if isinstance(part, bytes) else str(part).encode() for part in op]
+            for args in shards.values():
+                args.extend(encoded)
+    return list(shards.values())
+
+
+TOKEN_OPS = frozenset({"T", "X", "U"})  # ops whose third part is a token's SHA-256
 
 
 class Writer:
     def __init__(
-        self, redis: Redis, revocations: Revocations | None = None, floor: Floor | None = None
+        self,
+        redis: Redis,
+        revocations: Revocations | None = None,
+        floor: Floor | None = None,
+        layout: Layout = SINGLE,
     ) -> None:
         """`revocations`: where API processes cache verifications, the announcement that
         Rule 5 needs of every write that may revoke, from whichever process makes it.
@@ -180,12 +209,14 @@ class Writer:
         self.redis = redis
         self.revocations = revocations
         self.floor = floor
+        self.layout = layout
         self._apply = redis.register_script(_APPLY)
 
     def apply_saved(self, saved: Saved) -> None:
         """Read-your-writes: whole states at their new versions, to every live generation,
         each with the position of its last event (`Ledger.save`); then, where verifications
-        are cached, no process's cache may still hold what this write revoked (Rule 5)."""
+        are cached, no process's cache may still hold what this write revoked (Rule 5). On a
+        cluster the shards are written one script each, all before the call returns."""
         ops = [op for aggregate, at in saved.aggregates for op in ops_for_aggregate(aggregate, at)]
         revocations = self.revocations if saved.revokes else None
         started = time.monotonic()
@@ -194,8 +225,14 @@ class Writer:
                 self.floor.land()
             if ops:
                 target = "+" if saved.again else "*"
-                args = [PREFIX, target, "", *flatten(ops)]
-                self._apply(keys=[GENERATION], args=args, client=self.redis)
+                calls = [
+                    ([prefix + "gen"], [prefix, target, "", *args])
+                    for prefix, args in zip(
+                        self.layout.prefixes, per_shard(ops, self.layout), strict=True
+                    )
+                    if args
+                ]
+                each_shard(self.redis, self._apply, calls)
             if revocations is not None:
                 revocations.announce()
         except RedisError:
@@ -208,7 +245,7 @@ class Writer:
             raise
 
     def apply_events(self, stored: Sequence[StoredEvent], position: int, generation: int) -> bool:
-        return self.apply_batch(Batch.of(stored, position), generation)
+        return self.apply_batch(Batch.of(stored, position, self.layout), generation)
 
     def revoked_elsewhere(self) -> None:
         """The projector applied a batch that may revoke. The API announced most such writes
@@ -219,16 +256,18 @@ class Writer:
             self.revocations.announce(wait=False)
 
     def apply_batch(self, batch: Batch, generation: int) -> bool:
-        """The projector's write: a batch's changes, and the position it reaches, at once.
+        """The projector's write: a batch's changes, and the position it reaches, at once in
+        each shard (every shard, so that each one's position moves on).
 
-        False when `generation` is no longer live or being built (flushed, or replaced).
+        False when `generation` is no longer live or being built in some shard (flushed, or
+        replaced): the projector starts over, and a shard written already takes the batch
+        again as a no-op, by position.
         """
-        written = self._apply(
-            keys=[GENERATION],
-            args=[PREFIX, generation, batch.position, *batch.args],
-            client=self.redis,
-        )
-        return bool(written)
+        calls = [
+            ([prefix + "gen"], [prefix, generation, batch.position, *args])
+            for prefix, args in zip(self.layout.prefixes, batch.args, strict=True)
+        ]
+        return all(each_shard(self.redis, self._apply, calls))
 
 
 def ops_for_event(stored: StoredEvent, at: int) -> list[Op]:
@@ -382,7 +421,7 @@ def _token_issued(
 
 def _block(at: int, scope: str, subject: str, until: datetime) -> Op:
     """A lockout, into the attempt limiter's block for its subject while it lasts (Rule 8)."""
-    return ["B", at, BLOCKED + lockout_key(scope, subject), to_ms(until)]
+    return ["B", at, lockout_key(scope, subject), to_ms(until)]
 
 
 def _hash(op: str, at: int, key: bytes, version: int, fields: dict[str, Any]) -> Op:

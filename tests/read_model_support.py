@@ -28,23 +28,34 @@ def status(verifier: TokenVerifier, value: str) -> str:
     return "refused" if principal is None else "valid"
 
 
+# Every shard's tag starts with tl (projections/keys.py): `{tl}:` on a single Redis.
+KEYS = b"{tl*}:*"
+GENERATION_KEY = re.compile(rb"(\{tl[^}]*\}:)(\d+):")
+
+
 def dump(redis: Any, *, generation_only: bool = False, last_used: bool = True) -> dict[Any, Any]:
-    """Every read-model key and its value. With `generation_only`, just the live generation's
-    keys, with the generation number taken out of their names (`{tl}:G:...`); without
-    `last_used`, lookups and listing records without their lastUsed."""
+    """Every read-model key and its value. With `generation_only`, just each shard's live
+    generation's keys, with the generation number taken out of their names (`{tl}:G:...`);
+    without `last_used`, lookups and listing records without their lastUsed."""
     out: dict[Any, Any] = {}
-    live = redis.get("{tl}:gen")
-    for key in redis.scan_iter(match=b"{tl}:*"):
+    live: dict[bytes, bytes | None] = {}  # shard prefix -> its live generation
+    for key in redis.scan_iter(match=KEYS):
         if generation_only:
-            if live is None or not key.startswith(b"{tl}:" + live + b":"):
+            found = GENERATION_KEY.match(key)
+            if found is None:
                 continue
-            name = b"{tl}:G:" + key[len(b"{tl}:" + live + b":") :]
+            prefix = found.group(1)
+            if prefix not in live:
+                live[prefix] = redis.get(prefix + b"gen")
+            if found.group(2) != live[prefix]:
+                continue
+            name = prefix + b"G:" + key[found.end() :]
         else:
             name = key
         kind = redis.type(key)
         if kind == b"hash":
             value: Any = redis.hgetall(key)
-            if not last_used and re.match(rb"\{tl\}:\d+:m:", key):
+            if not last_used and re.match(rb"\{tl[^}]*\}:\d+:m:", key):
                 # lastUsed and description: what is left is the description, if any
                 value = {k: d for k, v in value.items() if (d := v.split(b" ", 1)[1])}
                 if not value:
@@ -53,7 +64,7 @@ def dump(redis: Any, *, generation_only: bool = False, last_used: bool = True) -
             value = redis.zrange(key, 0, -1, withscores=True)
         elif kind == b"string":
             value = redis.get(key)
-            if not last_used and re.match(rb"\{tl\}:\d+:t:", key) and value != b"0":
+            if not last_used and re.match(rb"\{tl[^}]*\}:\d+:t:", key) and value != b"0":
                 value = b"1"  # an active token's lookup holds its lastUsed, if any
         elif kind == b"none":  # deleted, or expired, while we looked
             continue
@@ -82,10 +93,10 @@ def mentions(redis: Any, needle: bytes) -> list[bytes]:
 def generations(redis: Any) -> set[bytes]:
     """The generation numbers that have keys in Redis."""
     found = set()
-    for key in redis.scan_iter(match=b"{tl}:*"):
-        match = re.match(rb"\{tl\}:(\d+):", key)
+    for key in redis.scan_iter(match=KEYS):
+        match = GENERATION_KEY.match(key)
         if match:
-            found.add(match.group(1))
+            found.add(match.group(2))
     return found
 
 

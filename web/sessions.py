@@ -83,7 +83,8 @@ class SessionStore:
         ended = [k.decode() for k in self.redis.smembers(index)]  # type: ignore[union-attr]
         if ended:
             with self.redis.pipeline(transaction=False) as pipe:
-                pipe.delete(*ended)
+                for key in ended:  # one by one: on a cluster, each may be in a slot of its own
+                    pipe.delete(key)
                 pipe.srem(index, *ended)
                 pipe.execute()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+import redis
 
 from tests.conftest import IN_CI
 
@@ -61,21 +63,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port, 10,000 higher, is free too."""
+    for _ in range(100):
+        port = random.randrange(20000, 55535)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise OSError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """A redis-server of the tests' own on a free port, which tests may flush, kill and start
     again (on the same port, empty, as after a crash: it keeps nothing on disk)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, cluster: bool = False) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             unavailable("redis-server is not installed")
         self.executable = str(executable)
-        self.port = free_port()
+        self.port = free_cluster_port() if cluster else free_port()
         self.dir = tempfile.mkdtemp(prefix="ledger-redis-")
+        self.cluster = cluster
         self.start()
 
     def start(self) -> None:
         options = {"port": self.port, "bind": "127.0.0.1", "save": "", "appendonly": "no"}
+        if self.cluster:  # its node file in its own folder
+            options |= {"cluster-enabled": "yes", "cluster-config-file": "nodes.conf"}
         args = [arg for name, value in options.items() for arg in (f"--{name}", str(value))]
         self.process = subprocess.Popen(
             [self.executable, *args, "--dir", self.dir], stdout=subprocess.DEVNULL
@@ -124,3 +143,76 @@ def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('store')}/ledger.sqlite"
     return str(request.getfixturevalue("postgres_url"))
+
+
+class RedisClusterServers:
+    """A Redis Cluster of the tests' own: three masters (no replicas) on free ports, made with
+    `redis-cli --cluster create`, which gives each an equal range of slots. `flush` empties
+    every master, as a cluster restarted without persistence would be."""
+
+    MASTERS = 3
+
+    def __init__(self) -> None:
+        redis_cli = shutil.which("redis-cli")
+        if redis_cli is None:
+            unavailable("redis-cli is not installed")
+        self.servers: list[RedisServer] = []
+        try:
+            for _ in range(self.MASTERS):
+                self.servers.append(RedisServer(cluster=True))
+        except BaseException:  # a node that did not start (skipped or failed): none left behind
+            self.stop()
+            raise
+        nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
+        create = ["--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+        created = subprocess.run(
+            [str(redis_cli), *create],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if created.returncode != 0 or not self._wait_until_ok():
+            self.stop()
+            unavailable(f"redis-cli --cluster create failed: {created.stdout[-500:]}")
+
+    def _wait_until_ok(self) -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = []
+            for server in self.servers:
+                with redis_client(server.port) as client:
+                    states.append(client.cluster("info")["cluster_state"])
+            if states == ["ok"] * len(self.servers):
+                return True
+            time.sleep(0.1)
+        return False
+
+    @property
+    def url(self) -> str:
+        """Names one node only: the client discovers the others."""
+        return f"redis+cluster://127.0.0.1:{self.servers[-1].port}"
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+    def flush(self) -> None:
+        for server in self.servers:
+            with redis_client(server.port) as client:
+                client.flushall()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def redis_client(port: int) -> redis.Redis:
+    return redis.Redis(port=port, socket_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers()
+    yield cluster
+    cluster.stop()

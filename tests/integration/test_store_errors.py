@@ -99,9 +99,9 @@ def test_a_postgresql_that_cannot_be_reached(tmp_path, command):
     [
         (
             "http://127.0.0.1:6379",
-            "LEDGER_REDIS_URL must start with redis://, rediss:// or unix://",
+            "LEDGER_REDIS_URL must start with redis://, rediss://, unix:// or redis+cluster://",
         ),
-        ("redis+cluster://127.0.0.1:7000", "redis+cluster:// (Redis Cluster) is not supported yet"),
+        ("redis+cluster://127.0.0.1", "redis+cluster:// takes host:port[,host:port…]"),
     ],
 )
 def test_an_unsupported_redis_url(tmp_path, command, url, problem):

@@ -67,14 +67,24 @@ def test_a_store_that_cannot_be_opened_is_one_line_naming_the_setting(tmp_path):
     "url", ["redis://127.0.0.1:6379/0", "rediss://cache.internal:6380", "unix:///run/redis.sock"]
 )
 def test_redis_urls_of_a_single_server_are_accepted(url):
-    assert Settings.from_env({"LEDGER_REDIS_URL": url}).redis_url == url
+    settings = Settings.from_env({"LEDGER_REDIS_URL": url})
+    assert settings.redis_url == url and settings.redis_cluster is None
+
+
+def test_a_cluster_url_names_the_nodes_to_discover_it_from():
+    url = "redis+cluster://ops:hunter2%40x@10.0.0.1:7000,cache-b:7001,[::1]:7002"
+    cluster = Settings.from_env({"LEDGER_REDIS_URL": url}).redis_cluster
+    assert cluster is not None
+    assert cluster.nodes == (("10.0.0.1", 7000), ("cache-b", 7001), ("::1", 7002))
+    assert (cluster.username, cluster.password) == ("ops", "hunter2@x")
 
 
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("http://:hunter2hunter2@cache:6379", "must start with redis://, rediss:// or unix://"),
-        ("redis+cluster://a:7000,b:7000", "Redis Cluster) is not supported yet"),
+        ("http://:hunter2hunter2@cache:6379", "must start with redis://, rediss://, unix:// or"),
+        ("redis+cluster://:hunter2hunter2@a:7000,b", "takes host:port[,host:port…]"),
+        ("redis+cluster://a:7000,b:70000", "takes host:port[,host:port…]"),
     ],
 )
 def test_other_redis_urls_are_one_clear_error(url, problem):

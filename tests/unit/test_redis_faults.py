@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from ledger.domainmodel import TokenAlreadyDeleted
+from projections.keys import PREFIX
 from projections.revocations import FLOOR
 from projections.verifier import Verifier
 from tests.read_model_support import mentions
@@ -55,7 +56,7 @@ def test_a_retry_that_finds_its_change_made_brings_it_to_redis(command: Command)
     except TokenAlreadyDeleted:
         assert command is delete
     assert rig.status(value) == "not ready"  # the floor of the failed call, still ahead
-    rig.redis.delete(FLOOR)  # what the read model itself holds: the retry brought it in
+    rig.redis.delete(PREFIX + FLOOR)  # what the read model itself holds: the retry brought it in
     assert rig.status(value) == "refused"
 
 

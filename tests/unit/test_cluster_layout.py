@@ -1,0 +1,115 @@
+"""The read models' cluster layout (projections/keys.py) on fakeredis: its shards spread over the
+slot space, every script's keys share its declared key's slot, listings merged from shards page
+as one, and a rebuild whose switch a shard refuses is redone. A real cluster runs the rest
+(tests/integration/test_cluster.py)."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from bootstrap import Role, Services, Tuning, build
+from ledger.config import Settings
+from ledger.domainmodel import ADMIN, USERNAME_LIMIT, AuditContext, AuthenticationFailed
+from projections.keys import CLUSTER, CLUSTER_SHARDS, SINGLE
+from tests.conftest import FAST_ARGON2, PASSWORD
+from tests.read_model_support import Secret, status
+
+CLI = AuditContext.cli()
+
+
+@pytest.fixture
+def api() -> Services:
+    settings = Settings(database_url="memory://", argon2=FAST_ARGON2)
+    redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    built = build(settings, Role.API, redis=redis, followers=[], tuning=Tuning(layout=CLUSTER))
+    built.projector.run_once()
+    return built
+
+
+def test_the_shards_lie_evenly_around_the_slot_space():
+    slots = sorted(key_slot(prefix[1:].split("}")[0].encode()) for prefix in CLUSTER.prefixes)
+    assert (
+        len(set(CLUSTER.prefixes)) == CLUSTER_SHARDS and CLUSTER.prefixes[0] == SINGLE.prefixes[0]
+    )
+    step = REDIS_CLUSTER_HASH_SLOTS // CLUSTER_SHARDS
+    gaps = [
+        (b - a) % REDIS_CLUSTER_HASH_SLOTS
+        for a, b in zip(slots, [*slots[1:], slots[0]], strict=True)
+    ]
+    assert all(step - step // 8 < gap < step + step // 8 for gap in gaps)
+    # Masters with equal ranges of slots, as `redis-cli --cluster create` makes them.
+    for masters in (3, 4, 5, 6):
+        width = REDIS_CLUSTER_HASH_SLOTS / masters
+        owned = [sum(1 for slot in slots if int(slot // width) == m) for m in range(masters)]
+        assert min(owned) >= CLUSTER_SHARDS // masters
+
+
+def test_every_key_is_in_the_slot_of_its_shard_s_declared_key(api):
+    ledger = api.ledger
+    workspace = ledger.create_workspace("acme", CLI)
+    admin = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+    ctx = AuditContext("password", actor_id=admin)
+    values = [Secret(ledger.issue_token(ctx, description=f"t{n}")[0]) for n in range(40)]
+    for value in values[:10]:
+        api.verifier.verify(value)
+    ledger.delete_all_tokens(ctx)
+    values.append(Secret(ledger.issue_token(ctx)[0]))
+    for _ in range(USERNAME_LIMIT.limit):
+        with pytest.raises(AuthenticationFailed):
+            ledger.authenticate("ada", "not the password", AuditContext("password"))
+    assert api.projector.run_once() > 0
+    assert api.projector.rebuild() is not None
+    found = list(api.redis.scan_iter())
+    assert len(found) > 3 * CLUSTER_SHARDS
+    tags = {prefix.encode(): key_slot((prefix + "gen").encode()) for prefix in CLUSTER.prefixes}
+    for key in found:
+        prefix = key[: key.index(b"}:") + 2]
+        assert key_slot(key) == tags[prefix], key
+    # Every shard is used, and a token's keys are all in one.
+    assert {key[: key.index(b"}:") + 2] for key in found} == set(tags)
+    assert status(api.verifier, values[-1]) == "valid"
+
+
+def test_a_listing_merged_from_the_shards_pages_as_one(api):
+    ledger = api.ledger
+    workspace = ledger.create_workspace("acme", CLI)
+    admin = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+    ctx = AuditContext("password", actor_id=admin)
+    ids = [str(ledger.issue_token(ctx)[1]["token_id"]) for _ in range(23)]
+    everything, count = api.listings.list_tokens(admin, limit=100, offset=0)
+    assert count == 23 and sorted(t["token_id"] for t in everything) == sorted(ids)
+    assert [t["created_at"] for t in everything] == sorted(
+        (t["created_at"] for t in everything), reverse=True
+    )
+    pages = [api.listings.list_tokens(admin, limit=5, offset=n)[0] for n in range(0, 25, 5)]
+    assert [t for page in pages for t in page] == everything
+    active, active_count = api.listings.list_tokens(admin, limit=4, offset=2, status="active")
+    assert (active, active_count) == (everything[2:6], 23)
+
+
+def test_a_switch_that_a_shard_refuses_is_not_live_and_the_projector_rebuilds(api):
+    ledger = api.ledger
+    workspace = ledger.create_workspace("acme", CLI)
+    admin = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+    value = Secret(ledger.issue_token(AuditContext("password", actor_id=admin))[0])
+    before = api.generations.generation()
+    generations = api.generations
+    generation = generations.begin_rebuild()
+    assert generation is not None
+    assert api.writer.apply_events(
+        list(ledger.recorder.select_notifications(1, 100)),
+        ledger.recorder.max_notification_id(),
+        generation,
+    )
+    api.redis.delete(CLUSTER.prefixes[5] + "claim")  # that shard was flushed meanwhile, say
+    assert not generations.finish_rebuild(generation)
+    # Each shard answers from a whole generation, old or new; the projector follows neither
+    # until a rebuild has made one live everywhere.
+    assert status(api.verifier, value) == "valid"
+    assert generations.live() is None and generations.is_ready()
+    api.redis.delete(CLUSTER.prefixes[0] + "building")  # its claim runs out
+    api.projector.run_once()
+    assert generations.generation() not in (None, before, generation)
+    assert status(api.verifier, value) == "valid"
