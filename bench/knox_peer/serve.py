@@ -31,12 +31,12 @@ def knox_peer(postgres_url: str) -> Iterator[tuple[Served, dict[str, str]]]:
     """Serve the peer and yield it with the headers that authenticate as its one user.
 
     A fresh schema, migrated, with a user and a knox token made in a subprocess; gunicorn with
-    the plain app's settings (bench.http: WORKERS x THREADS gthread, --reuse-port, its access
-    log); ready once an authenticated GET answers 200. Afterwards gunicorn is stopped and the
-    schema dropped. `postgres_url`'s query string (such as the tests' `?schema=`) is ignored.
+    the plain app's settings (bench.http.gunicorn_command); ready once an authenticated GET
+    answers 200. Afterwards gunicorn is stopped and the schema dropped. `postgres_url`'s query
+    string (such as the tests' `?schema=`) is ignored.
     """
     # Here rather than at the top: bench.http imports this module.
-    from bench.http import ACCESS_LOG_FORMAT, THREADS, WORKERS, Served
+    from bench.http import Served, gunicorn_command
     from tests.integration.conftest import free_port
 
     database_url = urlsplit(postgres_url)._replace(query="", fragment="").geturl()
@@ -64,22 +64,12 @@ def knox_peer(postgres_url: str) -> Iterator[tuple[Served, dict[str, str]]]:
         port = free_port()
         with tempfile.TemporaryFile() as log:
             server = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "gunicorn"),
-                    "--workers", str(WORKERS),
-                    "--worker-class", "gthread",
-                    "--threads", str(THREADS),
-                    "--reuse-port",
-                    "--bind", f"127.0.0.1:{port}",
-                    "--access-logfile", "-",
-                    "--access-logformat", ACCESS_LOG_FORMAT,
-                    "bench.knox_peer.wsgi:application",
-                ],
+                gunicorn_command("bench.knox_peer.wsgi:application", port),
                 env=env,
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-            )  # fmt: skip
+            )
             try:
                 url = f"http://127.0.0.1:{port}"
                 _wait_ready(url + PATH, auth, server, log)

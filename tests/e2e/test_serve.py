@@ -6,10 +6,8 @@ socket per worker."""
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import requests
 
 from tests.e2e.conftest import ADMIN, BIN, Server, free_port, ledger_env, remember
 from tests.read_model_support import Secret
+from tests.slow_clients import slow_requests, trickling
 
 pytestmark = pytest.mark.e2e
 
@@ -157,7 +156,7 @@ def _sockets(pid: str, port: int, state: str) -> set[str]:
     return found
 
 
-SLOW_CLIENTS = 40  # half sending a request head, half a body, a byte a second
+SLOW_CLIENTS = 40
 
 
 def test_slow_clients_do_not_delay_an_authenticated_request_beyond_a_second(http, server):
@@ -167,24 +166,7 @@ def test_slow_clients_do_not_delay_an_authenticated_request_beyond_a_second(http
     of the server's 2 workers. Meanwhile every authenticated request is answered in a second."""
     value, _ = http.issue(ADMIN)
     port = int(server.url.rsplit(":", 1)[1])
-    heads = [b"GET /v4/people/current HTTP/1.1\r\nHost: e2e\r\nX-Padding: " + b"a" * 100]
-    form = b"POST /login HTTP/1.1\r\nHost: e2e\r\nContent-Type: application/x-www-form-urlencoded"
-    api = (
-        b"POST /v4/apiAccessTokens HTTP/1.1\r\nHost: e2e\r\nContent-Type: application/json\r\n"
-        b"Authorization: Bearer " + value.encode()
-    )
-    bodies = [start + b"\r\nContent-Length: 100\r\n\r\n" for start in (form, api)]
-    stop = threading.Event()
-    trickles = [
-        threading.Thread(target=_trickle, args=(port, head, b"", stop), daemon=True)
-        for head in heads * (SLOW_CLIENTS // 2)
-    ] + [
-        threading.Thread(target=_trickle, args=(port, head, b"{" * 100, stop), daemon=True)
-        for head in bodies * (SLOW_CLIENTS // 4)
-    ]
-    for trickle in trickles:
-        trickle.start()
-    try:
+    with trickling(port, slow_requests(value, SLOW_CLIENTS)) as trickles:
         time.sleep(3)  # every slow client has sent its first bytes, and a body holds a thread
         took = []
         for _ in range(20):
@@ -193,21 +175,4 @@ def test_slow_clients_do_not_delay_an_authenticated_request_beyond_a_second(http
             took.append(time.monotonic() - started)
             time.sleep(0.1)
         assert sum(t.is_alive() for t in trickles) == SLOW_CLIENTS  # still trickling
-    finally:
-        stop.set()
     assert max(took) < 1.0, took
-
-
-def _trickle(port: int, start: bytes, rest: bytes, stop: threading.Event) -> None:
-    """Sends `start` at once, then `rest` a byte a second (or, with no rest, `start`'s last
-    bytes again and again: a head that never ends), until `stop`."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(start)
-        for byte in rest or iter(lambda: b"a", None):
-            if stop.wait(1):
-                return
-            try:
-                conn.send(byte if isinstance(byte, bytes) else bytes([byte]))
-            except OSError:
-                stop.wait()  # the server closed it (a head read for too long): hold on
-                return
