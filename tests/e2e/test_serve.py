@@ -6,15 +6,18 @@ socket per worker."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.conftest import ADMIN, BIN, Server, free_port, ledger_env, remember
+from tests.e2e.conftest import ADMIN, BIN, Http, Server, free_port, ledger_env, remember
 from tests.read_model_support import Secret
 from tests.slow_clients import slow_requests, trickling
 
@@ -176,3 +179,91 @@ def test_slow_clients_do_not_delay_an_authenticated_request_beyond_a_second(http
             time.sleep(0.1)
         assert sum(t.is_alive() for t in trickles) == SLOW_CLIENTS  # still trickling
     assert max(took) < 1.0, took
+
+
+def test_a_second_server_on_a_port_already_served_is_one_line_and_exit_1(e2e_env, server):
+    port = server.url.rsplit(":", 1)[1]
+    for reuse_port in ("--reuse-port", "--no-reuse-port"):
+        done = subprocess.run(
+            [str(BIN / "ledger"), "serve", "--workers", "2", reuse_port, "--port", port],
+            env=e2e_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1
+        assert (
+            done.stderr
+            == f"Error: cannot listen on 127.0.0.1 port {port}: Address already in use\n"
+        )
+
+
+@pytest.fixture
+def own_server(e2e_env, logs) -> Iterator[Server]:
+    """A server of the test's own, on the session's store and Redis, to kill workers of."""
+    port = free_port()
+    served = Server(
+        [str(BIN / "ledger"), "serve", "--workers", "2", "--reuse-port", "--port", str(port)],
+        e2e_env,
+        logs / f"own-{port}.log",
+        port,
+    )
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        served.stop()
+
+
+HEALTHZ_OK = 'ledger_http_requests_total{method="GET",route="/healthz",status="200"}'
+
+
+def _healthz_count(url: str) -> float:
+    lines = requests.get(f"{url}/metrics", timeout=10).text.splitlines()
+    return next((float(line.split()[-1]) for line in lines if line.startswith(HEALTHZ_OK)), 0.0)
+
+
+def test_metrics_add_up_every_worker_and_keep_a_restarted_workers_counts(own_server):
+    url = own_server.url
+    before = _healthz_count(url)
+    for _ in range(40):  # each on a new connection: both workers answer some
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    assert {_healthz_count(url) for _ in range(10)} == {before + 40}  # whichever worker scrapes
+
+    master = own_server.process.pid
+    workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    os.kill(int(workers[0]), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while own_server.started_workers() < 3:  # granian starts a new one in its place
+        assert time.monotonic() < deadline, own_server.output()
+        time.sleep(0.2)
+    assert {_healthz_count(url) for _ in range(10)} == {before + 40}  # not gone, not doubled
+    for _ in range(10):
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    assert _healthz_count(url) == before + 50
+
+
+def test_sigterm_lets_a_request_in_flight_finish_and_then_stops(own_server):
+    """A request whose body is still arriving when the server is told to stop is answered,
+    and the server then exits by itself."""
+    http = Http(own_server.url)
+    value, _ = http.issue(ADMIN)
+    port = int(own_server.url.rsplit(":", 1)[1])
+    body = b'{"description": "in flight"}'
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(
+            b"POST /v4/apiAccessTokens HTTP/1.1\r\nHost: e2e\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + value.encode() + b"\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:5]
+        )
+        time.sleep(0.5)  # the request is in a worker, waiting for the rest of its body
+        own_server.process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        conn.sendall(body[5:])
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.split(b" ", 2)[1] == b"201", answer[:300]
+    assert own_server.process.wait(timeout=30) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{own_server.url}/healthz", timeout=5)
