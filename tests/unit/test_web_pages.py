@@ -240,6 +240,25 @@ def test_the_session_ends_when_idle(services: Services, app, admin: Browser) -> 
     assert admin.get("/preferences/access-tokens").status_code == 302
 
 
+def test_an_unchanged_session_is_saved_only_when_its_idle_time_is_due_to_slide(
+    app, admin: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    store = app.extensions["web_sessions"]
+    admin.get("/preferences/access-tokens")  # the first page after signing in adds a CSRF token
+    saved: list[str] = []
+    save = store.save
+    monkeypatch.setattr(store, "save", lambda sid, data: (saved.append(sid), save(sid, data)))
+    start = store.clock()
+    assert admin.get("/preferences/access-tokens").status_code == 200
+    assert saved == []  # issue 21: a write to Redis on every request
+    due = start + store.idle_seconds / 30
+    store.clock = lambda: due
+    assert admin.get("/preferences/access-tokens").status_code == 200
+    assert len(saved) == 1
+    store.clock = lambda: due + store.idle_seconds - 1  # idle since `due`, not since `start`
+    assert admin.get("/preferences/access-tokens").status_code == 200
+
+
 def test_the_session_ends_at_its_absolute_limit_however_busy(
     services: Services, app, admin: Browser
 ) -> None:  # type: ignore[no-untyped-def]
