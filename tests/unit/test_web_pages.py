@@ -301,6 +301,22 @@ def test_the_access_tokens_page_has_the_seeds_columns_and_buttons(admin: Browser
     )
 
 
+def test_the_access_tokens_page_reads_the_signed_in_person_from_the_store_once(
+    services: Services, admin: Browser, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 21: the list took the person the session check had just read from the store.
+    repository = services.ledger.repository
+    read: list[object] = []
+    get = repository.get
+    monkeypatch.setattr(
+        repository,
+        "get",
+        lambda aggregate_id, **kw: (read.append(aggregate_id), get(aggregate_id, **kw))[1],
+    )
+    assert admin.get("/preferences/access-tokens").status_code == 200
+    assert read == [world.admin_id]
+
+
 def test_the_access_tokens_page_compiles_no_template_once_rendered(
     app: Flask, admin: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
