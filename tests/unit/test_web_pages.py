@@ -301,6 +301,14 @@ def test_the_access_tokens_page_has_the_seeds_columns_and_buttons(admin: Browser
     )
 
 
+def test_descriptions_are_escaped_in_token_tables(admin: Browser, world: World) -> None:
+    # Issue 21: the tables write the ids and times our code makes unescaped, never a description.
+    generate(admin, "10", '<b>mine</b> & "ours"')
+    for path in ("/preferences/access-tokens", f"/people/{world.admin_id}"):
+        page = admin.get(path).get_data(as_text=True)
+        assert "&lt;b&gt;mine&lt;/b&gt; &amp; &#34;ours&#34;" in page and "<b>" not in page, path
+
+
 def test_the_access_tokens_page_reads_the_signed_in_person_from_the_store_once(
     services: Services, admin: Browser, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
