@@ -2,10 +2,10 @@
 most 1.5 times the API's first page of the same size (`GET /v4/apiAccessTokens?limit=N`, N the
 page's size), both on the same server (bench/http.py's stack), with wrk, alternating.
 
-The page does more than the listing by design: it reads the signed-in person from the store
-(a disabled person or a changed password ends the session at once), the workspace's maximum
-lifetime for its dialog, and renders HTML; the API's Bearer check is answered from the
-verification cache.
+The page does more than the listing by design: it loads its session from Redis and renders
+HTML. Both read the caller from the store once (the page so that a disabled person or a changed
+password ends the session at once); the API's Bearer check is answered from the verification
+cache.
 """
 
 from __future__ import annotations

@@ -240,6 +240,25 @@ def test_the_session_ends_when_idle(services: Services, app, admin: Browser) -> 
     assert admin.get("/preferences/access-tokens").status_code == 302
 
 
+def test_an_unchanged_session_is_saved_only_when_its_idle_time_is_due_to_slide(
+    app, admin: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    store = app.extensions["web_sessions"]
+    admin.get("/preferences/access-tokens")  # the first page after signing in adds a CSRF token
+    saved: list[str] = []
+    save = store.save
+    monkeypatch.setattr(store, "save", lambda sid, data: (saved.append(sid), save(sid, data)))
+    start = store.clock()
+    assert admin.get("/preferences/access-tokens").status_code == 200
+    assert saved == []  # issue 21: a write to Redis on every request
+    due = start + store.idle_seconds / 30
+    store.clock = lambda: due
+    assert admin.get("/preferences/access-tokens").status_code == 200
+    assert len(saved) == 1
+    store.clock = lambda: due + store.idle_seconds - 1  # idle since `due`, not since `start`
+    assert admin.get("/preferences/access-tokens").status_code == 200
+
+
 def test_the_session_ends_at_its_absolute_limit_however_busy(
     services: Services, app, admin: Browser
 ) -> None:  # type: ignore[no-untyped-def]
@@ -280,6 +299,30 @@ def test_the_access_tokens_page_has_the_seeds_columns_and_buttons(admin: Browser
     assert "<caption>2 tokens</caption>" in admin.get("/preferences/access-tokens").get_data(
         as_text=True
     )
+
+
+def test_descriptions_are_escaped_in_token_tables(admin: Browser, world: World) -> None:
+    # Issue 21: the tables write the ids and times our code makes unescaped, never a description.
+    generate(admin, "10", '<b>mine</b> & "ours"')
+    for path in ("/preferences/access-tokens", f"/people/{world.admin_id}"):
+        page = admin.get(path).get_data(as_text=True)
+        assert "&lt;b&gt;mine&lt;/b&gt; &amp; &#34;ours&#34;" in page and "<b>" not in page, path
+
+
+def test_the_access_tokens_page_reads_the_signed_in_person_from_the_store_once(
+    services: Services, admin: Browser, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 21: the list took the person the session check had just read from the store.
+    repository = services.ledger.repository
+    read: list[object] = []
+    get = repository.get
+    monkeypatch.setattr(
+        repository,
+        "get",
+        lambda aggregate_id, **kw: (read.append(aggregate_id), get(aggregate_id, **kw))[1],
+    )
+    assert admin.get("/preferences/access-tokens").status_code == 200
+    assert read == [world.admin_id]
 
 
 def test_the_access_tokens_page_compiles_no_template_once_rendered(
