@@ -730,24 +730,25 @@ COMPONENTS = (  # by where a frame's file lives, as py-spy names it
 Step = tuple[str, str, bool]  # a step's name, the frame that finds it, whether it is ours
 # Steps of a request, each found by a frame's function and file as py-spy names it, and
 # whether it is ours (our code, or flask-smorest's wrapper around our view).
+# Our edge's work as a response starts: its headers, the metrics and the access log line (the
+# rest of `Edge` and `BodyFirst` is Flask's request, which they wrap).
 EDGE: Step = (
-    "our edge: request id, headers, metrics, access log (`Edge`)",
-    "Edge.__call__ (api/edge.py",
+    "our edge as the response starts: headers, metrics, access log (`Edge`)",
+    "finish (api/edge.py",
     True,
 )
 REQUEST_STEPS: tuple[Step, ...] = (
     ("Flask, all told (`Flask.wsgi_app`)", "Flask.wsgi_app (flask/", False),
-    ("our `BodyFirst`: the body, the running slot", "BodyFirst.__call__ (api/edge.py", True),
-    EDGE,
     ("our `authenticate`: verify() and the audit context", "authenticate (api/auth.py", True),
     ("flask-smorest's response: our view, the schema, the JSON", "ResponseMixin.response", True),
+    EDGE,
 )
 
 
 def _route_steps(*own: Step) -> tuple[Step, ...]:
     """A route's steps: Flask's all told and our `authenticate`, the route's own, and our
     edge."""
-    return (REQUEST_STEPS[0], REQUEST_STEPS[3], *own, EDGE)
+    return (REQUEST_STEPS[0], REQUEST_STEPS[1], *own, EDGE)
 
 
 READS = "the store's reads: the person, the workspace, the token used (`Ledger._find`)"
