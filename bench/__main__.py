@@ -64,8 +64,9 @@ def main(names: list[str]) -> None:
         "Load generators run on the same machine. Every goal is a ratio to a baseline measured "
         "in the same run, so the figures carry over between machines better than raw rates.\n"
     )
-    body = "\n".join(sections[name] for name in MODULES if name in sections)
-    OUTPUT.write_text(header + "\n" + body)
+    # Each section stripped: read back and written again, it keeps its size run after run.
+    body = "\n\n".join(sections[name].strip() for name in MODULES if name in sections)
+    OUTPUT.write_text(header + "\n" + body + "\n")
     print(f"wrote {OUTPUT}")
 
 
