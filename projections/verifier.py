@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 from uuid import UUID
@@ -103,6 +104,27 @@ class TokenVerifier(Protocol):
     def peek(self, value: str) -> Principal | None: ...
 
 
+class _ThreadConnections:
+    """One thread's own connections, one per pool, given back to their pools when the thread
+    ends: the server ends a thread idle for 30 s, and each of its connections, never given
+    back, would stay open and checked out for as long as the process runs."""
+
+    def __init__(self) -> None:
+        self._by_pool: dict[int, tuple[ConnectionPool, Any]] = {}
+        weakref.finalize(self, _give_back, self._by_pool)  # when the thread's locals go
+
+    def of(self, pool: ConnectionPool) -> Any:
+        found = self._by_pool.get(id(pool))
+        if found is None:
+            found = self._by_pool[id(pool)] = (pool, pool.get_connection())
+        return found[1]
+
+
+def _give_back(by_pool: dict[int, tuple[ConnectionPool, Any]]) -> None:
+    for pool, conn in by_pool.values():
+        pool.release(conn)
+
+
 class Verifier:
     def __init__(
         self, redis: Redis, token_prefix: str, floor: Floor | None = None, layout: Layout = SINGLE
@@ -174,9 +196,10 @@ class Verifier:
         the thread's life.
 
         Every API call comes here, and checking a connection out of redis-py's pool and back
-        costs as much CPU as the round trip itself. The pool still owns the connection (it is
-        checked out, never returned), so closing the client closes it; a broken one is dropped
-        and the next call reconnects, and a Redis that lost its scripts gets this one again.
+        costs as much CPU as the round trip itself. The pool still owns the connection (checked
+        out, and given back when the thread ends), so closing the client closes it; a broken
+        one is dropped and the next call reconnects, and a Redis that lost its scripts gets
+        this one again.
         """
         prefix = self.layout.of_token(sha)
         conn = self._connection(prefix)
@@ -194,11 +217,10 @@ class Verifier:
             if isinstance(client, RedisCluster):  # the node that serves the shard's slot
                 client = client.get_redis_connection(client.get_node_from_key(prefix + "gen"))
             pool = self._pools[prefix] = client.connection_pool
-        conns = self._threads.__dict__.setdefault("conns", {})
-        conn = conns.get(id(pool))
-        if conn is None:
-            conn = conns[id(pool)] = pool.get_connection()
-        return conn
+        held = self._threads.__dict__.get("held")
+        if held is None:
+            held = self._threads.held = _ThreadConnections()
+        return held.of(pool)
 
     def _send_verify(self, conn: Any, prefix: str, sha: bytes, now_ms: int, stamp: bytes) -> Any:
         try:

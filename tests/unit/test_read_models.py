@@ -9,6 +9,7 @@ values live in `Secret`s so that no assertion message can print one.
 from __future__ import annotations
 
 import copy
+import gc
 import re
 import threading
 import time
@@ -1070,6 +1071,24 @@ def test_a_token_of_another_deployment_prefix_is_refused_without_io():
     rig.redis.refuse = True
     assert other.verify(value) is None
     rig.redis.refuse = False
+
+
+def test_a_threads_connection_goes_back_to_the_pool_when_the_thread_ends():
+    """The server ends a thread that stayed idle; the connection it verified on must not stay
+    checked out (and open) for as long as the process runs."""
+    rig = Rig()
+    value, _ = rig.world().issue()
+    verifier = Verifier(rig.redis, "tlk")
+    pool = rig.redis.connection_pool
+    in_use = len(pool._in_use_connections)
+    for _ in range(5):  # five threads, one after another, each ending after its verification
+        thread = threading.Thread(target=verifier.verify, args=(value,))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert len(pool._in_use_connections) == in_use
+    assert verifier.verify(value) is not None  # and on this thread, one more while it lives
+    assert len(pool._in_use_connections) == in_use + 1
 
 
 # The projector's followers (the audit trail) keep up on a thread of their own.
