@@ -14,7 +14,7 @@ from swagger_ui_bundle import swagger_ui_path
 import web
 from api import audit, errors, ops, people, tokens, workspaces
 from api.auth import trusted_networks
-from api.edge import Edge
+from api.edge import BodyFirst, Edge
 from api.errors import LedgerApi
 from api.http import MAX_BODY_BYTES, JsonProvider, check_body
 from bootstrap import Role, Services, build
@@ -36,11 +36,14 @@ SECURITY_SCHEMES = {
 }
 
 
-def create_app(settings: Settings, services: Services | None = None) -> Flask:
+def create_app(
+    settings: Settings, services: Services | None = None, running: int | None = None
+) -> Flask:
     """One app per process (`ledger serve` calls this in each worker, after the fork).
 
     Without `services`, builds them from `settings` and starts the embedded projector when
-    there is no Redis URL; given `services`, the caller owns their lifecycle.
+    there is no Redis URL; given `services`, the caller owns their lifecycle. `running`: under
+    a server, how many requests run at once, each body received first (api/edge.py).
     """
     trusted_networks(settings.trusted_proxies)  # a typo in LEDGER_TRUSTED_PROXIES fails here
     if services is None:
@@ -73,7 +76,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     # The pages for people, with errors of their own (HTML), and a 404 page for people.
     web.register(app, services, api.handle_http_exception)
     app.before_request(check_body)
-    app.wsgi_app = Edge(app.wsgi_app)  # type: ignore[method-assign]
+    inner = app.wsgi_app if running is None else BodyFirst(app.wsgi_app, running, MAX_BODY_BYTES)
+    app.wsgi_app = Edge(inner)  # type: ignore[method-assign]
     return app
 
 

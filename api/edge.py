@@ -37,6 +37,7 @@ BODY_ERROR = "ledger.body_error"  # why the body is not what its headers announc
 # Accepted from the client as is: short, printable, and harmless in a log line or an event.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 ALWAYS = [("X-Content-Type-Options", "nosniff")]
 
 
@@ -115,13 +116,16 @@ class BodyFirst:
         self.running = threading.BoundedSemaphore(running)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        length = environ.get("CONTENT_LENGTH")
+        length = environ.get("CONTENT_LENGTH", "")
+        expected = int(length) if length.isdigit() else None  # anything else: the app's 400
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-        if (chunked or length) and not (length and length.isdigit() and int(length) > self.limit):
+        if (chunked or expected) and (expected or 0) <= self.limit:
             data: bytes = environ["wsgi.input"].read(self.limit + 1)
-            if chunked and not data:
+            # A chunked body the server hands over empty was broken, or sent empty where a body
+            # is expected: a method that takes none (a DELETE) may send one.
+            if chunked and not data and environ["REQUEST_METHOD"] in BODY_METHODS:
                 environ[BODY_ERROR] = "The chunked request body is malformed or empty"
-            elif not chunked and len(data) < int(length or 0):
+            elif not chunked and len(data) < (expected or 0):
                 environ[BODY_ERROR] = "The request body ended before its Content-Length"
             environ["wsgi.input"] = io.BytesIO(data)
         with self.running:

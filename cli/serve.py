@@ -38,7 +38,7 @@ from ledger.domainmodel import AuditContext, StoreInUse
 from ledger.passwords import policy_violation
 
 if TYPE_CHECKING:  # the app is imported in the workers only
-    from api.edge import BodyFirst
+    from flask import Flask
 
 DEFAULT_WORKSPACE = "default"
 DEFAULT_ADMIN = "admin"
@@ -122,14 +122,12 @@ def serve(
     server.serve(target_loader=functools.partial(_worker_app, settings, threads), wrap_loader=False)
 
 
-def _worker_app(settings: Settings, threads: int) -> BodyFirst:
+def _worker_app(settings: Settings, threads: int) -> Flask:
     """Called in each worker, after the fork (Ledger.from_settings makes workers that open a
     PostgreSQL store at once take turns creating its tables)."""
     from api.app import create_app  # in the worker only: nothing of it in the master
-    from api.edge import BodyFirst
-    from api.http import MAX_BODY_BYTES
 
-    return BodyFirst(create_app(settings), running=threads, limit=MAX_BODY_BYTES)
+    return create_app(settings, running=threads)
 
 
 class SocketPerWorker(MPServer):

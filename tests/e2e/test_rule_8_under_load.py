@@ -156,7 +156,7 @@ def test_concurrent_password_changes_conflict_and_count_as_no_failure(http, slow
 def test_a_body_other_than_its_headers_announced_is_400_and_issues_nothing(
     http, server: Server, framing, body
 ):
-    value, _ = http.issue(ADMIN)  # authenticated, so that the body is read
+    value, _ = http.issue(ADMIN)  # so that, had the body been taken as it came, it would issue
     before = http("GET", "/v4/apiAccessTokens", value).json()["count"]
     address = urlsplit(server.url)
     request = (

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import inspect
+import io
 import json
 import logging
 import os
 import re
+from typing import Any
 
 import pytest
 import redis.exceptions
@@ -369,3 +371,30 @@ def test_a_route_keeps_its_documented_errors_without_a_wrapper_for_each(api):
     while hasattr(view, "__wrapped__"):
         view, layers = view.__wrapped__, layers + 1
     assert layers == 1  # flask-smorest's response, which dumps the body
+
+
+def test_under_a_server_a_body_shorter_than_announced_is_400_with_the_request_id(api):
+    """create_app(running=...) as `ledger serve` makes it: the body is received before the
+    request runs, inside the edge that gives every response its request id."""
+    from api.app import create_app
+
+    app = create_app(api.services.settings, api.services, running=2)
+    answered: list[Any] = []
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/v4/apiAccessTokens",
+        "SERVER_NAME": "test",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": "40",
+        "HTTP_AUTHORIZATION": basic("nobody")["Authorization"],  # the body is checked first
+        "wsgi.input": io.BytesIO(b'{"lifetimeSeconds": 60}'),
+        "wsgi.errors": io.StringIO(),
+    }
+    body = b"".join(app(environ, lambda status, headers, *exc: answered.extend([status, headers])))
+    assert answered[0].startswith("400")
+    assert dict(answered[1])["X-Request-Id"]
+    assert json.loads(body)["exception"]["message"] == (
+        "The request body ended before its Content-Length"
+    )

@@ -52,6 +52,17 @@ def test_a_body_is_received_whole_and_one_shorter_than_announced_is_marked(heade
         assert error in seen[BODY_ERROR]
 
 
+def test_an_empty_chunked_body_is_refused_only_where_a_body_is_expected():
+    empty = {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": io.BytesIO()}
+    assert BODY_ERROR in call(body_first, **empty)[2]
+    assert BODY_ERROR not in call(body_first, REQUEST_METHOD="DELETE", **empty)[2]
+
+
+def test_a_content_length_that_is_not_a_number_is_left_to_the_app():
+    _, _, seen = call(body_first, CONTENT_LENGTH="12abc", **{"wsgi.input": io.BytesIO(b"{}")})
+    assert BODY_ERROR not in seen and seen["body"] == b"{}"  # unread here; werkzeug's 400
+
+
 def test_a_body_longer_than_the_limit_is_left_for_the_app_to_refuse_unread():
     stream = io.BytesIO(b"x" * 50)
     _, _, seen = call(body_first, CONTENT_LENGTH="50", **{"wsgi.input": stream})
