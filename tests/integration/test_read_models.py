@@ -541,6 +541,10 @@ def test_verification_is_right_throughout_a_rebuild(store_url, redis_urls, passw
         scenario = Scenario(api.ledger)
         rng = random.Random(5)
         scenario.churn(rng, 40)
+        # The first open of a store that holds events records, once, that it looked for tokens
+        # from before token ids began with their owner's: here, not during the comparison.
+        with services(store_url, reference_url):
+            pass
         before = api.generations.generation()
         # The operator's process rebuilds, a few events a batch; for its first ten batches it
         # waits for the API process to complete a command between one batch and the next.
