@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from uuid import UUID, uuid4
 
 import pytest
@@ -53,6 +54,14 @@ def cluster(redis_cluster: RedisClusterServers) -> RedisClusterServers:
 @pytest.fixture
 def store_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/ledger.sqlite"
+
+
+@pytest.fixture
+def one_master() -> Iterator[RedisClusterServers]:
+    """A cluster of its own, apart from the shared one."""
+    cluster = RedisClusterServers(masters=1)
+    yield cluster
+    cluster.stop()
 
 
 def test_the_url_names_a_node_that_does_not_hold_the_first_shard(cluster):
@@ -143,6 +152,13 @@ def test_the_core_over_http(cluster, store_url):
         projected = dump(api.redis, generation_only=True, last_used=False)
         assert api.projector.rebuild() is not None
         assert dump(api.redis, generation_only=True, last_used=False) == projected
+
+
+def test_a_cluster_of_one_master_becomes_ready(one_master, store_url):
+    with services(store_url, one_master.url) as api:
+        api.projector.run_once()
+        ready = create_app(api.settings, api).test_client().get("/readyz")
+        assert ready.status_code == 200, ready.json
 
 
 def test_a_person_s_page_sessions_end_at_once(cluster, store_url):
