@@ -13,6 +13,7 @@ from uuid import UUID
 from redis import ConnectionPool, Redis, RedisCluster
 from redis.exceptions import AskError, MovedError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger import tokens
 from ledger.domainmodel import ADMIN
@@ -179,15 +180,28 @@ class Verifier:
         and the next call reconnects, and a Redis that lost its scripts gets this one again.
         """
         prefix = self.layout.of_token(sha)
-        conn = self._connection(prefix)
+        pool, conn = self._connection(prefix)
         try:
             return self._send_verify(conn, prefix, sha, now_ms, stamp)
-        except RedisConnectionError:
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            if isinstance(self.redis, RedisCluster):
+                # The shard's node may be gone for good (a master that failed over): this
+                # thread's connection to it goes, and the cluster client, which asks the
+                # cluster where the slot is after a connection error, answers instead.
+                del self._threads.conns[pool]
+                pool.release(conn)
+                return self._verify_through_client(prefix, sha, now_ms, stamp)
+            if isinstance(error, RedisTimeoutError):
+                raise
             # A connection left idle across a Redis restart fails at its first use; redis-py's
             # own client retries that once, and so does this, on a fresh connection.
             return self._send_verify(conn, prefix, sha, now_ms, stamp)
 
-    def _connection(self, prefix: str) -> Any:  # redis-py leaves connections untyped
+    def _connection(self, prefix: str) -> tuple[ConnectionPool, Any]:
+        """The pool of the shard's server and this thread's connection from it (redis-py
+        leaves connections untyped). Keyed by the pool itself, not its id: a pool dropped
+        after a failover must not lend its id, and with it a connection to a dead node, to
+        a new one."""
         pool = self._pools.get(prefix)
         if pool is None:
             client = self.redis
@@ -195,10 +209,10 @@ class Verifier:
                 client = client.get_redis_connection(client.get_node_from_key(prefix + "gen"))
             pool = self._pools[prefix] = client.connection_pool
         conns = self._threads.__dict__.setdefault("conns", {})
-        conn = conns.get(id(pool))
+        conn = conns.get(pool)
         if conn is None:
-            conn = conns[id(pool)] = pool.get_connection()
-        return conn
+            conn = conns[pool] = pool.get_connection()
+        return pool, conn
 
     def _send_verify(self, conn: Any, prefix: str, sha: bytes, now_ms: int, stamp: bytes) -> Any:
         try:
@@ -207,11 +221,15 @@ class Verifier:
             return conn.read_response()
         except (NoScriptError, MovedError, AskError):
             # Redis restarted or flushed its scripts, or the shard's slot moved to another node
-            # of the cluster: the client's own call loads the script and follows the cluster,
-            # and the next call asks where the slot is now.
-            self._pools.pop(prefix, None)
-            args: list[bytes | str | int] = [prefix, *_VERIFY_FIXED_ARGS, sha, now_ms, stamp]
-            return self._verify(keys=[prefix + "gen"], args=args, client=self.redis)
+            # of the cluster: the client's own call loads the script and follows the cluster.
+            return self._verify_through_client(prefix, sha, now_ms, stamp)
         except Exception:
             conn.disconnect()  # in an unknown state: the next use connects afresh
             raise
+
+    def _verify_through_client(self, prefix: str, sha: bytes, now_ms: int, stamp: bytes) -> Any:
+        """The verify script through the client, which loads it where it is missing and, on a
+        cluster, finds the slot's node; the next call asks the client where the slot is now."""
+        self._pools.pop(prefix, None)
+        args: list[bytes | str | int] = [prefix, *_VERIFY_FIXED_ARGS, sha, now_ms, stamp]
+        return self._verify(keys=[prefix + "gen"], args=args, client=self.redis)

@@ -150,13 +150,15 @@ class RedisClusterServers:
     """A Redis Cluster of the tests' own: `masters` masters (no replicas) on free ports. Three
     or more are made with `redis-cli --cluster create`, which gives each an equal range of
     slots; one (which redis-cli refuses to make) takes every slot itself. `flush` empties every
-    master, as a cluster restarted without persistence would be."""
+    master, as a cluster restarted without persistence would be; `add_replica` and `fail_over`
+    give a master a replica and promote it."""
 
     def __init__(self, masters: int = 3) -> None:
         redis_cli = shutil.which("redis-cli")
         if redis_cli is None:
             unavailable("redis-cli is not installed")
         self.servers: list[RedisServer] = []
+        self.replicas: list[RedisServer] = []
         try:
             for _ in range(masters):
                 self.servers.append(RedisServer(cluster=True))
@@ -182,6 +184,33 @@ class RedisClusterServers:
         if not self._wait_until_ok(self.servers):
             self.stop()
             unavailable("the cluster's nodes did not all say cluster_state:ok")
+
+    def add_replica(self, master: RedisServer) -> RedisServer:
+        """A new node that replicates `master`, once it has all of the master's data."""
+        replica = RedisServer(cluster=True)
+        self.replicas.append(replica)
+        with redis_client(master.port) as primary, redis_client(replica.port) as client:
+            master_id = primary.execute_command("CLUSTER", "MYID").decode()
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", master.port)
+            assert wait_for(
+                lambda: master_id.encode() in client.execute_command("CLUSTER", "NODES"), timeout=20
+            )
+            client.execute_command("CLUSTER", "REPLICATE", master_id)
+            assert wait_for(
+                lambda: client.info("replication")["master_link_status"] == "up", timeout=20
+            )
+            # The master lists it in CLUSTER SLOTS, where clients learn of it, once it knows.
+            assert wait_for(lambda: len(primary.cluster("slots")[0][2:]) == 2, timeout=20)
+        assert self._wait_until_ok([*self.servers, replica])
+        return replica
+
+    def fail_over(self, replica: RedisServer) -> None:
+        """`replica` takes over its master's slots without the master's agreement, as after
+        the master died."""
+        with redis_client(replica.port) as client:
+            client.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+            assert wait_for(lambda: client.info("replication")["role"] == "master")
+            assert wait_for(lambda: client.cluster("info")["cluster_state"] == "ok")
 
     @staticmethod
     def _wait_until_ok(servers: list[RedisServer]) -> bool:
@@ -209,7 +238,7 @@ class RedisClusterServers:
                 client.flushall()
 
     def stop(self) -> None:
-        for server in self.servers:
+        for server in [*self.servers, *self.replicas]:
             server.stop()
 
 

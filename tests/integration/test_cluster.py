@@ -18,12 +18,14 @@ from collections.abc import Iterator
 from uuid import UUID, uuid4
 
 import pytest
+from redis.exceptions import RedisClusterException, RedisError
 
 from api.app import create_app
 from ledger import tokens
 from ledger.application import Ledger
 from ledger.domainmodel import ADMIN, MEMBER, VERIFIER, AuditContext, Token
 from projections.keys import CLUSTER
+from projections.verifier import Verifier
 from tests.conftest import PASSWORD, make_ledger
 from tests.integration.conftest import RedisClusterServers, redis_client
 from tests.integration.test_read_models import (
@@ -159,6 +161,33 @@ def test_a_cluster_of_one_master_becomes_ready(one_master, store_url):
         api.projector.run_once()
         ready = create_app(api.settings, api).test_client().get("/readyz")
         assert ready.status_code == 200, ready.json
+
+
+def test_verification_follows_a_failover_to_the_new_master(one_master, store_url):
+    """The master dies, with this thread's connection to it, and its replica takes over: the
+    next verifications go to the new master, not to the dead one for ever."""
+    master = one_master.servers[0]
+    replica = one_master.add_replica(master)
+    with services(store_url, one_master.url) as api:
+        api.projector.run_once()
+        ledger = api.ledger
+        workspace = ledger.create_workspace("acme", CLI)
+        admin = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+        value = Secret(ledger.issue_token(AuditContext("password", actor_id=admin))[0])
+        verifier = Verifier(api.redis, api.settings.token_prefix, layout=CLUSTER)
+        assert status(verifier, value) == "valid"  # on this thread's connection to the master
+        with redis_client(master.port) as client:
+            assert client.execute_command("WAIT", 1, 5000) == 1  # the replica has it all
+        master.kill()
+        one_master.fail_over(replica)
+
+        def answer() -> str:
+            try:
+                return status(verifier, value)
+            except (RedisError, RedisClusterException):
+                return "unavailable"
+
+        assert wait_for(lambda: answer() == "valid", timeout=10)
 
 
 def test_a_person_s_page_sessions_end_at_once(cluster, store_url):
