@@ -181,7 +181,7 @@ class RedisClusterServers:
             if created.returncode != 0:
                 self.stop()
                 unavailable(f"redis-cli --cluster create failed: {created.stdout[-500:]}")
-        if not self._wait_until_ok(self.servers):
+        if not self.wait_until_ok(self.servers):
             self.stop()
             unavailable("the cluster's nodes did not all say cluster_state:ok")
 
@@ -201,7 +201,7 @@ class RedisClusterServers:
             )
             # The master lists it in CLUSTER SLOTS, where clients learn of it, once it knows.
             assert wait_for(lambda: len(primary.cluster("slots")[0][2:]) == 2, timeout=20)
-        assert self._wait_until_ok([*self.servers, replica])
+        assert self.wait_until_ok([*self.servers, replica])
         return replica
 
     def fail_over(self, replica: RedisServer) -> None:
@@ -213,7 +213,7 @@ class RedisClusterServers:
             assert wait_for(lambda: client.cluster("info")["cluster_state"] == "ok")
 
     @staticmethod
-    def _wait_until_ok(servers: list[RedisServer]) -> bool:
+    def wait_until_ok(servers: list[RedisServer]) -> bool:
         def every_node_ok() -> bool:
             states = []
             for server in servers:

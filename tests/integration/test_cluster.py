@@ -38,6 +38,7 @@ from tests.integration.test_read_models import (
     caught_up,
     environment,
     head,
+    ledger_cli,
     projector_process,
     services,
 )
@@ -188,6 +189,32 @@ def test_verification_follows_a_failover_to_the_new_master(one_master, store_url
                 return "unavailable"
 
         assert wait_for(lambda: answer() == "valid", timeout=10)
+
+
+def test_a_cluster_unreachable_at_start_is_not_ready_until_it_answers(one_master, store_url):
+    """As a single Redis that is down: the process starts, is not ready and answers 503, and
+    is ready once the cluster answers (the node comes back with its slots, empty)."""
+    node = one_master.servers[0]
+    node.kill()
+    with services(store_url, one_master.url) as api:
+        client = create_app(api.settings, api).test_client()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json["exception"]["details"]["redis"] == "unavailable"
+        unknown = tokens.generate(api.settings.token_prefix)
+        assert client.get("/v4/apiAccessTokens/verify", headers=bearer(unknown)).status_code == 503
+        node.start()
+        assert one_master.wait_until_ok([node])
+        api.projector.run_once()
+        assert client.get("/readyz").status_code == 200
+
+
+def test_the_cli_says_in_one_line_that_it_cannot_reach_the_cluster(one_master, store_url):
+    one_master.servers[0].kill()
+    shown = ledger_cli(environment(store_url, one_master.url), "projections", "status")
+    assert shown.returncode == 1
+    assert shown.stderr.startswith("Error: cannot reach Redis: ")
+    assert shown.stderr.count("\n") == 1, shown.stderr
 
 
 def test_a_person_s_page_sessions_end_at_once(cluster, store_url):
