@@ -59,7 +59,9 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 PREFIX = "{tl}:"  # the first shard's, where coordination lives too
-GENERATION = PREFIX + "gen"  # read first by every script: the key that routes it on a cluster
+# The first shard's live generation, a single Redis's only one. Each shard has its own,
+# `<prefix>gen`, which every script declares as KEYS[1]: on a cluster, the key that routes it.
+GENERATION = PREFIX + "gen"
 # A cluster's: 3, 3 and 2 on three masters with equal slot ranges. Each more spreads finer and
 # costs another copy of every person and workspace (docs/ARCHITECTURE.md, "Redis Cluster").
 CLUSTER_SHARDS = 8
