@@ -33,7 +33,8 @@ import fakeredis
 from redis import Redis, RedisCluster
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterUnreachableError, RedisError
 from redis.retry import Retry
 
 from audit.chain import load_key_file
@@ -354,7 +355,7 @@ def connect_redis(settings: Settings, *, retries: bool = True) -> Redis:
     cluster = settings.redis_cluster
     if cluster is None:
         return Redis.from_url(settings.redis_url, **options)
-    client = RedisCluster(
+    client = _Cluster(
         startup_nodes=[
             ClusterNode(host, port)  # type: ignore[no-untyped-call]
             for host, port in cluster.nodes
@@ -366,3 +367,34 @@ def connect_redis(settings: Settings, *, retries: bool = True) -> Redis:
     # The cluster client answers the commands the read models send as a Redis client does;
     # where it must be told apart (the verifier's connections, INFO), it is, by its class.
     return cast(Redis, client)
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, which learns the cluster as it is made and raises (a
+    RedisClusterException, not a RedisError) when no node answers. Made then, it learns the
+    cluster at its first use instead, and until a node answers every use raises
+    ConnectionError: a cluster that cannot be reached at start is what a single Redis that is
+    down is (the process starts, answers 503 and is not ready; a command says it in one
+    line), and the first use once it is back connects."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._connecting = threading.Lock()
+        with contextlib.suppress(RedisClusterUnreachableError):
+            super().__init__(**options)
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for what the constructor did not set: it stopped at the nodes.
+        if name.startswith("__") or "nodes_manager" in vars(self):
+            raise AttributeError(name)
+        with self._connecting:
+            if "nodes_manager" not in vars(self):
+                try:
+                    super().__init__(**self._options)
+                except RedisClusterUnreachableError as error:
+                    raise RedisConnectionError(str(error)) from error
+        return getattr(self, name)
+
+    def close(self) -> None:
+        if "nodes_manager" in vars(self):  # else it never connected, and must not now
+            super().close()

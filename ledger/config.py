@@ -203,6 +203,12 @@ class ClusterUrl(NamedTuple):
     @classmethod
     def parse(cls, url: str) -> ClusterUrl:
         parts = urlsplit(url)
+        extra = parts.path + (f"?{parts.query}" if parts.query else "")
+        if extra:  # said, not ignored: a database or an option (TLS, say) the client never gets
+            raise ConfigError(
+                f"LEDGER_REDIS_URL: redis+cluster:// takes no database or options, got {extra!r} "
+                f"in {redact(url)}"
+            )
         hosts = parts.netloc.rpartition("@")[2]
         nodes = []
         for node in hosts.split(","):

@@ -56,10 +56,12 @@ from zlib import crc32
 
 from redis import Redis, RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 PREFIX = "{tl}:"  # the first shard's, where coordination lives too
-GENERATION = PREFIX + "gen"  # read first by every script: the key that routes it on a cluster
+# The first shard's live generation, a single Redis's only one. Each shard has its own,
+# `<prefix>gen`, which every script declares as KEYS[1]: on a cluster, the key that routes it.
+GENERATION = PREFIX + "gen"
 # A cluster's: 3, 3 and 2 on three masters with equal slot ranges. Each more spreads finer and
 # costs another copy of every person and workspace (docs/ARCHITECTURE.md, "Redis Cluster").
 CLUSTER_SHARDS = 8
@@ -162,12 +164,17 @@ def layout_of(redis: Redis) -> Layout:
 
 
 def each_shard(
-    redis: Redis, script: Any, calls: Sequence[tuple[list[Any], list[Any]]]
+    redis: Redis,
+    script: Any,
+    calls: Sequence[tuple[list[Any], list[Any]]],
+    *,
+    raise_on_error: bool = True,
 ) -> list[Any]:
     """Run `script` once per (keys, args), in one pipeline when there are several (a cluster
     client sends each node its part), and the answers in order. A cluster pipeline does not
     load scripts: a shard whose node lost it (restarted) runs it again on its own, which loads
-    it; the rest are not run twice."""
+    it; the rest are not run twice. Without `raise_on_error`, a shard's Redis error is its
+    answer, so that the caller sees what the other shards did."""
     if len(calls) == 1:
         keys, args = calls[0]
         return [script(keys=keys, args=args, client=redis)]
@@ -178,9 +185,13 @@ def each_shard(
     for n, answer in enumerate(found):
         if isinstance(answer, NoScriptError):
             keys, args = calls[n]
-            found[n] = script(keys=keys, args=args, client=redis)
-        elif isinstance(answer, Exception):
-            raise answer
+            try:
+                found[n] = script(keys=keys, args=args, client=redis)
+            except RedisError as error:
+                found[n] = error
+    failed = [answer for answer in found if isinstance(answer, Exception)]
+    if failed and raise_on_error:
+        raise failed[0]
     return list(found)
 
 

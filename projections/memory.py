@@ -18,10 +18,11 @@ def memory_problem(redis: Redis) -> str | None:
     embedded mode's in-process stand-in) is taken at its word. On a cluster, every master
     must keep what it is given: the first that does not is named."""
     if isinstance(redis, RedisCluster):
-        found = redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
-        for node, info in sorted(found.items()):
-            if problem := _problem(info):
-                return f"{problem} on {node}"
+        # Asked node by node: `info(target_nodes=PRIMARIES)` answers {node: info}, but a single
+        # master's INFO itself.
+        for node in sorted(redis.get_primaries(), key=lambda node: node.name):
+            if problem := _problem(redis.get_redis_connection(node).info("memory")):
+                return f"{problem} on {node.name}"
         return None
     try:
         return _problem(redis.info("memory"))

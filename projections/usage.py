@@ -26,15 +26,23 @@ class UsageLog:
         self._drain = redis.register_script(_DRAIN_USAGE)
 
     def drain(self) -> dict[str, int]:
-        """Take the lastUsed times not yet durable: token hash (hex) -> epoch ms."""
+        """Take the lastUsed times not yet durable: token hash (hex) -> epoch ms. When a shard
+        fails, the others have already taken theirs: they are given back before it raises."""
         calls: list[tuple[list[Any], list[Any]]] = [
             ([prefix + "used"], []) for prefix in self.layout.prefixes
         ]
-        return {
+        answers = each_shard(self.redis, self._drain, calls, raise_on_error=False)
+        taken = {
             used[n].hex(): int(float(used[n + 1]))
-            for used in each_shard(self.redis, self._drain, calls)
+            for used in answers
+            if not isinstance(used, Exception)
             for n in range(0, len(used), 2)
         }
+        failed = [answer for answer in answers if isinstance(answer, Exception)]
+        if failed:
+            self.give_back(taken)
+            raise failed[0]
+        return taken
 
     def give_back(self, usage: dict[str, int]) -> None:
         """Put back what `drain` took, when making it durable failed."""

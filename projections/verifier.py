@@ -14,6 +14,7 @@ from uuid import UUID
 from redis import ConnectionPool, Redis, RedisCluster
 from redis.exceptions import AskError, MovedError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger import tokens
 from ledger.domainmodel import ADMIN
@@ -107,21 +108,26 @@ class TokenVerifier(Protocol):
 class _ThreadConnections:
     """One thread's own connections, one per pool, given back to their pools when the thread
     ends: the server ends a thread idle for 30 s, and each of its connections, never given
-    back, would stay open and checked out for as long as the process runs."""
+    back, would stay open and checked out for as long as the process runs. Keyed by the pool
+    itself, not its id: a pool dropped after a failover must not lend its id, and with it a
+    connection to a dead node, to a new one."""
 
     def __init__(self) -> None:
-        self._by_pool: dict[int, tuple[ConnectionPool, Any]] = {}
+        self._by_pool: dict[ConnectionPool, Any] = {}
         weakref.finalize(self, _give_back, self._by_pool)  # when the thread's locals go
 
     def of(self, pool: ConnectionPool) -> Any:
-        found = self._by_pool.get(id(pool))
-        if found is None:
-            found = self._by_pool[id(pool)] = (pool, pool.get_connection())
-        return found[1]
+        conn = self._by_pool.get(pool)
+        if conn is None:
+            conn = self._by_pool[pool] = pool.get_connection()
+        return conn
+
+    def give_back(self, pool: ConnectionPool) -> None:
+        pool.release(self._by_pool.pop(pool))
 
 
-def _give_back(by_pool: dict[int, tuple[ConnectionPool, Any]]) -> None:
-    for pool, conn in by_pool.values():
+def _give_back(by_pool: dict[ConnectionPool, Any]) -> None:
+    for pool, conn in by_pool.items():
         pool.release(conn)
 
 
@@ -202,15 +208,25 @@ class Verifier:
         this one again.
         """
         prefix = self.layout.of_token(sha)
-        conn = self._connection(prefix)
+        pool, conn = self._connection(prefix)
         try:
             return self._send_verify(conn, prefix, sha, now_ms, stamp)
-        except RedisConnectionError:
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            if isinstance(self.redis, RedisCluster):
+                # The shard's node may be gone for good (a master that failed over): this
+                # thread's connection to it goes, and the cluster client, which asks the
+                # cluster where the slot is after a connection error, answers instead.
+                self._threads.held.give_back(pool)
+                return self._verify_through_client(prefix, sha, now_ms, stamp)
+            if isinstance(error, RedisTimeoutError):
+                raise
             # A connection left idle across a Redis restart fails at its first use; redis-py's
             # own client retries that once, and so does this, on a fresh connection.
             return self._send_verify(conn, prefix, sha, now_ms, stamp)
 
-    def _connection(self, prefix: str) -> Any:  # redis-py leaves connections untyped
+    def _connection(self, prefix: str) -> tuple[ConnectionPool, Any]:
+        """The pool of the shard's server and this thread's connection from it (redis-py
+        leaves connections untyped)."""
         pool = self._pools.get(prefix)
         if pool is None:
             client = self.redis
@@ -220,7 +236,7 @@ class Verifier:
         held = self._threads.__dict__.get("held")
         if held is None:
             held = self._threads.held = _ThreadConnections()
-        return held.of(pool)
+        return pool, held.of(pool)
 
     def _send_verify(self, conn: Any, prefix: str, sha: bytes, now_ms: int, stamp: bytes) -> Any:
         try:
@@ -229,11 +245,15 @@ class Verifier:
             return conn.read_response()
         except (NoScriptError, MovedError, AskError):
             # Redis restarted or flushed its scripts, or the shard's slot moved to another node
-            # of the cluster: the client's own call loads the script and follows the cluster,
-            # and the next call asks where the slot is now.
-            self._pools.pop(prefix, None)
-            args: list[bytes | str | int] = [prefix, *_VERIFY_FIXED_ARGS, sha, now_ms, stamp]
-            return self._verify(keys=[prefix + "gen"], args=args, client=self.redis)
+            # of the cluster: the client's own call loads the script and follows the cluster.
+            return self._verify_through_client(prefix, sha, now_ms, stamp)
         except Exception:
             conn.disconnect()  # in an unknown state: the next use connects afresh
             raise
+
+    def _verify_through_client(self, prefix: str, sha: bytes, now_ms: int, stamp: bytes) -> Any:
+        """The verify script through the client, which loads it where it is missing and, on a
+        cluster, finds the slot's node; the next call asks the client where the slot is now."""
+        self._pools.pop(prefix, None)
+        args: list[bytes | str | int] = [prefix, *_VERIFY_FIXED_ARGS, sha, now_ms, stamp]
+        return self._verify(keys=[prefix + "gen"], args=args, client=self.redis)

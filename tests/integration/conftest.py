@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from tests.conftest import IN_CI
+from tests.read_model_support import wait_for
 
 POSTGRES_URL = os.environ.get(
     "LEDGER_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -146,47 +147,81 @@ def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 
 class RedisClusterServers:
-    """A Redis Cluster of the tests' own: three masters (no replicas) on free ports, made with
-    `redis-cli --cluster create`, which gives each an equal range of slots. `flush` empties
-    every master, as a cluster restarted without persistence would be."""
+    """A Redis Cluster of the tests' own: `masters` masters (no replicas) on free ports. Three
+    or more are made with `redis-cli --cluster create`, which gives each an equal range of
+    slots; one (which redis-cli refuses to make) takes every slot itself. `flush` empties every
+    master, as a cluster restarted without persistence would be; `add_replica` and `fail_over`
+    give a master a replica and promote it."""
 
-    MASTERS = 3
-
-    def __init__(self) -> None:
+    def __init__(self, masters: int = 3) -> None:
         redis_cli = shutil.which("redis-cli")
         if redis_cli is None:
             unavailable("redis-cli is not installed")
         self.servers: list[RedisServer] = []
+        self.replicas: list[RedisServer] = []
         try:
-            for _ in range(self.MASTERS):
+            for _ in range(masters):
                 self.servers.append(RedisServer(cluster=True))
         except BaseException:  # a node that did not start (skipped or failed): none left behind
             self.stop()
             raise
-        nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
-        create = ["--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
-        created = subprocess.run(
-            [str(redis_cli), *create],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if created.returncode != 0 or not self._wait_until_ok():
+        if masters == 1:
+            with redis_client(self.servers[0].port) as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        else:
+            nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
+            create = ["--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+            created = subprocess.run(
+                [str(redis_cli), *create],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if created.returncode != 0:
+                self.stop()
+                unavailable(f"redis-cli --cluster create failed: {created.stdout[-500:]}")
+        if not self.wait_until_ok(self.servers):
             self.stop()
-            unavailable(f"redis-cli --cluster create failed: {created.stdout[-500:]}")
+            unavailable("the cluster's nodes did not all say cluster_state:ok")
 
-    def _wait_until_ok(self) -> bool:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+    def add_replica(self, master: RedisServer) -> RedisServer:
+        """A new node that replicates `master`, once it has all of the master's data."""
+        replica = RedisServer(cluster=True)
+        self.replicas.append(replica)
+        with redis_client(master.port) as primary, redis_client(replica.port) as client:
+            master_id = primary.execute_command("CLUSTER", "MYID").decode()
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", master.port)
+            assert wait_for(
+                lambda: master_id.encode() in client.execute_command("CLUSTER", "NODES"), timeout=20
+            )
+            client.execute_command("CLUSTER", "REPLICATE", master_id)
+            assert wait_for(
+                lambda: client.info("replication")["master_link_status"] == "up", timeout=20
+            )
+            # The master lists it in CLUSTER SLOTS, where clients learn of it, once it knows.
+            assert wait_for(lambda: len(primary.cluster("slots")[0][2:]) == 2, timeout=20)
+        assert self.wait_until_ok([*self.servers, replica])
+        return replica
+
+    def fail_over(self, replica: RedisServer) -> None:
+        """`replica` takes over its master's slots without the master's agreement, as after
+        the master died."""
+        with redis_client(replica.port) as client:
+            client.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+            assert wait_for(lambda: client.info("replication")["role"] == "master")
+            assert wait_for(lambda: client.cluster("info")["cluster_state"] == "ok")
+
+    @staticmethod
+    def wait_until_ok(servers: list[RedisServer]) -> bool:
+        def every_node_ok() -> bool:
             states = []
-            for server in self.servers:
+            for server in servers:
                 with redis_client(server.port) as client:
                     states.append(client.cluster("info")["cluster_state"])
-            if states == ["ok"] * len(self.servers):
-                return True
-            time.sleep(0.1)
-        return False
+            return states == ["ok"] * len(servers)
+
+        return wait_for(every_node_ok, timeout=20)
 
     @property
     def url(self) -> str:
@@ -203,7 +238,7 @@ class RedisClusterServers:
                 client.flushall()
 
     def stop(self) -> None:
-        for server in self.servers:
+        for server in [*self.servers, *self.replicas]:
             server.stop()
 
 

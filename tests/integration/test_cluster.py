@@ -14,15 +14,18 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from uuid import UUID, uuid4
 
 import pytest
+from redis.exceptions import RedisClusterException, RedisError
 
 from api.app import create_app
 from ledger import tokens
 from ledger.application import Ledger
 from ledger.domainmodel import ADMIN, MEMBER, VERIFIER, AuditContext, Token
 from projections.keys import CLUSTER
+from projections.verifier import Verifier
 from tests.conftest import PASSWORD, make_ledger
 from tests.integration.conftest import RedisClusterServers, redis_client
 from tests.integration.test_read_models import (
@@ -35,6 +38,7 @@ from tests.integration.test_read_models import (
     caught_up,
     environment,
     head,
+    ledger_cli,
     projector_process,
     services,
 )
@@ -53,6 +57,14 @@ def cluster(redis_cluster: RedisClusterServers) -> RedisClusterServers:
 @pytest.fixture
 def store_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/ledger.sqlite"
+
+
+@pytest.fixture
+def one_master() -> Iterator[RedisClusterServers]:
+    """A cluster of its own, apart from the shared one."""
+    cluster = RedisClusterServers(masters=1)
+    yield cluster
+    cluster.stop()
 
 
 def test_the_url_names_a_node_that_does_not_hold_the_first_shard(cluster):
@@ -143,6 +155,66 @@ def test_the_core_over_http(cluster, store_url):
         projected = dump(api.redis, generation_only=True, last_used=False)
         assert api.projector.rebuild() is not None
         assert dump(api.redis, generation_only=True, last_used=False) == projected
+
+
+def test_a_cluster_of_one_master_becomes_ready(one_master, store_url):
+    with services(store_url, one_master.url) as api:
+        api.projector.run_once()
+        ready = create_app(api.settings, api).test_client().get("/readyz")
+        assert ready.status_code == 200, ready.json
+
+
+def test_verification_follows_a_failover_to_the_new_master(one_master, store_url):
+    """The master dies, with this thread's connection to it, and its replica takes over: the
+    next verifications go to the new master, not to the dead one for ever."""
+    master = one_master.servers[0]
+    replica = one_master.add_replica(master)
+    with services(store_url, one_master.url) as api:
+        api.projector.run_once()
+        ledger = api.ledger
+        workspace = ledger.create_workspace("acme", CLI)
+        admin = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+        value = Secret(ledger.issue_token(AuditContext("password", actor_id=admin))[0])
+        verifier = Verifier(api.redis, api.settings.token_prefix, layout=CLUSTER)
+        assert status(verifier, value) == "valid"  # on this thread's connection to the master
+        with redis_client(master.port) as client:
+            assert client.execute_command("WAIT", 1, 5000) == 1  # the replica has it all
+        master.kill()
+        one_master.fail_over(replica)
+
+        def answer() -> str:
+            try:
+                return status(verifier, value)
+            except (RedisError, RedisClusterException):
+                return "unavailable"
+
+        assert wait_for(lambda: answer() == "valid", timeout=10)
+
+
+def test_a_cluster_unreachable_at_start_is_not_ready_until_it_answers(one_master, store_url):
+    """As a single Redis that is down: the process starts, is not ready and answers 503, and
+    is ready once the cluster answers (the node comes back with its slots, empty)."""
+    node = one_master.servers[0]
+    node.kill()
+    with services(store_url, one_master.url) as api:
+        client = create_app(api.settings, api).test_client()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json["exception"]["details"]["redis"] == "unavailable"
+        unknown = tokens.generate(api.settings.token_prefix)
+        assert client.get("/v4/apiAccessTokens/verify", headers=bearer(unknown)).status_code == 503
+        node.start()
+        assert one_master.wait_until_ok([node])
+        api.projector.run_once()
+        assert client.get("/readyz").status_code == 200
+
+
+def test_the_cli_says_in_one_line_that_it_cannot_reach_the_cluster(one_master, store_url):
+    one_master.servers[0].kill()
+    shown = ledger_cli(environment(store_url, one_master.url), "projections", "status")
+    assert shown.returncode == 1
+    assert shown.stderr.startswith("Error: cannot reach Redis: ")
+    assert shown.stderr.count("\n") == 1, shown.stderr
 
 
 def test_a_person_s_page_sessions_end_at_once(cluster, store_url):

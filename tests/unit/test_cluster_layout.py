@@ -8,11 +8,14 @@ from __future__ import annotations
 import fakeredis
 import pytest
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import ResponseError
 
 from bootstrap import Role, Services, Tuning, build
+from ledger import tokens
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, USERNAME_LIMIT, AuditContext, AuthenticationFailed
 from projections.keys import CLUSTER, CLUSTER_SHARDS, SINGLE
+from projections.usage import UsageLog
 from tests.conftest import FAST_ARGON2, PASSWORD
 from tests.read_model_support import Secret, status
 
@@ -113,3 +116,23 @@ def test_a_switch_that_a_shard_refuses_is_not_live_and_the_projector_rebuilds(ap
     api.projector.run_once()
     assert generations.generation() not in (None, before, generation)
     assert status(api.verifier, value) == "valid"
+
+
+def test_a_drain_that_fails_in_one_shard_gives_back_what_the_others_took(api):
+    ledger = api.ledger
+    workspace = ledger.create_workspace("acme", CLI)
+    admin = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+    ctx = AuditContext("password", actor_id=admin)
+    values = [Secret(ledger.issue_token(ctx)[0]) for _ in range(24)]
+    for value in values:
+        api.verifier.verify(value)
+    failing = CLUSTER.prefixes[3]
+    digests = {tokens.digest(value) for value in values}
+    kept = {d for d in digests if CLUSTER.of_token(bytes.fromhex(d)) != failing}
+    assert len(kept) < len(digests) and len({CLUSTER.of_token(bytes.fromhex(d)) for d in kept}) > 1
+    api.redis.set(failing + "used", "not a sorted set")  # its drain fails, the others' do not
+    usage = UsageLog(api.redis, CLUSTER)
+    with pytest.raises(ResponseError):
+        usage.drain()
+    api.redis.delete(failing + "used")
+    assert set(usage.drain()) == kept

@@ -85,6 +85,8 @@ def test_a_cluster_url_names_the_nodes_to_discover_it_from():
         ("http://:hunter2hunter2@cache:6379", "must start with redis://, rediss://, unix:// or"),
         ("redis+cluster://:hunter2hunter2@a:7000,b", "takes host:port[,host:port…]"),
         ("redis+cluster://a:7000,b:70000", "takes host:port[,host:port…]"),
+        ("redis+cluster://:hunter2hunter2@a:7000/0", "takes no database or options, got '/0'"),
+        ("redis+cluster://a:7000?ssl=true", "takes no database or options, got '?ssl=true'"),
     ],
 )
 def test_other_redis_urls_are_one_clear_error(url, problem):
