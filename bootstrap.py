@@ -23,7 +23,7 @@ import pickle
 import secrets
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from types import TracebackType
@@ -369,6 +369,14 @@ def connect_redis(settings: Settings, *, retries: bool = True) -> Redis:
     return cast(Redis, client)
 
 
+@contextlib.contextmanager
+def _unreachable_is_connection_error() -> Iterator[None]:
+    try:
+        yield
+    except RedisClusterUnreachableError as error:
+        raise RedisConnectionError(str(error)) from error
+
+
 class _Cluster(RedisCluster):
     """redis-py's cluster client, which learns the cluster as it is made and raises (a
     RedisClusterException, not a RedisError) when no node answers. Made then, it learns the
@@ -389,11 +397,27 @@ class _Cluster(RedisCluster):
             raise AttributeError(name)
         with self._connecting:
             if "nodes_manager" not in vars(self):
-                try:
+                with _unreachable_is_connection_error():
                     super().__init__(**self._options)
-                except RedisClusterUnreachableError as error:
-                    raise RedisConnectionError(str(error)) from error
         return getattr(self, name)
+
+    # And once running: losing every node, its commands and pipelines raise that same
+    # error; as for a single Redis, it is a ConnectionError (not ready, 503; a revoking call's
+    # failure is recorded as any other lost Redis).
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        with _unreachable_is_connection_error():
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = super().pipeline(*args, **kwargs)  # type: ignore[no-untyped-call]
+        execute = pipe.execute
+
+        def translated(*a: Any, **kw: Any) -> Any:
+            with _unreachable_is_connection_error():
+                return execute(*a, **kw)
+
+        pipe.execute = translated
+        return pipe
 
     def close(self) -> None:
         if "nodes_manager" in vars(self):  # else it never connected, and must not now

@@ -209,6 +209,28 @@ def test_a_cluster_unreachable_at_start_is_not_ready_until_it_answers(one_master
         assert client.get("/readyz").status_code == 200
 
 
+def test_a_cluster_lost_while_running_is_not_ready_never_a_500(one_master, store_url):
+    """Every node gone after the start: redis-py's client, finding no node to learn the slots
+    from, raises an error of its own that is not a RedisError; it is a 503 like any other lost
+    Redis, and a revoking call still stores its event and answers 503."""
+    with services(store_url, one_master.url) as api:
+        api.projector.run_once()
+        client = create_app(api.settings, api).test_client()
+        workspace = api.ledger.create_workspace("lost", CLI)
+        api.ledger.add_person(CLI, "lee", PASSWORD, ADMIN, workspace)
+        created = client.post("/v4/apiAccessTokens", headers=basic("lee"), json={})
+        assert created.status_code == 201
+        value, token_id = created.json["tokenValue"], created.json["tokenInfo"]["tokenId"]
+        one_master.servers[0].kill()
+        for _ in range(3):  # the first finds the node gone, the next ones find no node at all
+            assert client.get("/readyz").status_code == 503
+            assert (
+                client.get("/v4/apiAccessTokens/verify", headers=bearer(value)).status_code == 503
+            )
+        deleted = client.delete(f"/v4/apiAccessTokens/{token_id}", headers=basic("lee"))
+        assert deleted.status_code == 503
+
+
 def test_the_cli_says_in_one_line_that_it_cannot_reach_the_cluster(one_master, store_url):
     one_master.servers[0].kill()
     shown = ledger_cli(environment(store_url, one_master.url), "projections", "status")
