@@ -20,8 +20,8 @@ from bench.http import (
     ROUNDS,
     SECONDS,
     WORKERS,
+    alternating,
     balanced,
-    paired,
     stack,
     wrk,
 )
@@ -56,7 +56,7 @@ def run() -> str:
         page = requests.get(s.url + PAGE_PATH, headers=cookie, timeout=30)
         assert page.status_code == 200 and f"{LISTED_TOKENS} tokens" in page.text, page.text[:300]
         api_url = s.url + f"/v4/apiAccessTokens?limit={PAGE_SIZE}"
-        api, pages = paired(
+        api, pages = alternating(
             balanced(s, lambda: wrk(api_url, headers=bearer)),
             balanced(s, lambda: wrk(s.url + PAGE_PATH, headers=cookie)),
         )
