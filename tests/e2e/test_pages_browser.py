@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from tests.e2e.conftest import ADMIN, PASSWORD, ROOT, Http, Server, remember
 
@@ -249,7 +249,10 @@ def test_sign_in_generate_and_delete_with_the_keyboard_alone(
     username, password = new_workspace()
     page = new_page(browser, server)
     page.goto("/login")
-    page.keyboard.type(username)  # the username field has the focus
+    # The username field has the focus (autofocus), once the page has given it: typing before
+    # that lost the first letters on a busy machine.
+    expect(page.get_by_label("Username")).to_be_focused()
+    page.keyboard.type(username)
     tab_to(page, "Password")
     page.keyboard.type(password)
     follow(page, "Enter")
