@@ -273,6 +273,22 @@ def test_a_lockout_is_listed_but_an_unknown_username_is_never_shown(world, trail
     assert "my secret pass" not in repr(rows)
 
 
+def test_a_process_that_did_not_chain_the_person_still_names_them(passwords, tmp_path, clock):
+    """Each process keeps its own lookups; the one that chains a lockout may never have seen
+    that person added (another worker chained it)."""
+    ledger = make_ledger(f"sqlite:///{tmp_path}/ledger.sqlite", passwords)
+    world = World(ledger)
+    one_worker, another_worker = (
+        AuditTrail(ledger, Keyring(KEY), checkpoint_every=5, clock=clock) for _ in range(2)
+    )
+    assert one_worker.catch_up() == 3  # the workspace and its people
+    for _ in range(5):
+        with pytest.raises(AuthenticationFailed):
+            ledger.authenticate("max", "wrong guess number", AuditContext("password", ip="x"))
+    (lockout,) = everything(another_worker, world.workspace_id, types=("lockout.started",))
+    assert lockout["subject"]["username"] == "max"
+
+
 def test_events_of_other_topics_are_chained_but_not_listed(world, trail):
     world.ledger.record_token_usage({"ab" * 32: 1_700_000_000_000})
     listed = everything(trail, world.workspace_id)
