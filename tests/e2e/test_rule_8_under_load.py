@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
+from projections.attempts import ATTEMPTS, BLOCKED
+from projections.keys import SINGLE
 from tests.e2e.conftest import ADMIN, FAST_ARGON2, PASSWORD, Http, Server, error_name, ledger_cli
 from tests.integration.conftest import RedisServer
 
@@ -87,20 +89,39 @@ def test_guesses_at_once_are_checked_no_more_than_the_limit(http, slow_person):
     assert len(lockouts(http, admin)) == 1
 
 
-def test_the_right_password_in_a_burst_of_wrong_ones_is_refused(http, slow_person):
+def test_the_right_password_in_a_burst_of_wrong_ones_is_refused(
+    http, redis_server: RedisServer, slow_person
+):
     username, _ = slow_person
+    person_id = http("GET", "/v4/people/current", (username, PASSWORD)).json()["id"]
     wrong = [guess(http, username, f"wrong guess {n}", f"198.18.2.{n}") for n in range(8)]
 
-    def right_a_moment_later() -> int:
-        # Late enough for the burst to have reached the server on a busy machine (at 30 ms it
-        # sometimes had not, and the right password was rightly among the first five checked);
-        # early enough that, without reservations, the wrong ones are still being hashed.
-        time.sleep(0.3)
+    def right_once_five_wrong_ones_are_being_checked() -> int:
+        # Not a fixed delay: on a busy machine the burst may take a while to reach the server,
+        # and the right password would rightly be among the first five checked.
+        checks = password_checks(redis_server, f"username:{person_id}")
+        deadline = time.monotonic() + 30
+        while checks() < 5:
+            assert time.monotonic() < deadline, "the burst never reached five checks"
+            time.sleep(0.005)
         return guess(http, username, PASSWORD, "198.18.2.200")()
 
-    answers = at_once([*wrong, right_a_moment_later])
+    answers = at_once([*wrong, right_once_five_wrong_ones_are_being_checked])
     assert answers[-1] == 429
     assert Counter(answers[:-1]) == {401: 5, 429: 3}
+
+
+def password_checks(redis_server: RedisServer, key: str) -> Callable[[], int]:
+    """How many checks of `key` the server has reserved, running or failed (5 once it is
+    blocked), read from its attempt counters (projections/attempts.py)."""
+    client = redis.Redis.from_url(redis_server.url)
+    shard = SINGLE.of_subject(key)
+    counter, blocked = shard + ATTEMPTS + key, shard + BLOCKED + key
+
+    def count() -> int:
+        return 5 if client.exists(blocked) else int(client.zcard(counter))
+
+    return count
 
 
 def test_active_lockouts_survive_a_flush_of_redis(
