@@ -47,7 +47,7 @@ from projections.keys import Layout, layout_of
 from projections.listings import Listings
 from projections.memory import memory_problem
 from projections.projector import BATCH_SIZE, Projector
-from projections.revocations import LEASE_SECONDS, Floor, Revocations
+from projections.revocations import LEASE_SECONDS, Revocations
 from projections.usage import UsageLog
 from projections.verification_cache import RENEW_SECONDS, CachingVerifier, VerificationCache
 from projections.verifier import TokenVerifier, Verifier
@@ -146,14 +146,14 @@ def build(
     layout = tuning.layout or layout_of(redis)
     caching = settings.caches_verifications
     revocations = Revocations(redis, tuning.lease_seconds) if caching else None
-    floor = Floor(redis, revocations, layout)
-    writer = Writer(redis, revocations, floor, layout)
+    writer = Writer(redis, revocations, layout)
     ledger = Ledger.from_settings(
         settings,
         attempts=RedisAttemptLimiter(redis, layout),
         # An unknown username's lockout is kept as a hash keyed by the deployment's audit key,
         # which every process shares and the database never holds (docs/ARCHITECTURE.md).
         subject_key=keyring.derive(LOCKOUT_SUBJECTS),
+        before_revoking=writer.mark_revoking if tuning.read_your_writes else None,
         on_saved=_in_turn(writer.apply_saved if tuning.read_your_writes else None, on_saved),
     )
     trail = AuditTrail(ledger, keyring)
@@ -166,7 +166,7 @@ def build(
         followers=[follow_audit(trail)] if followers is None else followers,
         batch_size=tuning.batch_size,
     )
-    plain = Verifier(redis, settings.token_prefix, floor, layout)
+    plain = Verifier(redis, settings.token_prefix, layout)
     verifier: TokenVerifier = plain
     cache = None
     if role is Role.API and caching:
@@ -175,7 +175,6 @@ def build(
             subscriber if subscriber is not None else connect_redis(settings, retries=False),
             lease_seconds=tuning.lease_seconds,
             renew_seconds=tuning.renew_seconds,
-            floor=floor,
         )
         verifier = CachingVerifier(plain, cache)
     return Services(

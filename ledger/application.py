@@ -22,6 +22,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, Recording
 from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.utils import get_topic
 from psycopg import Error as PostgresError
 from psycopg import connect as postgres_connect
 from psycopg.sql import SQL, Identifier
@@ -141,6 +142,7 @@ class Ledger(Application[UUID]):
         token_prefix: str = "tlk",
         subject_key: bytes | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        before_revoking: Callable[[list[Aggregate]], None] | None = None,
         on_saved: Callable[[Saved], None] | None = None,
     ) -> None:
         super().__init__(env)
@@ -151,6 +153,7 @@ class Ledger(Application[UUID]):
         # setting gives one, is right for a single process.
         self.subject_key = subject_key or secrets.token_bytes(32)
         self.clock = clock
+        self.before_revoking = before_revoking
         self.on_saved = on_saved
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
@@ -161,9 +164,22 @@ class Ledger(Application[UUID]):
         once cannot leave a read model with a gap. Each comes with the position (notification
         id) of its last saved event, so that a read model that has got further already can
         leave it. Aggregates passed without new events are handed over again, as they are
-        (`Saved.again`). The composition root (bootstrap.py) passes `on_saved`; the ledger
-        itself knows nothing of Redis.
+        (`Saved.again`).
+
+        Rule 5: the aggregates with new events that may revoke are handed to `before_revoking`
+        first, which marks them in the read models as about to change; if it fails, nothing
+        is stored. The composition root (bootstrap.py) passes both; the ledger itself knows
+        nothing of Redis.
         """
+        if self.before_revoking is not None:
+            revoking = [
+                obj
+                for obj in objs
+                if isinstance(obj, Aggregate)
+                and events.revokes_any(get_topic(type(e)) for e in obj.pending_events)
+            ]
+            if revoking:
+                self.before_revoking(revoking)
         recordings = super().save(*objs, **kwargs)
         if self.on_saved is not None:
             at = {r.domain_event.originator_id: r.notification.id for r in recordings}
@@ -188,6 +204,7 @@ class Ledger(Application[UUID]):
         *,
         attempts: AttemptLimiter | None = None,
         subject_key: bytes | None = None,
+        before_revoking: Callable[[list[Aggregate]], None] | None = None,
         on_saved: Callable[[Saved], None] | None = None,
     ) -> Ledger:
         """Open the store: an SQLite store's own folder (nothing above it) and the tables are
@@ -203,6 +220,7 @@ class Ledger(Application[UUID]):
                     attempts=attempts,
                     token_prefix=settings.token_prefix,
                     subject_key=subject_key,
+                    before_revoking=before_revoking,
                     on_saved=on_saved,
                 )
                 ledger.find_earlier_tokens()

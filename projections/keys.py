@@ -66,6 +66,10 @@ GENERATION = PREFIX + "gen"
 # costs another copy of every person and workspace (docs/ARCHITECTURE.md, "Redis Cluster").
 CLUSTER_SHARDS = 8
 LAST_USED_GRANULARITY_MS = 60_000  # docs/CONTRACT.md: lastUsed is kept to within a minute
+# After a shard's prefix, Rule 5's marks (writer.py, `Marks`): PENDING + a read model's key
+# ('t:<sha>', 'p:<id>', 'w:<id>'), a sorted set of the versions being saved; and their index.
+PENDING = "pending:"
+PENDING_INDEX = "pending"
 
 
 class NotReady(Exception):
@@ -81,11 +85,21 @@ local function now_ms()
 end
 """
 
-# Shared by the scripts that read or write a token: the clock, and a token's listed part.
+# Shared by the scripts that read or write a token: the clock, a token's listed part, and the
+# marks of changes being saved.
 LUA_COMMON = (
     LUA_CLOCK
+    + f"local PENDING, PENDING_INDEX = '{PENDING}', '{PENDING_INDEX}'\n"
     + """
 local unpack = unpack or table.unpack
+-- a change that may revoke is in the read model at `version`: the marks up to it go
+local function clear_marks(prefix, key, version)
+  local mark = prefix .. PENDING .. key
+  if redis.call('ZREMRANGEBYSCORE', mark, '-inf', version) > 0
+      and redis.call('EXISTS', mark) == 0 then
+    redis.call('ZREM', prefix .. PENDING_INDEX, mark)
+  end
+end
 -- the token a SHA-256 names: s, its owner's id, its own id, created and expires ms (''
 -- for never); nothing once it is deleted
 local function token_ref(g, sha)

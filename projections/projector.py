@@ -34,6 +34,7 @@ LISTEN_RENEW_SECONDS = 300.0  # a lost NOTIFY or a stale LISTEN never stalls us 
 # `status` counts the events not yet applied up to this many, so that a scrape stays cheap when
 # the projector is far behind (lagSeconds still tells how far).
 LAG_COUNT_LIMIT = 1000
+SETTLE_SECONDS = 10.0  # how often, when caught up, the marks of saves that never happened go
 
 
 class Projector:
@@ -47,6 +48,7 @@ class Projector:
         followers: Sequence[Callable[[], int]] = (),
         batch_size: int = BATCH_SIZE,
         usage_flush_seconds: float = USAGE_FLUSH_SECONDS,
+        settle_seconds: float = SETTLE_SECONDS,
     ) -> None:
         self.ledger = ledger
         self.writer = writer
@@ -56,7 +58,9 @@ class Projector:
         self.followers = followers
         self.batch_size = batch_size
         self.usage_flush_seconds = usage_flush_seconds
+        self.settle_seconds = settle_seconds
         self._last_usage_flush = time.monotonic()
+        self._last_settled = 0.0
 
     def run_once(self) -> int:
         """Bring the read models, then the followers, up to the store's head; how many events
@@ -71,8 +75,13 @@ class Projector:
             return self.rebuild() or 0
         generation, position = live
         applied = self._catch_up(generation, position, rebuilding=False)
-        if time.monotonic() - self._last_usage_flush >= self.usage_flush_seconds:
+        now = time.monotonic()
+        if now - self._last_usage_flush >= self.usage_flush_seconds:
             self.flush_usage()
+        if not applied and now - self._last_settled >= self.settle_seconds:
+            # Caught up: a mark older than a save can take is of a save that never happened.
+            self._last_settled = now
+            self.writer.settle_marks()
         return applied
 
     def _follow(self) -> None:

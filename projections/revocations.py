@@ -5,12 +5,11 @@ caches' side of this protocol is in verification_cache.py, which describes it wh
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 
 from redis import Redis
 
-from projections.keys import LUA_CLOCK, PREFIX, SINGLE, Layout, each_shard
+from projections.keys import LUA_CLOCK, PREFIX
 
 LEASE_SECONDS = 1.0  # how long a writer may wait for a process that stopped answering
 REGISTRY = PREFIX + "verifiers"
@@ -66,53 +65,3 @@ class Revocations:
         rest = young / 1000 - (time.monotonic() - started)
         if rest > 0:
             time.sleep(rest)
-
-
-FLOOR = "floor"  # after a shard's prefix: the store position its live generation must reach
-
-# KEYS: a shard's floor. ARGV: a store position. The floor only rises.
-_RAISE_FLOOR = """
-if tonumber(ARGV[1]) > (tonumber(redis.call('GET', KEYS[1])) or 0) then
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-"""
-
-
-class Floor:
-    """Rule 5 for a revoking call whose event is stored but whose write to Redis failed: Redis
-    still accepts what the event revoked until the projector brings it in, and the call must
-    not leave that behind it. The process records the event's position (`behind`), and before
-    it uses Redis again for anything (`land`: its verifications, its writes, its lease's
-    renewals) raises every shard's `floor` to it and announces, so that every process's verify
-    script answers "not ready" until the live generation's position in the token's shard
-    reaches it. What this leaves open
-    (a verification elsewhere after Redis returns and before the floor lands) is in
-    docs/RELIABILITY.md."""
-
-    def __init__(
-        self, redis: Redis, revocations: Revocations | None = None, layout: Layout = SINGLE
-    ) -> None:
-        self.redis = redis
-        self.revocations = revocations
-        self.layout = layout
-        self.pending = 0  # the position to raise the floor to; 0: none
-        self._lock = threading.Lock()
-        self._raise = redis.register_script(_RAISE_FLOOR)
-
-    def behind(self, position: int) -> None:
-        with self._lock:
-            self.pending = max(self.pending, position)
-
-    def land(self) -> None:
-        """Raises RedisError while Redis cannot take it: nothing may be answered from Redis."""
-        if not self.pending:
-            return
-        with self._lock:  # one thread lands it; the others wait for it rather than go past
-            pending = self.pending
-            if not pending:
-                return
-            calls = [([prefix + FLOOR], [pending]) for prefix in self.layout.prefixes]
-            each_shard(self.redis, self._raise, calls)
-            if self.revocations is not None:
-                self.revocations.announce()  # caches filled since Redis came back
-            self.pending = 0

@@ -46,7 +46,6 @@ from projections.revocations import (
     LEASE_SECONDS,
     REGISTRY,
     REGISTRY_SINCE,
-    Floor,
 )
 from projections.verifier import Principal, Verifier
 
@@ -83,10 +82,7 @@ class VerificationCache:
         *,
         lease_seconds: float = LEASE_SECONDS,
         renew_seconds: float = RENEW_SECONDS,
-        floor: Floor | None = None,
     ) -> None:
-        """`floor`: this process's writes' (`Floor`): while one is still to land, nothing is
-        answered from memory, and no lease is renewed before it lands."""
         self.id = secrets.token_hex(8)
         self.redis = redis
         # A client of its own that never reconnects silently: a broken subscription must end
@@ -94,7 +90,6 @@ class VerificationCache:
         self.subscriber = subscriber
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
-        self.floor = floor
         self._register = redis.register_script(_REGISTER)
         self._entries: dict[bytes, Entry] = {}
         self._epoch = 0  # moves on every emptying, so that a fill begun before one is dropped
@@ -108,7 +103,7 @@ class VerificationCache:
 
     def get(self, digest: bytes) -> Principal | None:
         """The principal of a token verified lately, or None: ask Redis."""
-        if time.monotonic() >= self._deadline or (self.floor is not None and self.floor.pending):
+        if time.monotonic() >= self._deadline:
             return None
         entry = self._entries.get(digest)
         if entry is None or time.time() >= entry.until:
@@ -173,8 +168,6 @@ class VerificationCache:
                 if now >= renew_at:
                     # A PONG not back by the next renewal leaves the lease to run out.
                     renew_at = now + self.renew_seconds
-                    if self.floor is not None:
-                        self.floor.land()  # as soon as Redis answers, not at the next request
                     args: list[str | int] = [self.id, int(self.lease_seconds * 1000)]
                     if self._register(keys=[REGISTRY, REGISTRY_SINCE], args=args):
                         self.empty()  # writers may have passed this process by

@@ -28,7 +28,6 @@ from projections.keys import (
     from_ms,
     now_ms,
 )
-from projections.revocations import Floor
 
 # Rule 4, evaluated in Redis in one round trip, in the token's shard, which has a copy of every
 # person and workspace; `token_is_usable` in ledger/domainmodel.py is
@@ -47,9 +46,6 @@ local gen = redis.call('GET', KEYS[1])
 if not gen then return -1 end
 local prefix, sha, now = ARGV[1], ARGV[4], tonumber(ARGV[5])
 local g = prefix .. gen .. ':'
--- behind a revoking write that failed to land (revocations.py, Floor)
-local floor = redis.call('GET', prefix .. 'floor')
-if floor and tonumber(floor) > (tonumber(redis.call('GET', g .. 'pos')) or 0) then return -3 end
 local state = redis.call('GET', g .. 't:' .. sha)
 if state == '0' then return 0 end
 local s, owner, id, created, expires = token_ref(g, sha)
@@ -61,6 +57,10 @@ if not p[1] or p[5] == '1' then return 0 end
 local w = redis.call('HMGET', g .. 'w:' .. p[2], 'en', 'mg')
 if w[1] ~= '1' then return 0 end
 if not (p[3] == ARGV[3] or w[2] == '1' or p[4] == '1') then return 0 end
+-- a change that may revoke it is being saved, or is stored but not yet here (writer.py, Marks)
+local marked = prefix .. PENDING
+if redis.call('EXISTS', marked .. 't:' .. sha, marked .. 'p:' .. owner, marked .. 'w:' .. p[2]) > 0
+then return -3 end
 local used = state
 if ARGV[6] == '1' and (state == '1' or now - tonumber(state) >= tonumber(ARGV[2])) then
   used = ARGV[5]
@@ -132,13 +132,9 @@ def _give_back(by_pool: dict[ConnectionPool, Any]) -> None:
 
 
 class Verifier:
-    def __init__(
-        self, redis: Redis, token_prefix: str, floor: Floor | None = None, layout: Layout = SINGLE
-    ) -> None:
-        """`floor`: this process's writes' (`Floor`), landed before it asks Redis anything."""
+    def __init__(self, redis: Redis, token_prefix: str, layout: Layout = SINGLE) -> None:
         self.redis = redis
         self.token_prefix = token_prefix
-        self.floor = floor
         self.layout = layout
         self._verify = redis.register_script(_VERIFY)
         self._threads = threading.local()  # each thread's own connection to each server
@@ -172,15 +168,13 @@ class Verifier:
     def lookup(self, digest: bytes, *, stamp: bool = True) -> Found | None:
         """Rule 4 in one Redis round trip; NotReady while the read model is being built.
         `stamp`: record the use in lastUsed (as to the minute)."""
-        if self.floor is not None:
-            self.floor.land()
         found = self._evalsha_verify(digest, now_ms(), b"1" if stamp else b"0")
         if found == -1:
             raise NotReady("The token read model is being rebuilt")
         if found == -2:
             raise NotReady("A token's lookup is missing from Redis before its expiry: Redis evicts")
         if found == -3:
-            raise NotReady("The token read model is behind a change that failed to reach it")
+            raise NotReady("A change that may revoke this token is still on its way to Redis")
         if not found:
             return None
         token_id, person_id, username, workspace_id, role, grant, created, expires, used = found

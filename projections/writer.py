@@ -27,8 +27,17 @@ from ledger import events
 from ledger.application import Saved
 from ledger.domainmodel import Lockout, Person, Token, UsageReport, Workspace, expiry, lockout_key
 from projections.attempts import BLOCKED
-from projections.keys import LUA_COMMON, SINGLE, Layout, each_shard, flatten, to_ms
-from projections.revocations import Floor, Revocations
+from projections.keys import (
+    LUA_CLOCK,
+    LUA_COMMON,
+    PENDING_INDEX,
+    SINGLE,
+    Layout,
+    each_shard,
+    flatten,
+    to_ms,
+)
+from projections.revocations import Revocations
 
 Op = list[bytes | str | int]
 
@@ -57,6 +66,7 @@ elseif target == current or target == building then
 end
 for _, gen in ipairs(gens) do
   local g = prefix .. gen .. ':'
+  local live = gen == current  -- Rule 5's marks are cleared by what the live generation holds
   local reached = tonumber(redis.call('GET', g .. 'pos')) or 0
   local i = 4
   while i <= #ARGV do
@@ -69,6 +79,11 @@ for _, gen in ipairs(gens) do
         local args = {key, 'v', ARGV[i + 3]}
         for j = 1, 2 * n do args[#args + 1] = ARGV[i + 4 + j] end
         redis.call('HSET', unpack(args))
+        stored = v
+      end
+      if live then
+        stored = stored or tonumber(redis.call('HGET', key, 'v'))
+        if stored then clear_marks(prefix, ARGV[i + 2], stored) end
       end
       i = i + 5 + 2 * n
     elseif op == 'T' then
@@ -100,10 +115,10 @@ for _, gen in ipairs(gens) do
       end
       i = i + 8
     elseif op == 'X' then
-      -- token deleted: sha. From the API, ahead of the projector, a tombstone stays so that
-      -- the issue, still to come from the projector (or late from another API process), finds
-      -- it; the projector's own deletion clears it, as nothing older can reach this generation
-      -- after that (docs/ARCHITECTURE.md, "Exactly-once effect").
+      -- token deleted: sha, version. From the API, ahead of the projector, a tombstone stays so
+      -- that the issue, still to come from the projector (or late from another API process),
+      -- finds it; the projector's own deletion clears it, as nothing older can reach this
+      -- generation after that (docs/ARCHITECTURE.md, "Exactly-once effect").
       local sha = ARGV[i + 2]
       if new then
         local s, owner = token_ref(g, sha)
@@ -120,7 +135,8 @@ for _, gen in ipairs(gens) do
           redis.call('DEL', g .. 't:' .. sha)
         end
       end
-      i = i + 3
+      if live then clear_marks(prefix, 't:' .. sha, ARGV[i + 3]) end
+      i = i + 4
     elseif op == 'U' then
       -- lastUsed made durable earlier, restored on a rebuild: sha, ms
       local s, owner = nil, nil
@@ -195,34 +211,99 @@ def per_shard(ops: Sequence[Op], layout: Layout) -> list[list[bytes | str | int]
 TOKEN_OPS = frozenset({"T", "X", "U"})  # ops whose third part is a token's SHA-256
 
 
+# KEYS: a shard's index of marks. ARGV: its prefix, then pairs of a read model's key and the
+# version the change that may revoke will be saved at. The index keeps when each was last marked.
+_MARK = (
+    LUA_COMMON
+    + """
+local now = now_ms()
+for i = 2, #ARGV, 2 do
+  local mark = ARGV[1] .. PENDING .. ARGV[i]
+  redis.call('ZADD', mark, ARGV[i + 1], ARGV[i + 1])
+  redis.call('ZADD', KEYS[1], now, mark)
+end
+"""
+)
+
+# KEYS: a shard's index of marks. ARGV: an age in ms. Drops the marks last made longer ago than
+# that, whose saves never reached the read model; returns how many.
+_SETTLE = (
+    LUA_CLOCK
+    + """
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms() - tonumber(ARGV[1]))
+for _, mark in ipairs(old) do
+  redis.call('DEL', mark)
+  redis.call('ZREM', KEYS[1], mark)
+end
+return #old
+"""
+)
+
+# Far longer than a save takes (the store's lock and connect timeouts are 5 to 10 s): a mark
+# older than this that the projector, caught up, has not cleared is of a save that never happened.
+MARK_GRACE_SECONDS = 60.0
+
+
 class Writer:
     def __init__(
         self,
         redis: Redis,
         revocations: Revocations | None = None,
-        floor: Floor | None = None,
         layout: Layout = SINGLE,
+        mark_grace_seconds: float = MARK_GRACE_SECONDS,
     ) -> None:
         """`revocations`: where API processes cache verifications, the announcement that
-        Rule 5 needs of every write that may revoke, from whichever process makes it.
-        `floor`: this process's record of a revoking write that failed (`Floor`)."""
+        Rule 5 needs of every write that may revoke, from whichever process makes it."""
         self.redis = redis
         self.revocations = revocations
-        self.floor = floor
         self.layout = layout
+        self.mark_grace_seconds = mark_grace_seconds
         self._apply = redis.register_script(_APPLY)
+        self._mark = redis.register_script(_MARK)
+        self._settle = redis.register_script(_SETTLE)
+
+    def mark_revoking(self, aggregates: Sequence[Aggregate]) -> None:
+        """Rule 5, before a change that may revoke is stored (`Ledger.save`): each token,
+        person or workspace it changes is marked in Redis at the version it will be saved at,
+        and the caches are emptied (`Revocations.announce`). The verify script answers "not
+        ready" for a token whose token, owner or workspace is marked, and the write that
+        brings the change into the live generation clears the marks up to its version, the
+        call's own or, when that fails, the projector's. So from before the event is stored
+        until Redis holds it, nothing accepts what it revokes, whatever becomes of the call's
+        own write, the call or its process. A Redis that cannot take the marks fails the call
+        before anything is stored."""
+        shards: dict[str, list[bytes | int]] = {prefix: [] for prefix in self.layout.prefixes}
+        for aggregate in aggregates:
+            key = read_model_key(aggregate)
+            homes = [self.layout.of_token(key[2:])] if key[:2] == b"t:" else shards
+            for prefix in homes:
+                shards[prefix] += [key, aggregate.version]
+        calls = [
+            ([prefix + PENDING_INDEX], [prefix, *args]) for prefix, args in shards.items() if args
+        ]
+        each_shard(self.redis, self._mark, calls)
+        if self.revocations is not None:
+            self.revocations.announce()
+
+    def settle_marks(self) -> int:
+        """Drop the marks of saves that never happened (the store refused them, the process
+        died before saving): the projector calls this when it has caught up, and a mark older
+        than any save can take would have been cleared by then had its event been stored."""
+        age_ms = int(self.mark_grace_seconds * 1000)
+        calls = [([prefix + PENDING_INDEX], [age_ms]) for prefix in self.layout.prefixes]
+        return sum(each_shard(self.redis, self._settle, calls))
 
     def apply_saved(self, saved: Saved) -> None:
         """Read-your-writes: whole states at their new versions, to every live generation,
-        each with the position of its last event (`Ledger.save`); then, where verifications
-        are cached, no process's cache may still hold what this write revoked (Rule 5). On a
-        cluster the shards are written one script each, all before the call returns."""
+        each with the position of its last event (`Ledger.save`). A new change that may revoke
+        was marked and announced before it was stored (`mark_revoking`); one written again
+        (`Saved.again`, a retry that found it made) is announced here, before the call
+        returns, so that no process's cache still holds what it revoked (Rule 5). On a cluster
+        the shards are written one script each, all before the call returns."""
         ops = [op for aggregate, at in saved.aggregates for op in ops_for_aggregate(aggregate, at)]
-        revocations = self.revocations if saved.revokes else None
+        revocations = self.revocations if saved.revokes and saved.again else None
         started = time.monotonic()
         try:
-            if self.floor is not None:
-                self.floor.land()
             if ops:
                 target = "+" if saved.again else "*"
                 calls = [
@@ -236,11 +317,9 @@ class Writer:
             if revocations is not None:
                 revocations.announce()
         except RedisError:
-            if saved.revokes and self.floor is not None:
-                self.floor.behind(max(at for _, at in saved.aggregates))
             if revocations is not None:
-                # The call fails, but its event may be stored: no cache may answer past it
-                # from a lease it held before (a failure can be quicker than a lease).
+                # No cache may answer past the change from a lease it held before (a failure
+                # can be quicker than a lease).
                 time.sleep(max(0.0, revocations.lease_seconds - (time.monotonic() - started)))
             raise
 
@@ -316,7 +395,7 @@ def ops_for_event(stored: StoredEvent, at: int) -> list[Op]:
             )
         ]
     if topic == events.TOKEN_DELETED.topic:
-        return [["X", at, bytes.fromhex(e["token_hash"])]]
+        return [["X", at, bytes.fromhex(e["token_hash"]), version]]
     if topic == events.LOCKOUT_STARTED.topic:
         return [_block(at, e["scope"], e["subject"], datetime.fromisoformat(e["until"]["_data_"]))]
     if topic == events.LOCKOUT_STARTED_V1.topic:
@@ -353,7 +432,7 @@ def ops_for_aggregate(aggregate: Aggregate, at: int) -> list[Op]:
         return [_hash("F", at, b"p:" + subject, version, fields)]
     if isinstance(aggregate, Token):
         if aggregate.deleted:
-            return [["X", at, bytes.fromhex(aggregate.token_hash)]]
+            return [["X", at, bytes.fromhex(aggregate.token_hash), version]]
         return [
             _token_issued(
                 at,
@@ -370,6 +449,15 @@ def ops_for_aggregate(aggregate: Aggregate, at: int) -> list[Op]:
     if isinstance(aggregate, UsageReport):
         return [["U", at, bytes.fromhex(h), ms] for h, ms in aggregate.last_used.items()]
     return []
+
+
+def read_model_key(aggregate: Aggregate) -> bytes:
+    """The key, after a generation's prefix, of what a token, person or workspace is in the read
+    model: where a change to it that may revoke is marked (`Writer.mark_revoking`)."""
+    if isinstance(aggregate, Token):
+        return b"t:" + bytes.fromhex(aggregate.token_hash)
+    kind = {Person: b"p:", Workspace: b"w:"}[type(aggregate)]
+    return kind + aggregate.id.bytes
 
 
 # The person events that set one field of the person's hash: topic -> (field, value).

@@ -1,7 +1,8 @@
-"""Redis failing under the read-your-writes path (issue 22): a revoking command whose event is
-stored but whose write to Redis failed must leave no process accepting what it revoked, though
-Redis still holds the token as valid until the projector passes the event; the client's retry,
-which finds the change made, must bring it to Redis before it answers.
+"""Redis failing around a revoking command (issue 22, Rule 5): a call that cannot mark its change
+in Redis stores nothing; one whose event is stored but whose write to Redis failed leaves every
+process answering "not ready" for what it revoked until the read model holds the change, though
+the failing process never touches Redis again; the client's retry, which finds the change made,
+brings it to Redis before it answers; and a mark whose save never happened is settled.
 And a lookup that Redis lost before its token's expiry (evicted) is "not ready", never a 401."""
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from typing import Any
 
 import pytest
 import redis
+from eventsourcing.persistence import OperationalError
 
 from ledger.domainmodel import TokenAlreadyDeleted
-from projections.keys import PREFIX
-from projections.revocations import FLOOR
+from projections.keys import PENDING_INDEX, PREFIX
 from projections.verifier import Verifier
 from tests.read_model_support import mentions
 from tests.unit.test_read_models import Rig, World, status
@@ -43,58 +44,122 @@ def member_token(rig: Rig) -> tuple[World, str, dict[str, Any]]:
     return world, value, info
 
 
+def after_the_save(rig: Rig, monkeypatch: pytest.MonkeyPatch, then: Callable[[], object]) -> None:
+    """Run `then` just after the next save has stored its events, before anything else."""
+    put = rig.ledger.events.put
+
+    def put_then(*args: Any, **kwargs: Any) -> Any:
+        recordings = put(*args, **kwargs)
+        then()
+        return recordings
+
+    monkeypatch.setattr(rig.ledger.events, "put", put_then)
+
+
+def marks(rig: Rig) -> list[bytes]:
+    """Every mark and the index of them."""
+    return sorted(rig.redis.scan_iter(match=f"{PREFIX}{PENDING_INDEX}*"))
+
+
+def lose_redis(rig: Rig) -> None:
+    rig.server.connected = False
+
+
 @pytest.mark.parametrize("command", [delete, disable, tokens_off])
-def test_a_retry_that_finds_its_change_made_brings_it_to_redis(command: Command) -> None:
+def test_a_revoking_call_that_cannot_reach_redis_stores_nothing(command: Command) -> None:
     rig = Rig("read-your-writes")
     world, value, info = member_token(rig)
-    rig.server.connected = False  # Redis down after the save: the command fails
+    head = rig.head()
+    rig.server.connected = False
     with pytest.raises(redis.ConnectionError):
         command(world, info)
+    assert rig.head() == head  # a 503, and the client's retry does it all
+    rig.server.connected = True
+    assert rig.status(value) == "valid"
+    command(world, info)  # not TokenAlreadyDeleted: the first call stored nothing
+    assert rig.status(value) == "refused"
+    assert marks(rig) == []
+
+
+@pytest.mark.parametrize("command", [delete, disable, tokens_off])
+def test_while_a_revoking_change_is_being_saved_no_process_accepts_the_token(
+    command: Command, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig("read-your-writes")
+    world, value, info = member_token(rig)
+    elsewhere = Verifier(rig.redis, "tlk")  # another API process's
+    seen: list[str] = []
+    after_the_save(rig, monkeypatch, lambda: seen.append(status(elsewhere, value)))
+    command(world, info)
+    assert seen == ["not ready"]  # stored, not yet in the read model
+    assert status(elsewhere, value) == rig.status(value) == "refused"
+    assert marks(rig) == []  # the call's own write cleared its marks
+
+
+@pytest.mark.parametrize("command", [delete, disable, tokens_off])
+def test_a_revoking_call_whose_write_failed_is_final_before_the_failing_process_uses_redis_again(
+    command: Command, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis is lost just after the save: the call fails; Redis is back, and the process that
+    made the call never touches it again (a CLI command that exited, a worker that died): every
+    other process answers "not ready" until the projector brings the change in."""
+    rig = Rig("read-your-writes")
+    world, value, info = member_token(rig)
+    elsewhere = Verifier(rig.redis, "tlk")
+    after_the_save(rig, monkeypatch, lambda: lose_redis(rig))
+    with pytest.raises(redis.ConnectionError):
+        command(world, info)
+    rig.server.connected = True
+    assert status(elsewhere, value) == "not ready"
+    rig.projector.run_once()  # the projector passes the stored event, and clears the marks
+    assert status(elsewhere, value) == "refused"
+    assert marks(rig) == []
+
+
+@pytest.mark.parametrize("command", [delete, disable, tokens_off])
+def test_a_retry_that_finds_its_change_made_brings_it_to_redis(
+    command: Command, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig("read-your-writes")
+    world, value, info = member_token(rig)
+    after_the_save(rig, monkeypatch, lambda: lose_redis(rig))
+    with pytest.raises(redis.ConnectionError):
+        command(world, info)
+    monkeypatch.undo()
     rig.server.connected = True
     try:
         command(world, info)  # the client's retry: 410 for a deletion, 200 for the others
     except TokenAlreadyDeleted:
         assert command is delete
-    assert rig.status(value) == "not ready"  # the floor of the failed call, still ahead
-    rig.redis.delete(PREFIX + FLOOR)  # what the read model itself holds: the retry brought it in
-    assert rig.status(value) == "refused"
+    assert rig.status(value) == "refused"  # no projector ran: the retry wrote it
+    assert marks(rig) == []
 
 
 @pytest.mark.parametrize("command", [delete, disable, tokens_off])
-def test_a_revoking_call_that_failed_leaves_no_process_accepting_once_redis_is_back(
-    command: Command,
+def test_the_mark_of_a_save_that_never_happened_is_settled_once_the_projector_is_caught_up(
+    command: Command, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rig = Rig("read-your-writes")
     world, value, info = member_token(rig)
-    elsewhere = Verifier(rig.redis, "tlk")  # another API process's, which knows of no failure
-    rig.server.connected = False  # Redis down after the save: the command fails
-    with pytest.raises(redis.ConnectionError):
-        command(world, info)
-    rig.server.connected = True
-    assert rig.status(value) == "not ready"  # this process raises the floor before it asks
-    assert status(elsewhere, value) == "not ready"
-    rig.projector.run_once()  # the projector passes the stored event
-    assert rig.status(value) == status(elsewhere, value) == "refused"
+    head = rig.head()
 
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("the store is down")
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 22 item 1, still open: docs/RELIABILITY.md, 'What is left'"
-)
-@pytest.mark.parametrize("command", [delete, disable, tokens_off])
-def test_a_revoking_call_that_failed_is_final_before_the_failing_process_uses_redis_again(
-    command: Command,
-) -> None:
-    """The window left open: the failed call has returned, Redis is back, and the process that
-    made the call has not touched Redis since (a CLI command that exited, a worker between its
-    lease renewals): another process asks Redis first, and Redis still holds the token valid."""
-    rig = Rig("read-your-writes")
-    world, value, info = member_token(rig)
-    elsewhere = Verifier(rig.redis, "tlk")
-    rig.server.connected = False  # Redis down after the save: the command fails
-    with pytest.raises(redis.ConnectionError):
+    monkeypatch.setattr(rig.ledger.events, "put", refused)
+    with pytest.raises(OperationalError):
         command(world, info)
-    rig.server.connected = True
-    assert status(elsewhere, value) != "valid"
+    monkeypatch.undo()
+    assert rig.head() == head
+    assert rig.status(value) == "not ready"  # for all it knows, the event may yet be stored
+    assert rig.writer.settle_marks() == 0  # younger than a save can take
+    projector = rig.projector_apart(settle_seconds=0)
+    projector.writer.mark_grace_seconds = 0  # as if the grace had passed
+    projector.run_once()  # catches up with the world's events
+    assert marks(rig) != []
+    projector.run_once()  # caught up: nothing new
+    assert marks(rig) == []
+    assert rig.status(value) == "valid"  # nothing was revoked
 
 
 def test_a_retried_deletion_the_projector_passed_leaves_nothing_behind() -> None:
