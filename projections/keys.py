@@ -66,8 +66,9 @@ GENERATION = PREFIX + "gen"
 # costs another copy of every person and workspace (docs/ARCHITECTURE.md, "Redis Cluster").
 CLUSTER_SHARDS = 8
 LAST_USED_GRANULARITY_MS = 60_000  # docs/CONTRACT.md: lastUsed is kept to within a minute
-# After a shard's prefix, Rule 5's marks (writer.py, `Marks`): PENDING + a read model's key
-# ('t:<sha>', 'p:<id>', 'w:<id>'), a sorted set of the versions being saved; and their index.
+# After a shard's prefix, Rule 5's marks (writer.py, `mark_revoking`): PENDING + a read model's
+# key ('t:<sha>', 'p:<id>', 'w:<id>'), a hash of each version being saved to the state it will
+# leave; and their index, by when each was last marked.
 PENDING = "pending:"
 PENDING_INDEX = "pending"
 
@@ -94,9 +95,13 @@ LUA_COMMON = (
 local unpack = unpack or table.unpack
 -- a change that may revoke is in the read model at `version`: the marks up to it go
 local function clear_marks(prefix, key, version)
-  local mark = prefix .. PENDING .. key
-  if redis.call('ZREMRANGEBYSCORE', mark, '-inf', version) > 0
-      and redis.call('EXISTS', mark) == 0 then
+  local mark, removed = prefix .. PENDING .. key, 0
+  for _, marked in ipairs(redis.call('HKEYS', mark)) do
+    if tonumber(marked) <= tonumber(version) then
+      removed = removed + redis.call('HDEL', mark, marked)
+    end
+  end
+  if removed > 0 and redis.call('EXISTS', mark) == 0 then
     redis.call('ZREM', prefix .. PENDING_INDEX, mark)
   end
 end

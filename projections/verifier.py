@@ -52,15 +52,34 @@ local s, owner, id, created, expires = token_ref(g, sha)
 if not s then return 0 end
 -- listed and not expired, yet no lookup: Redis evicted it (the only keys with a TTL)
 if not state then return (expires == '' or tonumber(expires) - 1 > now_ms()) and -2 or 0 end
+-- the owner as disabled, grant and role ('01admin'), their workspace as enabled and members
+-- can generate ('10'): whether a token of theirs may be used
+local function usable(person, place)
+  return string.sub(person, 1, 1) ~= '1' and string.sub(place, 1, 1) == '1'
+    and (string.sub(person, 3) == ARGV[3] or string.sub(place, 2, 2) == '1'
+         or string.sub(person, 2, 2) == '1')
+end
 local p = redis.call('HMGET', g .. 'p:' .. owner, 'u', 'w', 'r', 'g', 'd')
-if not p[1] or p[5] == '1' then return 0 end
+if not p[1] then return 0 end
 local w = redis.call('HMGET', g .. 'w:' .. p[2], 'en', 'mg')
-if w[1] ~= '1' then return 0 end
-if not (p[3] == ARGV[3] or w[2] == '1' or p[4] == '1') then return 0 end
--- a change that may revoke it is being saved, or is stored but not yet here (writer.py, Marks)
+local person, place = (p[5] or '0') .. (p[4] or '0') .. p[3], (w[1] or '0') .. (w[2] or '0')
+if not usable(person, place) then return 0 end
+-- Changes that may revoke it, being saved or stored but not yet here (writer.py, mark_revoking):
+-- not ready if the token's deletion is, or if any of its owner's and workspace's states to come,
+-- with the other's as it is or to come, would refuse it.
 local marked = prefix .. PENDING
 if redis.call('EXISTS', marked .. 't:' .. sha, marked .. 'p:' .. owner, marked .. 'w:' .. p[2]) > 0
-then return -3 end
+then
+  if redis.call('EXISTS', marked .. 't:' .. sha) == 1 then return -3 end
+  local people = redis.call('HVALS', marked .. 'p:' .. owner)
+  local places = redis.call('HVALS', marked .. 'w:' .. p[2])
+  people[#people + 1], places[#places + 1] = person, place
+  for _, one in ipairs(people) do
+    for _, other in ipairs(places) do
+      if not usable(one, other) then return -3 end
+    end
+  end
+end
 local used = state
 if ARGV[6] == '1' and (state == '1' or now - tonumber(state) >= tonumber(ARGV[2])) then
   used = ARGV[5]

@@ -66,7 +66,9 @@ elseif target == current or target == building then
 end
 for _, gen in ipairs(gens) do
   local g = prefix .. gen .. ':'
-  local live = gen == current  -- Rule 5's marks are cleared by what the live generation holds
+  -- Rule 5's marks are cleared by what the live generation holds, or, while none is live (not
+  -- ready), by the generation that goes live with the change in it
+  local live = gen == current or not current
   local reached = tonumber(redis.call('GET', g .. 'pos')) or 0
   local i = 4
   while i <= #ARGV do
@@ -211,15 +213,16 @@ def per_shard(ops: Sequence[Op], layout: Layout) -> list[list[bytes | str | int]
 TOKEN_OPS = frozenset({"T", "X", "U"})  # ops whose third part is a token's SHA-256
 
 
-# KEYS: a shard's index of marks. ARGV: its prefix, then pairs of a read model's key and the
-# version the change that may revoke will be saved at. The index keeps when each was last marked.
+# KEYS: a shard's index of marks. ARGV: its prefix, then triples of a read model's key, the
+# version the change that may revoke will be saved at, and the state it will leave
+# (`pending_state`). The index keeps when each was last marked.
 _MARK = (
     LUA_COMMON
     + """
 local now = now_ms()
-for i = 2, #ARGV, 2 do
+for i = 2, #ARGV, 3 do
   local mark = ARGV[1] .. PENDING .. ARGV[i]
-  redis.call('ZADD', mark, ARGV[i + 1], ARGV[i + 1])
+  redis.call('HSET', mark, ARGV[i + 1], ARGV[i + 2])
   redis.call('ZADD', KEYS[1], now, mark)
 end
 """
@@ -264,20 +267,21 @@ class Writer:
 
     def mark_revoking(self, aggregates: Sequence[Aggregate]) -> None:
         """Rule 5, before a change that may revoke is stored (`Ledger.save`): each token,
-        person or workspace it changes is marked in Redis at the version it will be saved at,
-        and the caches are emptied (`Revocations.announce`). The verify script answers "not
-        ready" for a token whose token, owner or workspace is marked, and the write that
-        brings the change into the live generation clears the marks up to its version, the
-        call's own or, when that fails, the projector's. So from before the event is stored
-        until Redis holds it, nothing accepts what it revokes, whatever becomes of the call's
-        own write, the call or its process. A Redis that cannot take the marks fails the call
-        before anything is stored."""
-        shards: dict[str, list[bytes | int]] = {prefix: [] for prefix in self.layout.prefixes}
+        person or workspace it changes is marked in Redis with the version it will be saved at
+        and the state it will leave, and the caches are emptied (`Revocations.announce`). The
+        verify script answers "not ready" for a token that a marked state would refuse (a
+        token marked deleted, an owner marked disabled; not an admin's, when members lose
+        their grant), and the write that brings the change into the live generation clears
+        the marks up to its version, the call's own or, when that fails, the projector's. So
+        from before the event is stored until Redis holds it, nothing accepts what it revokes,
+        whatever becomes of the call's own write, the call or its process. A Redis that cannot
+        take the marks fails the call before anything is stored."""
+        shards: dict[str, list[bytes | int | str]] = {p: [] for p in self.layout.prefixes}
         for aggregate in aggregates:
             key = read_model_key(aggregate)
             homes = [self.layout.of_token(key[2:])] if key[:2] == b"t:" else shards
             for prefix in homes:
-                shards[prefix] += [key, aggregate.version]
+                shards[prefix] += [key, aggregate.version, pending_state(aggregate)]
         calls = [
             ([prefix + PENDING_INDEX], [prefix, *args]) for prefix, args in shards.items() if args
         ]
@@ -458,6 +462,18 @@ def read_model_key(aggregate: Aggregate) -> bytes:
         return b"t:" + bytes.fromhex(aggregate.token_hash)
     kind = {Person: b"p:", Workspace: b"w:"}[type(aggregate)]
     return kind + aggregate.id.bytes
+
+
+def pending_state(aggregate: Aggregate) -> str:
+    """What the verify script checks a token against while a change to this is being saved: a
+    person as disabled, grant and role ('01admin'), a workspace as enabled and members can
+    generate ('10'); a token, only ever marked to be deleted, as 'x'."""
+    if isinstance(aggregate, Person):
+        return _flag(aggregate.disabled) + _flag(aggregate.can_generate_tokens) + aggregate.role
+    if isinstance(aggregate, Workspace):
+        fields = workspace_fields(aggregate.settings)
+        return fields["en"] + fields["mg"]
+    return "x"
 
 
 # The person events that set one field of the person's hash: topic -> (field, value).

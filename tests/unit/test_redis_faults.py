@@ -96,6 +96,29 @@ def test_while_a_revoking_change_is_being_saved_no_process_accepts_the_token(
     assert marks(rig) == []  # the call's own write cleared its marks
 
 
+def test_while_a_change_is_being_saved_only_the_tokens_it_would_refuse_are_not_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Members lose the workspace's grant: the member's token, usable by that grant alone, is
+    not ready meanwhile; the admin's, which the change leaves usable, stays valid throughout."""
+    rig = Rig("read-your-writes")
+    world = rig.world()
+    admin = world.as_(world.admin_id)
+    rig.ledger.change_settings(admin, {"membersCanGenerateTokens": True})
+    members, _ = world.issue(world.member_id)
+    admins, _ = world.issue(world.admin_id)
+    elsewhere = Verifier(rig.redis, "tlk")
+    seen: list[tuple[str, str]] = []
+    after_the_save(
+        rig,
+        monkeypatch,
+        lambda: seen.append((status(elsewhere, admins), status(elsewhere, members))),
+    )
+    rig.ledger.change_settings(admin, {"membersCanGenerateTokens": False})
+    assert seen == [("valid", "not ready")]
+    assert (status(elsewhere, admins), status(elsewhere, members)) == ("valid", "refused")
+
+
 @pytest.mark.parametrize("command", [delete, disable, tokens_off])
 def test_a_revoking_call_whose_write_failed_is_final_before_the_failing_process_uses_redis_again(
     command: Command, monkeypatch: pytest.MonkeyPatch
