@@ -25,7 +25,7 @@ _ANNOUNCE = (
     + """
 local now = now_ms()
 local leases = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'WITHSCORES')
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+redis.call('SPUBLISH', ARGV[1], ARGV[2])
 return {now, redis.call('GET', KEYS[2]) or '', leases}
 """
 )

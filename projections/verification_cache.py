@@ -5,23 +5,25 @@ cost a worker more CPU than the rest of the request (docs/benchmarks.md). So eac
 keeps the principals it verified and answers a token it saw lately without Redis, as long as
 
 - its **lease** holds. The process renews it every RENEW_SECONDS in `{tl}:verifiers` (a sorted
-  set: process id -> lease end, by Redis's clock), and then PINGs on its subscription to
-  `{tl}:revoked`: only when the PONG is back, which proves the subscription alive and every
-  revocation published before it handled, does its own copy of the lease move on. It is timed
+  set: process id -> lease end, by Redis's clock), and then PINGs on its (sharded) subscription
+  to `{tl}:revoked`, on the same server: only when the PONG is back, which proves the
+  subscription alive and every revocation published before it handled, does its own copy of
+  the lease move on. It is timed
   from before the renewal was sent, so it always ends before the one in Redis;
 - the token's lastUsed was stamped less than a minute ago, so that lastUsed stays true to the
   minute, and the token has not expired.
 
-**Rule 5.** A write that may revoke (the catalogue's `revokes`, ledger/events.py) lands in Redis
-first; then `Revocations.announce` (revocations.py) publishes on `{tl}:revoked` and waits until
-every process holding a lease has acknowledged (it empties its cache before it does) or its
-lease has run out. A process whose subscription broke misses the message but cannot renew, so
-its lease runs out; one that subscribed again empties its cache on the new subscription's
-confirmation. Only the registry itself can be lost (Redis flushed or restarted): a process that
-still holds a lease from before is not in it until its next renewal, so while the registry is
-younger than a lease the writer waits a whole lease. Revocations that no call announced (the
-projector applying a write that never reached Redis) are published by the projector, without
-waiting.
+**Rule 5.** A change that may revoke (the catalogue's `revokes`, ledger/events.py) is marked in
+Redis before it is stored (`Writer.mark_revoking`), so that Redis answers "not ready" for what
+it would refuse; then `Revocations.announce` (revocations.py) publishes on `{tl}:revoked` and
+waits until every process holding a lease has acknowledged (it empties its cache before it does)
+or its lease has run out. A process whose subscription broke misses the message but cannot
+renew, so its lease runs out; one that subscribed again empties its cache on the new
+subscription's confirmation. Only the registry itself can be lost (Redis flushed or restarted):
+a process that still holds a lease from before is not in it until its next renewal, so while the
+registry is younger than a lease the writer waits a whole lease. Revocations that no call
+announced (the projector applying a write that never reached Redis) are published by the
+projector, without waiting.
 
 Leases are timed by Redis's clock, so they assume that clock does not jump forward by more than
 a lease (NTP slews a clock rather than steps it).
@@ -36,7 +38,8 @@ import time
 from itertools import count
 from typing import NamedTuple
 
-from redis import Redis
+from redis import Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from projections.keys import LUA_CLOCK
 from projections.revocations import (
@@ -156,12 +159,27 @@ class VerificationCache:
                 self._failing = True
             self._stop.wait(self.renew_seconds)
 
+    def _node(self) -> Redis:
+        """The server that holds `CHANNEL`'s slot now, where the writers publish and read the
+        leases: on a cluster, a plain client to that node (the one the slot map names, once a
+        command routed by the slot has corrected a stale map)."""
+        client = self.subscriber
+        if isinstance(client, RedisCluster):
+            client.exists(CHANNEL)
+            client = client.get_redis_connection(client.get_node_from_key(CHANNEL))
+        return client
+
     def _follow(self) -> None:
-        pubsub = self.subscriber.pubsub()
+        # The subscription and the lease's renewals on one server: a PONG then proves that
+        # every message published there before the renewal has been handled. Were the node to
+        # lose the slot (a failover, a resharding), a renewal there fails (MOVED) and the lease
+        # runs out; the subscription, sharded, is also ended by the server when the slot moves.
+        node = self._node()
+        pubsub = node.pubsub()
         pings = count()
         pending: tuple[bytes, float] | None = None  # the PING awaited, and when it was sent
         try:
-            pubsub.subscribe(CHANNEL)
+            pubsub.ssubscribe(CHANNEL)
             renew_at = 0.0
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -169,7 +187,7 @@ class VerificationCache:
                     # A PONG not back by the next renewal leaves the lease to run out.
                     renew_at = now + self.renew_seconds
                     args: list[str | int] = [self.id, int(self.lease_seconds * 1000)]
-                    if self._register(keys=[REGISTRY, REGISTRY_SINCE], args=args):
+                    if self._register(keys=[REGISTRY, REGISTRY_SINCE], args=args, client=node):
                         self.empty()  # writers may have passed this process by
                     pending = (str(next(pings)).encode(), now)
                     pubsub.ping(pending[0].decode())
@@ -177,11 +195,13 @@ class VerificationCache:
                 if message is None:
                     continue
                 kind = message["type"]
-                if kind == "message":
+                if kind == "smessage":
                     self.empty()
                     self._acknowledge(message["data"])
-                elif kind == "subscribe":  # a subscription, first or renewed: news was missed
+                elif kind == "ssubscribe":  # a subscription, first or renewed: news was missed
                     self.empty()
+                elif kind == "sunsubscribe":  # the slot moved: subscribe where it is now
+                    raise RedisConnectionError("the revocations channel's slot moved")
                 elif kind == "pong" and pending is not None and message["data"] == pending[0]:
                     self._deadline = pending[1] + self.lease_seconds
                     pending, self._failing = None, False

@@ -212,6 +212,29 @@ class RedisClusterServers:
             assert wait_for(lambda: client.info("replication")["role"] == "master")
             assert wait_for(lambda: client.cluster("info")["cluster_state"] == "ok")
 
+    def owner(self, slot: int) -> RedisServer:
+        with redis_client(self.servers[0].port) as client:
+            for start, end, (_, port, *_) in (entry[:3] for entry in client.cluster("slots")):
+                if start <= slot <= end:
+                    return next(server for server in self.servers if server.port == port)
+        raise LookupError(slot)
+
+    def move_slot(self, slot: int, to: RedisServer) -> None:
+        """A resharding of one slot, as `redis-cli --cluster reshard` does it: its keys
+        migrated to `to`, then the slot given to `to` on each master, `to` first."""
+        source = self.owner(slot)
+        with redis_client(source.port) as src, redis_client(to.port) as dst:
+            source_id = src.execute_command("CLUSTER", "MYID").decode()
+            target_id = dst.execute_command("CLUSTER", "MYID").decode()
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+        for server in sorted(self.servers, key=lambda s: s is not to):
+            with redis_client(server.port) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        assert self.wait_until_ok(self.servers)
+
     @staticmethod
     def wait_until_ok(servers: list[RedisServer]) -> bool:
         def every_node_ok() -> bool:

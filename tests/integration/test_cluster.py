@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from uuid import UUID, uuid4
 
 import pytest
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from api.app import create_app
@@ -25,6 +26,7 @@ from ledger import tokens
 from ledger.application import Ledger
 from ledger.domainmodel import ADMIN, MEMBER, VERIFIER, AuditContext, Token
 from projections.keys import CLUSTER
+from projections.revocations import CHANNEL as REVOCATIONS
 from projections.verifier import Verifier
 from tests.conftest import PASSWORD, make_ledger
 from tests.integration.conftest import RedisClusterServers, redis_client
@@ -189,6 +191,44 @@ def test_verification_follows_a_failover_to_the_new_master(one_master, store_url
                 return "unavailable"
 
         assert wait_for(lambda: answer() == "valid", timeout=10)
+
+
+def test_rule_5_holds_after_the_coordination_slot_moves(store_url):
+    """`{tl}`'s slot, where the leases are kept and revocations announced, is resharded to
+    another master: another process's cache follows it there (its sharded subscription ended
+    by the server, its lease renewed where the writers read it), and a revocation made after
+    the move empties it before the call returns."""
+    cluster = RedisClusterServers()  # its own: the slot is moved for good
+    try:
+        with services(store_url, cluster.url) as api, services(store_url, cluster.url) as other:
+            api.projector.run_once()
+            ledger = api.ledger
+            workspace = ledger.create_workspace("acme", CLI)
+            admin = AuditContext(
+                "password", actor_id=ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+            )
+            value, info = ledger.issue_token(admin)
+            value = Secret(value)
+            digest = bytes.fromhex(tokens.digest(value))
+            assert other.cache is not None and wait_for(lambda: other.cache.ticket() is not None)
+
+            slot = key_slot(REVOCATIONS.encode())
+            source = cluster.owner(slot)
+            cluster.move_slot(slot, next(s for s in cluster.servers if s is not source))
+            with redis_client(cluster.owner(slot).port) as owner:
+                assert wait_for(
+                    lambda: owner.execute_command("PUBSUB", "SHARDNUMSUB", REVOCATIONS)[1] == 2,
+                    timeout=10,
+                )  # both processes' caches, subscribed where the slot is now
+            assert wait_for(lambda: other.cache.ticket() is not None, timeout=10)
+            assert status(other.verifier, value) == "valid"
+            assert other.cache.get(digest) is not None  # held, under a lease on the new owner
+
+            ledger.delete_token(admin, info["token_id"])
+            assert other.cache.get(digest) is None
+            assert status(other.verifier, value) == "refused"
+    finally:
+        cluster.stop()
 
 
 def test_a_cluster_unreachable_at_start_is_not_ready_until_it_answers(one_master, store_url):
