@@ -340,9 +340,9 @@ def secret_key(settings: Settings) -> bytes:
 def connect_redis(settings: Settings, *, retries: bool = True) -> Redis:
     """Without `retries`, a broken connection fails its command at once, where redis-py would
     reconnect and resend it: what a subscription whose breaking must be seen needs. A
-    `redis+cluster://` URL gets redis-py's cluster client, which learns the cluster from
-    whichever of the nodes named answers first, and the read models' cluster layout
-    (`projections.keys.layout_of`)."""
+    `redis+cluster://` (over TLS, `rediss+cluster://`) URL gets redis-py's cluster client,
+    which learns the cluster from whichever of the nodes named answers first, and the read
+    models' cluster layout (`projections.keys.layout_of`)."""
     if settings.redis_url is None:
         return fakeredis.FakeRedis(server=fakeredis.FakeServer())
     options: dict[str, Any] = {
@@ -361,6 +361,7 @@ def connect_redis(settings: Settings, *, retries: bool = True) -> Redis:
         ],
         username=cluster.username,
         password=cluster.password,
+        **({"ssl": True, "ssl_ca_certs": cluster.ca_certs} if cluster.tls else {}),
         **options,
     )
     # The cluster client answers the commands the read models send as a Redis client does;

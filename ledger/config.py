@@ -96,8 +96,9 @@ class Settings:
 
     @property
     def redis_cluster(self) -> ClusterUrl | None:
-        """The nodes and credentials of a `redis+cluster://` URL; None for any other."""
-        if self.redis_url is None or urlsplit(self.redis_url).scheme != CLUSTER_SCHEME:
+        """The nodes and credentials of a `redis+cluster://` (or `rediss+cluster://`) URL; None
+        for any other."""
+        if self.redis_url is None or urlsplit(self.redis_url).scheme not in CLUSTER_SCHEMES:
             return None
         return ClusterUrl.parse(self.redis_url)
 
@@ -190,24 +191,32 @@ def _check_sqlite_file(path: Path) -> None:
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-CLUSTER_SCHEME = "redis+cluster"
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")  # the second over TLS
 
 
 class ClusterUrl(NamedTuple):
-    """`redis+cluster://[user:password@]host:port[,host:port…]`: any node leads to the rest."""
+    """`redis[s]+cluster://[user:password@]host:port[,host:port…]`: any node leads to the rest.
+    Over TLS (`rediss+cluster://`) the nodes' certificates are checked against the system's CAs,
+    or the one file `?ssl_ca_certs=/path` names."""
 
     nodes: tuple[tuple[str, int], ...]
     username: str | None
     password: str | None
+    tls: bool = False
+    ca_certs: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> ClusterUrl:
         parts = urlsplit(url)
-        extra = parts.path + (f"?{parts.query}" if parts.query else "")
-        if extra:  # said, not ignored: a database or an option (TLS, say) the client never gets
+        tls = parts.scheme == "rediss+cluster"
+        options = parse_qs(parts.query, keep_blank_values=True)
+        ca_certs = options.pop("ssl_ca_certs", [None])[-1] if tls else None
+        if parts.path or options:  # said, not ignored: what the client would never get
+            allowed = "no option but ssl_ca_certs" if tls else "no options"
+            extra = parts.path + (f"?{parts.query}" if parts.query else "")
             raise ConfigError(
-                f"LEDGER_REDIS_URL: redis+cluster:// takes no database or options, got {extra!r} "
-                f"in {redact(url)}"
+                f"LEDGER_REDIS_URL: {parts.scheme}:// takes no database and {allowed}, "
+                f"got {extra!r} in {redact(url)}"
             )
         hosts = parts.netloc.rpartition("@")[2]
         nodes = []
@@ -215,7 +224,7 @@ class ClusterUrl(NamedTuple):
             host, _, port = node.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(
-                    "LEDGER_REDIS_URL: redis+cluster:// takes host:port[,host:port…], "
+                    f"LEDGER_REDIS_URL: {parts.scheme}:// takes host:port[,host:port…], "
                     f"got {redact(url)}"
                 )
             nodes.append((host.strip("[]"), int(port)))
@@ -223,17 +232,19 @@ class ClusterUrl(NamedTuple):
             tuple(nodes),
             unquote(parts.username) if parts.username else None,
             unquote(parts.password) if parts.password else None,
+            tls,
+            ca_certs,
         )
 
 
 def _check_redis_url(url: str) -> None:
     scheme = urlsplit(url).scheme
-    if scheme == CLUSTER_SCHEME:
+    if scheme in CLUSTER_SCHEMES:
         ClusterUrl.parse(url)
     elif scheme not in REDIS_SCHEMES:
         raise ConfigError(
-            "LEDGER_REDIS_URL must start with redis://, rediss://, unix:// or redis+cluster://, "
-            f"got {redact(url)}"
+            "LEDGER_REDIS_URL must start with redis://, rediss://, unix://, redis+cluster:// or "
+            f"rediss+cluster://, got {redact(url)}"
         )
 
 

@@ -16,10 +16,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 import pytest
 import redis
+import trustme
 
 from tests.conftest import IN_CI
 from tests.read_model_support import wait_for
@@ -78,11 +81,30 @@ def free_cluster_port() -> int:
     raise OSError("no free port pair for a cluster node")
 
 
+class TlsFiles(NamedTuple):
+    """A test CA's certificate, and one for 127.0.0.1 and localhost that it signed, with its key."""
+
+    ca: str
+    cert: str
+    key: str
+
+    @classmethod
+    def make(cls, folder: Path) -> TlsFiles:
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        files = cls(str(folder / "ca.pem"), str(folder / "server.pem"), str(folder / "key.pem"))
+        ca.cert_pem.write_to_path(files.ca)
+        server.cert_chain_pems[0].write_to_path(files.cert)
+        server.private_key_pem.write_to_path(files.key)
+        return files
+
+
 class RedisServer:
     """A redis-server of the tests' own on a free port, which tests may flush, kill and start
     again (on the same port, empty, as after a crash: it keeps nothing on disk)."""
 
-    def __init__(self, *, cluster: bool = False) -> None:
+    def __init__(self, *, cluster: bool = False, tls: TlsFiles | None = None) -> None:
+        """`tls`: it listens only over TLS (its cluster bus too), with that certificate."""
         executable = shutil.which("redis-server")
         if executable is None:
             unavailable("redis-server is not installed")
@@ -90,12 +112,23 @@ class RedisServer:
         self.port = free_cluster_port() if cluster else free_port()
         self.dir = tempfile.mkdtemp(prefix="ledger-redis-")
         self.cluster = cluster
+        self.tls = tls
         self.start()
 
     def start(self) -> None:
         options = {"port": self.port, "bind": "127.0.0.1", "save": "", "appendonly": "no"}
         if self.cluster:  # its node file in its own folder
             options |= {"cluster-enabled": "yes", "cluster-config-file": "nodes.conf"}
+        if self.tls is not None:
+            options |= {
+                "port": 0,
+                "tls-port": self.port,
+                "tls-cert-file": self.tls.cert,
+                "tls-key-file": self.tls.key,
+                "tls-ca-cert-file": self.tls.ca,
+                "tls-auth-clients": "no",
+                "tls-cluster": "yes",
+            }
         args = [arg for name, value in options.items() for arg in (f"--{name}", str(value))]
         self.process = subprocess.Popen(
             [self.executable, *args, "--dir", self.dir], stdout=subprocess.DEVNULL
@@ -153,24 +186,27 @@ class RedisClusterServers:
     master, as a cluster restarted without persistence would be; `add_replica` and `fail_over`
     give a master a replica and promote it."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, tls: TlsFiles | None = None) -> None:
         redis_cli = shutil.which("redis-cli")
         if redis_cli is None:
             unavailable("redis-cli is not installed")
+        self.tls = tls
         self.servers: list[RedisServer] = []
         self.replicas: list[RedisServer] = []
         try:
             for _ in range(masters):
-                self.servers.append(RedisServer(cluster=True))
+                self.servers.append(RedisServer(cluster=True, tls=tls))
         except BaseException:  # a node that did not start (skipped or failed): none left behind
             self.stop()
             raise
         if masters == 1:
-            with redis_client(self.servers[0].port) as client:
+            with self.client(self.servers[0].port) as client:
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
         else:
             nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
             create = ["--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+            if tls is not None:
+                create += ["--tls", "--cacert", tls.ca]
             created = subprocess.run(
                 [str(redis_cli), *create],
                 capture_output=True,
@@ -189,7 +225,7 @@ class RedisClusterServers:
         """A new node that replicates `master`, once it has all of the master's data."""
         replica = RedisServer(cluster=True)
         self.replicas.append(replica)
-        with redis_client(master.port) as primary, redis_client(replica.port) as client:
+        with self.client(master.port) as primary, self.client(replica.port) as client:
             master_id = primary.execute_command("CLUSTER", "MYID").decode()
             client.execute_command("CLUSTER", "MEET", "127.0.0.1", master.port)
             assert wait_for(
@@ -207,13 +243,13 @@ class RedisClusterServers:
     def fail_over(self, replica: RedisServer) -> None:
         """`replica` takes over its master's slots without the master's agreement, as after
         the master died."""
-        with redis_client(replica.port) as client:
+        with self.client(replica.port) as client:
             client.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
             assert wait_for(lambda: client.info("replication")["role"] == "master")
             assert wait_for(lambda: client.cluster("info")["cluster_state"] == "ok")
 
     def owner(self, slot: int) -> RedisServer:
-        with redis_client(self.servers[0].port) as client:
+        with self.client(self.servers[0].port) as client:
             for start, end, (_, port, *_) in (entry[:3] for entry in client.cluster("slots")):
                 if start <= slot <= end:
                     return next(server for server in self.servers if server.port == port)
@@ -223,7 +259,7 @@ class RedisClusterServers:
         """A resharding of one slot, as `redis-cli --cluster reshard` does it: its keys
         migrated to `to`, then the slot given to `to` on each master, `to` first."""
         source = self.owner(slot)
-        with redis_client(source.port) as src, redis_client(to.port) as dst:
+        with self.client(source.port) as src, self.client(to.port) as dst:
             source_id = src.execute_command("CLUSTER", "MYID").decode()
             target_id = dst.execute_command("CLUSTER", "MYID").decode()
             dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
@@ -231,24 +267,28 @@ class RedisClusterServers:
             while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
                 src.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
         for server in sorted(self.servers, key=lambda s: s is not to):
-            with redis_client(server.port) as client:
+            with self.client(server.port) as client:
                 client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         assert self.wait_until_ok(self.servers)
 
-    @staticmethod
-    def wait_until_ok(servers: list[RedisServer]) -> bool:
+    def wait_until_ok(self, servers: list[RedisServer]) -> bool:
         def every_node_ok() -> bool:
             states = []
             for server in servers:
-                with redis_client(server.port) as client:
+                with self.client(server.port) as client:
                     states.append(client.cluster("info")["cluster_state"])
             return states == ["ok"] * len(servers)
 
         return wait_for(every_node_ok, timeout=20)
 
+    def client(self, port: int) -> redis.Redis:
+        return redis_client(port, self.tls)
+
     @property
     def url(self) -> str:
         """Names one node only: the client discovers the others."""
+        if self.tls is not None:
+            return f"rediss+cluster://127.0.0.1:{self.servers[-1].port}?ssl_ca_certs={self.tls.ca}"
         return f"redis+cluster://127.0.0.1:{self.servers[-1].port}"
 
     @property
@@ -257,7 +297,7 @@ class RedisClusterServers:
 
     def flush(self) -> None:
         for server in self.servers:
-            with redis_client(server.port) as client:
+            with self.client(server.port) as client:
                 client.flushall()
 
     def stop(self) -> None:
@@ -265,7 +305,9 @@ class RedisClusterServers:
             server.stop()
 
 
-def redis_client(port: int) -> redis.Redis:
+def redis_client(port: int, tls: TlsFiles | None = None) -> redis.Redis:
+    if tls is not None:
+        return redis.Redis(port=port, socket_timeout=5, ssl=True, ssl_ca_certs=tls.ca)
     return redis.Redis(port=port, socket_timeout=5)
 
 

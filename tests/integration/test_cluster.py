@@ -29,7 +29,7 @@ from projections.keys import CLUSTER
 from projections.revocations import CHANNEL as REVOCATIONS
 from projections.verifier import Verifier
 from tests.conftest import PASSWORD, make_ledger
-from tests.integration.conftest import RedisClusterServers, redis_client
+from tests.integration.conftest import RedisClusterServers, TlsFiles, redis_client
 from tests.integration.test_read_models import (
     CLI,
     KILLED_AFTER_K_EVENTS,
@@ -227,6 +227,32 @@ def test_rule_5_holds_after_the_coordination_slot_moves(store_url):
             ledger.delete_token(admin, info["token_id"])
             assert other.cache.get(digest) is None
             assert status(other.verifier, value) == "refused"
+    finally:
+        cluster.stop()
+
+
+def test_a_cluster_over_tls_checks_its_nodes_against_the_ca_the_url_names(store_url, tmp_path):
+    """`rediss+cluster://`: issue, verify from another process's cache, revoke, over TLS alone;
+    without the CA that signed the nodes' certificates, not ready (never a 500)."""
+    cluster = RedisClusterServers(masters=1, tls=TlsFiles.make(tmp_path))
+    try:
+        with services(store_url, cluster.url) as api, services(store_url, cluster.url) as other:
+            api.projector.run_once()
+            assert create_app(api.settings, api).test_client().get("/readyz").status_code == 200
+            ledger = api.ledger
+            workspace = ledger.create_workspace("acme", CLI)
+            admin_id = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+            admin = AuditContext("password", actor_id=admin_id)
+            value, info = ledger.issue_token(admin)
+            value = Secret(value)
+            assert other.cache is not None and wait_for(lambda: other.cache.ticket() is not None)
+            assert status(other.verifier, value) == "valid"
+            ledger.delete_token(admin, info["token_id"])
+            assert status(other.verifier, value) == "refused"
+        untrusted = cluster.url.partition("?")[0]  # the system's CAs never signed the test CA
+        with services(store_url, untrusted) as api:
+            ready = create_app(api.settings, api).test_client().get("/readyz")
+            assert ready.status_code == 503, ready.json
     finally:
         cluster.stop()
 

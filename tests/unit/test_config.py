@@ -79,14 +79,28 @@ def test_a_cluster_url_names_the_nodes_to_discover_it_from():
     assert (cluster.username, cluster.password) == ("ops", "hunter2@x")
 
 
+def test_a_cluster_over_tls_checks_the_nodes_against_the_ca_named_or_the_systems():
+    cluster = Settings.from_env({"LEDGER_REDIS_URL": "rediss+cluster://a:7000"}).redis_cluster
+    assert cluster is not None and (cluster.tls, cluster.ca_certs) == (True, None)
+    url = "rediss+cluster://a:7000,b:7001?ssl_ca_certs=/etc/ledger/ca.pem"
+    cluster = Settings.from_env({"LEDGER_REDIS_URL": url}).redis_cluster
+    assert cluster is not None and cluster.nodes == (("a", 7000), ("b", 7001))
+    assert (cluster.tls, cluster.ca_certs) == (True, "/etc/ledger/ca.pem")
+    plain = Settings.from_env({"LEDGER_REDIS_URL": "redis+cluster://a:7000"}).redis_cluster
+    assert plain is not None and not plain.tls
+
+
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("http://:hunter2hunter2@cache:6379", "must start with redis://, rediss://, unix:// or"),
+        ("http://:hunter2hunter2@cache:6379", "must start with redis://, rediss://, unix://,"),
         ("redis+cluster://:hunter2hunter2@a:7000,b", "takes host:port[,host:port…]"),
         ("redis+cluster://a:7000,b:70000", "takes host:port[,host:port…]"),
-        ("redis+cluster://:hunter2hunter2@a:7000/0", "takes no database or options, got '/0'"),
-        ("redis+cluster://a:7000?ssl=true", "takes no database or options, got '?ssl=true'"),
+        ("redis+cluster://:hunter2hunter2@a:7000/0", "no database and no options, got '/0'"),
+        ("redis+cluster://a:7000?ssl=true", "no database and no options, got '?ssl=true'"),
+        ("redis+cluster://a:7000?ssl_ca_certs=/ca.pem", "no database and no options"),
+        ("rediss+cluster://a:7000?ssl=true", "no database and no option but ssl_ca_certs"),
+        ("rediss+cluster://:hunter2hunter2@a:7000/1", "no option but ssl_ca_certs, got '/1'"),
     ],
 )
 def test_other_redis_urls_are_one_clear_error(url, problem):
