@@ -34,7 +34,7 @@ LISTEN_RENEW_SECONDS = 300.0  # a lost NOTIFY or a stale LISTEN never stalls us 
 # `status` counts the events not yet applied up to this many, so that a scrape stays cheap when
 # the projector is far behind (lagSeconds still tells how far).
 LAG_COUNT_LIMIT = 1000
-SETTLE_SECONDS = 10.0  # how often, when caught up, the marks of saves that never happened go
+SETTLE_SECONDS = 10.0  # how often the marks of saves that never happened are looked for
 
 
 class Projector:
@@ -78,8 +78,10 @@ class Projector:
         now = time.monotonic()
         if now - self._last_usage_flush >= self.usage_flush_seconds:
             self.flush_usage()
-        if not applied and now - self._last_settled >= self.settle_seconds:
-            # Caught up: a mark older than a save can take is of a save that never happened.
+        if now - self._last_settled >= self.settle_seconds:
+            # Caught up to the last read of the store: a mark older than a save can take whose
+            # event would be stored by then, and so applied and cleared, is of a save that
+            # never happened.
             self._last_settled = now
             self.writer.settle_marks()
         return applied

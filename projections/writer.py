@@ -291,8 +291,8 @@ class Writer:
 
     def settle_marks(self) -> int:
         """Drop the marks of saves that never happened (the store refused them, the process
-        died before saving): the projector calls this when it has caught up, and a mark older
-        than any save can take would have been cleared by then had its event been stored."""
+        died before saving): the projector calls this after catching up, and a mark older than
+        any save can take would have been cleared by then had its event been stored."""
         age_ms = int(self.mark_grace_seconds * 1000)
         calls = [([prefix + PENDING_INDEX], [age_ms]) for prefix in self.layout.prefixes]
         return sum(each_shard(self.redis, self._settle, calls))
