@@ -57,6 +57,7 @@ local prefix, target, position = ARGV[1], ARGV[2], ARGV[3]
 local now  -- Redis's clock, read once if an issue needs it
 local current = redis.call('GET', KEYS[1])
 local building = redis.call('GET', prefix .. 'building')
+local marked = redis.call('EXISTS', prefix .. PENDING_INDEX) == 1  -- any mark in the shard
 local gens = {}
 if target == '*' or target == '+' then
   if current then gens[#gens + 1] = current end
@@ -68,7 +69,7 @@ for _, gen in ipairs(gens) do
   local g = prefix .. gen .. ':'
   -- Rule 5's marks are cleared by what the live generation holds, or, while none is live (not
   -- ready), by the generation that goes live with the change in it
-  local live = gen == current or not current
+  local live = marked and (gen == current or not current)
   local reached = tonumber(redis.call('GET', g .. 'pos')) or 0
   local i = 4
   while i <= #ARGV do
