@@ -23,7 +23,7 @@ from ledger.config import Settings
 from ledger.domainmodel import ADMIN, MEMBER, AuditContext, PersonDisabled
 from tests.conftest import FAST_ARGON2 as FAST_ARGON2_PARAMETERS
 from tests.conftest import PASSWORD, login, make_ledger
-from tests.integration.conftest import RedisServer
+from tests.integration.conftest import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -593,3 +593,17 @@ def test_projections_status_as_json_with_shared_read_models(store_url, redis_ser
     status = json.loads(ready.stdout)
     assert status["ready"] is True
     assert {"generation", "position", "head", "lagEvents", "lagSeconds"} <= set(status)
+
+
+def test_a_revoking_command_that_cannot_reach_redis_changes_nothing(store_url, name):
+    """Rule 5 marks the change in Redis before storing it: with Redis down the command stores
+    nothing and says so in one line."""
+    password = "a long enough passphrase"
+    assert run(store_url, "workspaces", "create", name).returncode == 0
+    assert add_user(store_url, f"{name}-ada", name, password, "--admin").returncode == 0
+    down = {"LEDGER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
+    assert_one_line_error(
+        run(store_url, "users", "disable", f"{name}-ada", **down), 1, "cannot reach Redis"
+    )
+    listed = run(store_url, "users", "list", "--workspace", name, "--json")
+    assert [p["disabled"] for p in json.loads(listed.stdout)["data"]] == [False]
