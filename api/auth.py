@@ -68,7 +68,9 @@ def bearer_token() -> str | None:
 
 def _authorization() -> tuple[str, str]:
     """The scheme, in lower case, and the credentials of the Authorization header."""
-    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    # From the environ, as request.headers reads it, without building werkzeug's Headers.
+    header = request.environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, credentials = header.strip().partition(" ")
     return scheme.lower(), credentials.strip()
 
 
