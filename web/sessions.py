@@ -99,12 +99,15 @@ class SessionStore:
                 pipe.execute()
 
 
+def _changed(session: ServerSession) -> None:
+    session.modified = True
+
+
 class ServerSession(CallbackDict[str, Any], SessionMixin):
     def __init__(self, data: dict[str, Any] | None = None, sid: str | None = None) -> None:
-        def changed(_: CallbackDict[str, Any]) -> None:
-            self.modified = True
-
-        super().__init__(data or {}, changed)
+        # CallbackDict hands the session itself to `_changed`: a closure over `self` made
+        # every request's session a reference cycle, garbage for the collector to find.
+        super().__init__(data or {}, _changed)
         self.sid = sid
         self.ended: str | None = None
         self.modified = False
