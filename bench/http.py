@@ -408,8 +408,8 @@ def run() -> str:
         f"with the cache off the server reaches {uncached_max / plain_max.rate:.2f} of the plain"
         f" app. A request costs {extra_us:,.0f} µs of CPU more than the plain app's, all",
         f"processes counted, where 0.85 allows {allowed_us:,.0f}; in the direct loop the",
-        f"difference is {direct_extra_us:,.0f} µs: the Bearer header's check and hash, the audit"
-        " context, the request id,",
+        f"difference is {direct_extra_us:,.0f} µs: the Bearer header's check and hash, the"
+        " request id,",
         "the response schema, the headers, the metrics and the access log line, and Flask's",
         "hooks around a blueprint. In the worker's profile granian's Python side (the WSGI",
         f"call) holds {server_share:.0%}, Flask {flask_share:.0%} (ours inside it), and our own"
@@ -730,18 +730,26 @@ COMPONENTS = (  # by where a frame's file lives, as py-spy names it
 )
 Step = tuple[str, str, bool]  # a step's name, the frame that finds it, whether it is ours
 # Steps of a request, each found by a frame's function and file as py-spy names it, and
-# whether it is ours (our code, or flask-smorest's wrapper around our view).
+# whether it is ours. py-spy names a function by its qualified name.
 # Our edge's work as a response starts: its headers, the metrics and the access log line (the
 # rest of `Edge` and `BodyFirst` is Flask's request, which they wrap).
 EDGE: Step = (
     "our edge as the response starts: headers, metrics, access log (`Edge`)",
-    "finish (api/edge.py",
+    "Edge.__call__.<locals>.finish (api/edge.py",
     True,
 )
 REQUEST_STEPS: tuple[Step, ...] = (
     ("Flask, all told (`Flask.wsgi_app`)", "Flask.wsgi_app (flask/", False),
-    ("our `authenticate`: verify() and the audit context", "authenticate (api/auth.py", True),
-    ("flask-smorest's response: our view, the schema, the JSON", "ResponseMixin.response", True),
+    (
+        "our `authenticate`: the credentials checked (verify() for Bearer)",
+        "authenticate (api/auth.py",
+        True,
+    ),
+    (
+        "our response: our view, the schema, the JSON (`Blueprint.response`)",
+        "Blueprint.response.<locals>.decorator.<locals>.respond (api/http.py",
+        True,
+    ),
     EDGE,
 )
 
