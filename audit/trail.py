@@ -303,9 +303,11 @@ class AuditTrail:
                 person_ids.add(event.owner_id)
             elif kind is TOKEN_DELETED:
                 token_ids.add(event.originator_id)
-            elif kind in (SIGNED_IN, SIGNED_OUT, LOCKOUT_STARTED, LOCKOUT_STARTED_V1):
-                if event.person_id is not None:
-                    person_ids.add(event.person_id)
+            elif (
+                kind in (SIGNED_IN, SIGNED_OUT, LOCKOUT_STARTED, LOCKOUT_STARTED_V1)
+                and event.person_id is not None
+            ):
+                person_ids.add(event.person_id)
         for person in self.store.people(sorted(person_ids - self._people.keys())):
             self._people[person.person_id] = person
         for token in self.store.tokens(sorted(token_ids - self._tokens.keys())):
