@@ -164,11 +164,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def configure_logging() -> None:
-    """Every process's log lines on stderr, at INFO: the access log's line a request included.
+    """Log lines on stderr from INFO up, the access log's included (workers inherit this).
 
-    LOG_FORMAT names no record's thread, process or source line: not collecting the first two
-    (the logging HOWTO's "Optimization") takes 1.4 µs off each line, and the time's text kept
-    per second (`LogFormatter`) 1.7 (issue 20: GET /v4/people/current's line cost 23 µs)."""
+    LOG_FORMAT shows no record's thread or process: not collecting them (the logging HOWTO's
+    "Optimization") takes 1.4 µs off each line, and the time's text kept per second
+    (`LogFormatter`) 1.7 (issue 20: GET /v4/people/current's access line cost 23 µs)."""
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogFormatter(LOG_FORMAT))

@@ -127,7 +127,7 @@ class RedisSessionInterface(SessionInterface):
         self.secure = secure  # whether this request reached us over HTTPS
 
     def open_session(self, app: Flask, request: Request) -> ServerSession:
-        # No Cookie header (every API client's request): nothing to parse (3 µs, issue 20).
+        # No Cookie header (every API client's request): nothing to parse (6 µs, issue 20).
         sid = request.cookies.get(COOKIE) if "HTTP_COOKIE" in request.environ else None
         data = self.store.load(sid) if sid else None
         return ServerSession(data, sid if data is not None else None)
