@@ -26,12 +26,31 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 def authenticate() -> None:
     """The /v4 blueprints' before_request: every endpoint there has a caller, found before its
     body is read. Raises AuthenticationFailed (401) or LockedOut (429)."""
-    g.caller = _from_credentials()
+    scheme, credentials = _authorization()
+    if scheme == "basic":
+        username, password = _basic_credentials(credentials)
+        context = client_context("password")
+        person_id = services().ledger.authenticate(username, password, context)
+        g.caller = replace(context, actor_id=person_id)
+    elif scheme == "bearer" and credentials:
+        principal = verify(credentials)
+        if principal is None:
+            raise AuthenticationFailed("The token is not valid")
+        g.principal = principal  # its context is made by `caller`, when a command needs one
+    else:
+        raise AuthenticationFailed(
+            "Authenticate with Basic (username and password) or a Bearer token"
+        )
 
 
 def caller() -> AuditContext:
-    """The authenticated caller of this request, as the context every command takes."""
-    context: AuditContext = g.caller
+    """The authenticated caller of this request, as the context every command takes. A Bearer
+    caller's is made on first use: reads answered from the principal alone need none (7 µs of
+    GET /v4/people/current's CPU, issue 20)."""
+    context: AuditContext | None = g.get("caller")
+    if context is None:
+        principal: Principal = g.principal
+        context = g.caller = client_context("token", principal.person_id, principal.token_id)
     return context
 
 
@@ -49,24 +68,10 @@ def bearer_token() -> str | None:
 
 def _authorization() -> tuple[str, str]:
     """The scheme, in lower case, and the credentials of the Authorization header."""
-    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    # From the environ, as request.headers reads it, without building werkzeug's Headers.
+    header = request.environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, credentials = header.strip().partition(" ")
     return scheme.lower(), credentials.strip()
-
-
-def _from_credentials() -> AuditContext:
-    scheme, credentials = _authorization()
-    if scheme == "basic":
-        username, password = _basic_credentials(credentials)
-        context = client_context("password")
-        person_id = services().ledger.authenticate(username, password, context)
-        return replace(context, actor_id=person_id)
-    if scheme == "bearer" and credentials:
-        principal = verify(credentials)
-        if principal is None:
-            raise AuthenticationFailed("The token is not valid")
-        g.principal = principal
-        return client_context("token", principal.person_id, principal.token_id)
-    raise AuthenticationFailed("Authenticate with Basic (username and password) or a Bearer token")
 
 
 def verify(value: str, *, use: bool = True) -> Principal | None:

@@ -39,6 +39,7 @@ REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 ALWAYS = [("X-Content-Type-Options", "nosniff")]
+ACCESS = "%s %s %s %s %.1fms %s %s"  # the access log line (above)
 
 
 class Edge:
@@ -69,8 +70,7 @@ class Edge:
             labelled(REQUESTS, method, route, status[:3]).inc()
             labelled(LATENCY, method, route).observe(took)
             if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "%s %s %s %s %.1fms %s %s",
+                line = (
                     environ.get("REMOTE_ADDR", "-"),
                     _quoted(f"{method} {environ.get('PATH_INFO', '')}"),
                     status[:3],
@@ -79,6 +79,9 @@ class Edge:
                     rid,
                     _quoted(environ.get("HTTP_USER_AGENT", "")),
                 )
+                # What log.info does, without its walk up the stack for the caller's file and
+                # line, which no log format here shows: 1.3 µs a request (issue 20).
+                log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, ACCESS, line, None))
             return start_response(status, headers, *exc_info)
 
         return self.app(environ, finish)

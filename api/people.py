@@ -27,7 +27,7 @@ blp.before_request(authenticate)
 @blp.errors(*AUTHENTICATED, 404)
 def current_person() -> dict[str, Any]:
     """The caller, and how they authenticated (with the token's id for Bearer)."""
-    context, verified = caller(), bearer_principal()
+    verified = bearer_principal()
     if verified is not None:  # Bearer: the read model already said who this is
         return {
             "id": verified.person_id,
@@ -36,9 +36,10 @@ def current_person() -> dict[str, Any]:
             "disabled": False,  # a disabled person's tokens do not verify
             "can_generate_tokens": verified.can_generate_tokens,
             "workspace_id": verified.workspace_id,
-            "auth_method": context.method,
+            "auth_method": "token",
             "token_id": verified.token_id,
         }
+    context = caller()
     assert context.actor_id is not None  # authenticate() set it
     return {**services().ledger.get_person(context.actor_id), "auth_method": context.method}
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import io
+import multiprocessing
 import os
 import re
 import shutil
@@ -357,9 +358,11 @@ def run() -> str:
         "",
         *_steps_table(steps),
         "",
-        "The same request in a direct loop over each app's WSGI callable, in the benchmark's",
-        "process (no server, no sockets but Redis's, no load generator): CPU per request,",
-        f"the median of {IN_PROCESS_ROUNDS} rounds of {IN_PROCESS_CALLS:,} calls each.",
+        "The same request in a direct loop over each app's WSGI callable, in a process made",
+        "as `ledger serve` makes a worker (its access log written, to /dev/null; its counters",
+        "in a multiprocess directory), without a server, sockets but Redis's or a load",
+        f"generator: CPU per request, the median of {IN_PROCESS_ROUNDS} rounds of"
+        f" {IN_PROCESS_CALLS:,} calls each.",
         "",
         "| app | µs per request |",
         "|---|---|",
@@ -408,8 +411,8 @@ def run() -> str:
         f"with the cache off the server reaches {uncached_max / plain_max.rate:.2f} of the plain"
         f" app. A request costs {extra_us:,.0f} µs of CPU more than the plain app's, all",
         f"processes counted, where 0.85 allows {allowed_us:,.0f}; in the direct loop the",
-        f"difference is {direct_extra_us:,.0f} µs: the Bearer header's check and hash, the audit"
-        " context, the request id,",
+        f"difference is {direct_extra_us:,.0f} µs: the Bearer header's check and hash, the"
+        " request id,",
         "the response schema, the headers, the metrics and the access log line, and Flask's",
         "hooks around a blueprint. In the worker's profile granian's Python side (the WSGI",
         f"call) holds {server_share:.0%}, Flask {flask_share:.0%} (ours inside it), and our own"
@@ -491,13 +494,28 @@ IN_PROCESS_ROUNDS = 5
 def in_process(s: Stack, path: str) -> dict[str, float]:
     """CPU per request of GET `path` called straight through each app's WSGI callable: the
     plain app, and ours without and with its verification cache, each an API process's app as
-    `bootstrap.build` makes it."""
+    `bootstrap.build` makes it. In a process of its own, set up as a worker of `ledger serve`
+    is (`_direct_loop`): the benchmark's own holds threads and a heap that a worker has not."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        found: dict[str, float] = pool.apply(_direct_loop, (s.settings, s.token, path))
+    return found
+
+
+def _direct_loop(settings: Settings, token: str, path: str) -> dict[str, float]:
+    """in_process's loops. The access log is written, to /dev/null, by serve's logging, and the
+    counters go to a multiprocess directory, as a worker's do (before prometheus_client is
+    imported); bodies are received first (BodyFirst), as under `ledger serve`."""
+    metrics = tempfile.mkdtemp(prefix="ledger-bench-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics
+    sys.stderr = open(os.devnull, "w", buffering=1)  # noqa: SIM115 - the process's stderr
+    serve.configure_logging()
     from api.app import create_app
     from bench.plain_app import app as plain
 
-    uncached = build(replace(s.settings, verification_cache=False), Role.API)
-    cached = build(s.settings, Role.API).start()
-    ours, ours_cached = create_app(uncached.settings, uncached), create_app(s.settings, cached)
+    uncached = build(replace(settings, verification_cache=False), Role.API)
+    cached = build(settings, Role.API).start()
+    ours = create_app(uncached.settings, uncached, running=THREADS)
+    ours_cached = create_app(settings, cached, running=THREADS)
 
     def loop(app: Any, authorization: str | None) -> float:
         environ = {
@@ -525,16 +543,17 @@ def in_process(s: Stack, path: str) -> dict[str, float]:
         assert cached.cache is not None
         while cached.cache.ticket() is None:  # a lease
             time.sleep(0.01)
-        return loop(ours_cached.wsgi_app, f"Bearer {s.token}")
+        return loop(ours_cached.wsgi_app, f"Bearer {token}")
 
     try:
         rounds = [
-            (loop(plain.wsgi_app, None), loop(ours.wsgi_app, f"Bearer {s.token}"), with_cache())
+            (loop(plain.wsgi_app, None), loop(ours.wsgi_app, f"Bearer {token}"), with_cache())
             for _ in range(IN_PROCESS_ROUNDS)
         ]
     finally:
         cached.close()
         uncached.close()
+        shutil.rmtree(metrics)
     return {
         name: statistics.median(r[n] for r in rounds)
         for n, name in enumerate((PLAIN, UNCACHED, CACHED))
@@ -730,18 +749,26 @@ COMPONENTS = (  # by where a frame's file lives, as py-spy names it
 )
 Step = tuple[str, str, bool]  # a step's name, the frame that finds it, whether it is ours
 # Steps of a request, each found by a frame's function and file as py-spy names it, and
-# whether it is ours (our code, or flask-smorest's wrapper around our view).
+# whether it is ours. py-spy names a function by its qualified name.
 # Our edge's work as a response starts: its headers, the metrics and the access log line (the
 # rest of `Edge` and `BodyFirst` is Flask's request, which they wrap).
 EDGE: Step = (
     "our edge as the response starts: headers, metrics, access log (`Edge`)",
-    "finish (api/edge.py",
+    "Edge.__call__.<locals>.finish (api/edge.py",
     True,
 )
 REQUEST_STEPS: tuple[Step, ...] = (
     ("Flask, all told (`Flask.wsgi_app`)", "Flask.wsgi_app (flask/", False),
-    ("our `authenticate`: verify() and the audit context", "authenticate (api/auth.py", True),
-    ("flask-smorest's response: our view, the schema, the JSON", "ResponseMixin.response", True),
+    (
+        "our `authenticate`: the credentials checked (verify() for Bearer)",
+        "authenticate (api/auth.py",
+        True,
+    ),
+    (
+        "our response: our view, the schema, the JSON (`Blueprint.response`)",
+        "Blueprint.response.<locals>.decorator.<locals>.respond (api/http.py",
+        True,
+    ),
     EDGE,
 )
 

@@ -20,6 +20,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,11 +95,7 @@ def serve(
         )
     _check_port(host, port)
     _use_metrics_dir()
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging()
     check_admin_password(settings)
     secret_key(settings)  # PostgreSQL without LEDGER_SECRET_KEY: one line here, not in each worker
     bootstrap(settings)
@@ -163,11 +160,43 @@ class SharedSocket(SocketPerWorker):
         self._sso.set_inheritable(True)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def configure_logging() -> None:
+    """Log lines on stderr from INFO up, the access log's included (workers inherit this).
+
+    LOG_FORMAT shows no record's thread or process: not collecting them (the logging HOWTO's
+    "Optimization") takes 1.4 µs off each line, and the time's text kept per second
+    (`LogFormatter`) 1.7 (issue 20: GET /v4/people/current's access line cost 23 µs)."""
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+class LogFormatter(logging.Formatter):
+    """logging.Formatter, with the text of the current second made once, not once a line;
+    tests/unit/test_serve_options.py holds it to logging.Formatter's."""
+
+    _second: tuple[int, str] = (-1, "")  # replaced whole, so threads never see half of it
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None or self.default_msec_format is None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)  # what localtime() truncates `created` to
+        cached, text = self._second
+        if second != cached:
+            text = time.strftime(self.default_time_format, self.converter(second))
+            self._second = (second, text)
+        return self.default_msec_format % (text, record.msecs)
+
+
 # granian's own messages (start, workers, stops) in the same shape as ours, on stderr.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {"plain": {"format": LOG_FORMAT}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {"_granian": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
 }

@@ -99,12 +99,15 @@ class SessionStore:
                 pipe.execute()
 
 
+def _changed(session: ServerSession) -> None:
+    session.modified = True
+
+
 class ServerSession(CallbackDict[str, Any], SessionMixin):
     def __init__(self, data: dict[str, Any] | None = None, sid: str | None = None) -> None:
-        def changed(_: CallbackDict[str, Any]) -> None:
-            self.modified = True
-
-        super().__init__(data or {}, changed)
+        # CallbackDict hands the session itself to `_changed`: a closure over `self` made
+        # every request's session a reference cycle, garbage for the collector to find.
+        super().__init__(data or {}, _changed)
         self.sid = sid
         self.ended: str | None = None
         self.modified = False
@@ -124,7 +127,8 @@ class RedisSessionInterface(SessionInterface):
         self.secure = secure  # whether this request reached us over HTTPS
 
     def open_session(self, app: Flask, request: Request) -> ServerSession:
-        sid = request.cookies.get(COOKIE)
+        # No Cookie header (every API client's request): nothing to parse (6 µs, issue 20).
+        sid = request.cookies.get(COOKIE) if "HTTP_COOKIE" in request.environ else None
         data = self.store.load(sid) if sid else None
         return ServerSession(data, sid if data is not None else None)
 

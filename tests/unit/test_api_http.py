@@ -10,15 +10,19 @@ import json
 import logging
 import os
 import re
+import uuid
 from typing import Any
 
+import flask_smorest
 import pytest
 import redis.exceptions
 from eventsourcing.persistence import OperationalError
+from flask import Flask, Response
 
 from api.auth import client_ip
 from api.edge import new_request_id
-from api.http import MAX_BODY_BYTES
+from api.http import MAX_BODY_BYTES, Blueprint, JsonProvider
+from api.schemas import CurrentPersonSchema
 from tests.conftest import PASSWORD
 from tests.unit.conftest import assert_error, basic, bearer
 
@@ -370,7 +374,54 @@ def test_a_route_keeps_its_documented_errors_without_a_wrapper_for_each(api):
     view, layers = app.view_functions["people.current_person"], 0
     while hasattr(view, "__wrapped__"):
         view, layers = view.__wrapped__, layers + 1
-    assert layers == 1  # flask-smorest's response, which dumps the body
+    assert layers == 1  # the response's (api/http.py), which dumps the body
+
+
+def test_our_response_wrapper_answers_as_flask_smorests():
+    """api/http.py's Blueprint.response against flask-smorest's own, for what our views return:
+    a dict the schema dumps, nothing (204), a Response of their own."""
+    app = Flask(__name__)
+    app.json = JsonProvider(app)
+    app.config.update(API_TITLE="t", API_VERSION="v", OPENAPI_VERSION="3.0.3")
+    api = flask_smorest.Api(app)
+    person = {
+        "id": uuid.uuid4(),
+        "username": "ada",
+        "role": "admin",
+        "disabled": False,
+        "can_generate_tokens": True,
+        "workspace_id": uuid.uuid4(),
+        "auth_method": "token",
+        "token_id": uuid.uuid4(),
+    }
+    for kind in (flask_smorest.Blueprint, Blueprint):
+        blp = kind(kind.__module__.replace(".", "_"), __name__, url_prefix=f"/{kind.__module__}")
+
+        @blp.route("/person")
+        @blp.response(200, CurrentPersonSchema)
+        def current_person() -> dict[str, Any]:
+            return person
+
+        @blp.route("/nothing", methods=["POST"])
+        @blp.response(204)
+        def nothing() -> None:
+            return None
+
+        @blp.route("/own")
+        @blp.response(200, CurrentPersonSchema)
+        def own() -> Response:
+            return Response("as made", status=202, headers={"X-Own": "1"})
+
+        api.register_blueprint(blp)
+    client = app.test_client()
+    for method, path in (("GET", "/person"), ("POST", "/nothing"), ("GET", "/own")):
+        theirs = client.open(f"/flask_smorest.blueprint{path}", method=method)
+        ours = client.open(f"/api.http{path}", method=method)
+        assert (ours.status, list(ours.headers), ours.data) == (
+            theirs.status,
+            list(theirs.headers),
+            theirs.data,
+        )
 
 
 def test_under_a_server_a_body_shorter_than_announced_is_400_with_the_request_id(api):

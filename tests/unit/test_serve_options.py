@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -128,3 +129,15 @@ assert server.main_loop_interrupt.wait(5)
 """
     done = subprocess.run([sys.executable, "-c", check], timeout=30, check=False)
     assert done.returncode == 0
+
+
+def test_the_log_formatter_writes_what_logging_formatter_writes():
+    ours, plain = serve.LogFormatter(serve.LOG_FORMAT), logging.Formatter(serve.LOG_FORMAT)
+    for created in (0.0, 1764950399.999, 1764950400.0, 1764950400.0005, 1764950400.9996):
+        for at in (created, created, created + 1.25):  # the second again, and the next
+            record = logging.makeLogRecord({"msg": "x", "levelname": "INFO", "created": at})
+            record.msecs = (at - int(at)) * 1000  # as LogRecord sets it from `created`
+            assert ours.format(record) == plain.format(record)
+    record = logging.makeLogRecord({"msg": "x", "created": 1764950400.5, "msecs": 500.0})
+    dated, plain_dated = serve.LogFormatter(datefmt="%H:%M"), logging.Formatter(datefmt="%H:%M")
+    assert dated.format(record) == plain_dated.format(record)
