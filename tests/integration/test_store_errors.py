@@ -99,7 +99,8 @@ def test_a_postgresql_that_cannot_be_reached(tmp_path, command):
     [
         (
             "http://127.0.0.1:6379",
-            "LEDGER_REDIS_URL must start with redis://, rediss://, unix:// or redis+cluster://",
+            "LEDGER_REDIS_URL must start with redis://, rediss://, unix://, redis+cluster:// or "
+            "rediss+cluster://",
         ),
         ("redis+cluster://127.0.0.1", "redis+cluster:// takes host:port[,host:port…]"),
     ],
