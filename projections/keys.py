@@ -67,8 +67,8 @@ GENERATION = PREFIX + "gen"
 CLUSTER_SHARDS = 8
 LAST_USED_GRANULARITY_MS = 60_000  # docs/CONTRACT.md: lastUsed is kept to within a minute
 # After a shard's prefix, Rule 5's marks (writer.py, `mark_revoking`): PENDING + a read model's
-# key ('t:<sha>', 'p:<id>', 'w:<id>'), a hash of each version being saved to the state it will
-# leave; and their index, by when each was last marked.
+# key ('t:<sha>', 'p:<id>', 'w:<id>'), a hash of each change being saved ('<version>:<state>')
+# to the state it will leave; and their index, by when each was last marked.
 PENDING = "pending:"
 PENDING_INDEX = "pending"
 
@@ -96,8 +96,8 @@ local unpack = unpack or table.unpack
 -- a change that may revoke is in the read model at `version`: the marks up to it go
 local function clear_marks(prefix, key, version)
   local mark, removed = prefix .. PENDING .. key, 0
-  for _, marked in ipairs(redis.call('HKEYS', mark)) do
-    if tonumber(marked) <= tonumber(version) then
+  for _, marked in ipairs(redis.call('HKEYS', mark)) do  -- '<version>:<state>'
+    if tonumber(string.match(marked, '^%d+')) <= tonumber(version) then
       removed = removed + redis.call('HDEL', mark, marked)
     end
   end

@@ -223,7 +223,9 @@ _MARK = (
 local now = now_ms()
 for i = 2, #ARGV, 3 do
   local mark = ARGV[1] .. PENDING .. ARGV[i]
-  redis.call('HSET', mark, ARGV[i + 1], ARGV[i + 2])
+  -- keyed by version and state: two changes saved at once from the same version (one will
+  -- lose, but which is not known yet) each keep their own
+  redis.call('HSET', mark, ARGV[i + 1] .. ':' .. ARGV[i + 2], ARGV[i + 2])
   redis.call('ZADD', KEYS[1], now, mark)
 end
 """

@@ -7,6 +7,7 @@ And a lookup that Redis lost before its token's expiry (evicted) is "not ready",
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -117,6 +118,24 @@ def test_while_a_change_is_being_saved_only_the_tokens_it_would_refuse_are_not_r
     rig.ledger.change_settings(admin, {"membersCanGenerateTokens": False})
     assert seen == [("valid", "not ready")]
     assert (status(elsewhere, admins), status(elsewhere, members)) == ("valid", "refused")
+
+
+def test_two_changes_saved_at_once_from_one_version_keep_a_mark_each() -> None:
+    """Two admins change the workspace at once from the same version: tokens off, and members'
+    grant off. One save will lose, but until it is known which, each change's mark holds: the
+    admin's token, which only the first would refuse, is not ready."""
+    rig = Rig("read-your-writes")
+    world = rig.world()
+    rig.ledger.change_settings(world.as_(world.admin_id), {"membersCanGenerateTokens": True})
+    admins, _ = world.issue(world.admin_id)
+    workspace = rig.ledger.repository.get(world.workspace_id)
+    context = world.as_(world.admin_id).as_event_field()
+    tokens_off, grant_off = copy.deepcopy(workspace), copy.deepcopy(workspace)
+    assert tokens_off.change_setting("apiAccessTokensEnabled", False, context)
+    assert grant_off.change_setting("membersCanGenerateTokens", False, context)
+    rig.writer.mark_revoking([tokens_off])
+    rig.writer.mark_revoking([grant_off])
+    assert rig.status(admins) == "not ready"
 
 
 @pytest.mark.parametrize("command", [delete, disable, tokens_off])
