@@ -65,11 +65,25 @@ if target == '*' or target == '+' then
 elseif target == current or target == building then
   gens[1] = target
 end
+-- Rule 5's marks go only with a write that reaches every generation a verification may be
+-- answered from, the live one and the one a rebuild may switch to, and only up to the version
+-- each of them then holds (`settled`: read-model key -> the lowest): a change in the live
+-- generation alone could be missing from the rebuilt one that goes live after it.
+local settled = marked and {}
+if marked then
+  local reaching = {}
+  for _, gen in ipairs(gens) do reaching[gen] = true end
+  if (current and not reaching[current]) or (building and not reaching[building]) then
+    settled = false
+  end
+end
+local held  -- in the generation being written: read-model key -> the version it holds
+local function holds(key, version)
+  if settled then held[key] = math.max(held[key] or version, version) end
+end
 for _, gen in ipairs(gens) do
   local g = prefix .. gen .. ':'
-  -- Rule 5's marks are cleared by what the live generation holds, or, while none is live (not
-  -- ready), by the generation that goes live with the change in it
-  local live = marked and (gen == current or not current)
+  held = {}
   local reached = tonumber(redis.call('GET', g .. 'pos')) or 0
   local i = 4
   while i <= #ARGV do
@@ -84,10 +98,7 @@ for _, gen in ipairs(gens) do
         redis.call('HSET', unpack(args))
         stored = v
       end
-      if live then
-        stored = stored or tonumber(redis.call('HGET', key, 'v'))
-        if stored then clear_marks(prefix, ARGV[i + 2], stored) end
-      end
+      if settled then holds(ARGV[i + 2], stored or tonumber(redis.call('HGET', key, 'v')) or 0) end
       i = i + 5 + 2 * n
     elseif op == 'T' then
       -- token issued: sha, id, owner, created ms, expires ms or '', description. Not where its
@@ -138,7 +149,7 @@ for _, gen in ipairs(gens) do
           redis.call('DEL', g .. 't:' .. sha)
         end
       end
-      if live then clear_marks(prefix, 't:' .. sha, ARGV[i + 3]) end
+      holds('t:' .. sha, tonumber(ARGV[i + 3]))
       i = i + 4
     elseif op == 'U' then
       -- lastUsed made durable earlier, restored on a rebuild: sha, ms
@@ -168,6 +179,12 @@ for _, gen in ipairs(gens) do
   if position ~= '' and reached < tonumber(position) then
     redis.call('SET', g .. 'pos', position)
   end
+  if settled then
+    for key, version in pairs(held) do settled[key] = math.min(settled[key] or version, version) end
+  end
+end
+if settled then
+  for key, version in pairs(settled) do clear_marks(prefix, key, version) end
 end
 return #gens
 """

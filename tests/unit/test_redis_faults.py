@@ -158,6 +158,30 @@ def test_a_revoking_call_whose_write_failed_is_final_before_the_failing_process_
     assert marks(rig) == []
 
 
+def test_a_mark_stays_until_the_generation_a_rebuild_switches_to_has_the_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebuild has read the store up to just before a deletion whose own write to Redis
+    failed; the projector brings the deletion into the live generation; then the rebuilt one,
+    without it, goes live. Until the projector brings it there too, the token is not ready."""
+    rig = Rig("read-your-writes")
+    world, value, info = member_token(rig)
+    rebuilt = rig.generations.begin_rebuild()
+    assert rebuilt is not None
+    assert rig.writer.apply_events(rig.stored(), rig.head(), rebuilt)
+    after_the_save(rig, monkeypatch, lambda: lose_redis(rig))
+    with pytest.raises(redis.ConnectionError):
+        delete(world, info)
+    rig.server.connected = True
+    rig.projector.run_once()  # into the live generation only
+    assert rig.status(value) == "refused"
+    assert rig.generations.finish_rebuild(rebuilt)
+    assert rig.status(value) == "not ready"  # the new live generation lacks the deletion
+    rig.projector.run_once()
+    assert rig.status(value) == "refused"
+    assert marks(rig) == []
+
+
 @pytest.mark.parametrize("command", [delete, disable, tokens_off])
 def test_a_retry_that_finds_its_change_made_brings_it_to_redis(
     command: Command, monkeypatch: pytest.MonkeyPatch
