@@ -49,6 +49,7 @@ from projections.revocations import (
     LEASE_SECONDS,
     REGISTRY,
     REGISTRY_SINCE,
+    sharded,
 )
 from projections.verifier import Principal, Verifier
 
@@ -179,7 +180,10 @@ class VerificationCache:
         pings = count()
         pending: tuple[bytes, float] | None = None  # the PING awaited, and when it was sent
         try:
-            pubsub.ssubscribe(CHANNEL)
+            if sharded(self.subscriber):
+                pubsub.ssubscribe(CHANNEL)
+            else:
+                pubsub.subscribe(CHANNEL)
             renew_at = 0.0
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -195,10 +199,10 @@ class VerificationCache:
                 if message is None:
                     continue
                 kind = message["type"]
-                if kind == "smessage":
+                if kind in ("message", "smessage"):
                     self.empty()
                     self._acknowledge(message["data"])
-                elif kind == "ssubscribe":  # a subscription, first or renewed: news was missed
+                elif kind in ("subscribe", "ssubscribe"):  # first or renewed: news was missed
                     self.empty()
                 elif kind == "sunsubscribe":  # the slot moved: subscribe where it is now
                     raise RedisConnectionError("the revocations channel's slot moved")

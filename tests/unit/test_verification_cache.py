@@ -23,7 +23,7 @@ from ledger.application import Ledger
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, MEMBER, AuditContext
 from projections import verification_cache
-from projections.revocations import REGISTRY, REGISTRY_SINCE
+from projections.revocations import CHANNEL, REGISTRY, REGISTRY_SINCE
 from projections.verification_cache import CachingVerifier
 from projections.verifier import Principal
 from tests.conftest import FAST_ARGON2, PASSWORD
@@ -296,3 +296,9 @@ def test_leaving_frees_writers_from_waiting_for_this_process(deployment):
 
 def process_digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
+
+
+def test_on_one_redis_the_announcement_is_plain_pub_sub(deployment):
+    """Sharded pub/sub needs Redis 7 and only a cluster needs it (its slot can move): a single
+    Redis, older ones included, has each cache on the plain channel."""
+    assert deployment.api[0].redis.pubsub_numsub(CHANNEL) == [(CHANNEL.encode(), 2)]
