@@ -211,6 +211,8 @@ class ClusterUrl(NamedTuple):
         tls = parts.scheme == "rediss+cluster"
         options = parse_qs(parts.query, keep_blank_values=True)
         ca_certs = options.pop("ssl_ca_certs", [None])[-1] if tls else None
+        if ca_certs == "":
+            raise ConfigError(f"LEDGER_REDIS_URL: ssl_ca_certs names no file in {redact(url)}")
         if parts.path or options:  # said, not ignored: what the client would never get
             allowed = "no option but ssl_ca_certs" if tls else "no options"
             extra = parts.path + (f"?{parts.query}" if parts.query else "")

@@ -78,13 +78,13 @@ class Projector:
         now = time.monotonic()
         if now - self._last_usage_flush >= self.usage_flush_seconds:
             self.flush_usage()
-        if now - self._last_settled >= self.settle_seconds:
+        if applied is not None and now - self._last_settled >= self.settle_seconds:
             # Caught up to the last read of the store: a mark older than a save can take whose
             # event would be stored by then, and so applied and cleared, is of a save that
             # never happened.
             self._last_settled = now
             self.writer.settle_marks()
-        return applied
+        return applied or 0
 
     def _follow(self) -> None:
         for follow in self.followers:
@@ -102,7 +102,7 @@ class Projector:
             return None
         log.info("rebuilding the read models into generation %d", generation)
         start = self.generations.position(generation) or 0
-        applied = self._catch_up(generation, start, rebuilding=True, progress=progress)
+        applied = self._catch_up(generation, start, rebuilding=True, progress=progress) or 0
         # Events saved while switching are caught by the next round, and by the API's writes.
         if not self.generations.finish_rebuild(generation):
             log.warning("rebuild %d was overtaken (another rebuild, or Redis flushed)", generation)
@@ -184,7 +184,9 @@ class Projector:
         *,
         rebuilding: bool,
         progress: Callable[[int, int], None] | None = None,
-    ) -> int:
+    ) -> int | None:
+        """How many events it applied, up to the store's last read; None when `generation`
+        went (flushed, or replaced) on the way."""
         # The head only tells a progress bar how far there is to go: every round of the
         # projector comes here, and would pay a query more for it.
         head = (self.ledger.recorder.max_notification_id() or 0) if progress else 0
@@ -192,7 +194,7 @@ class Projector:
         for batch in self._batches(position):
             if not self.writer.apply_batch(batch, generation):
                 log.info("generation %d is gone; starting over", generation)
-                return applied
+                return None
             applied += len(batch.events)
             if rebuilding:
                 self.generations.keep_building(generation)

@@ -101,6 +101,7 @@ def test_a_cluster_over_tls_checks_the_nodes_against_the_ca_named_or_the_systems
         ("redis+cluster://a:7000?ssl_ca_certs=/ca.pem", "no database and no options"),
         ("rediss+cluster://a:7000?ssl=true", "no database and no option but ssl_ca_certs"),
         ("rediss+cluster://:hunter2hunter2@a:7000/1", "no option but ssl_ca_certs, got '/1'"),
+        ("rediss+cluster://:hunter2hunter2@a:7000?ssl_ca_certs=", "ssl_ca_certs names no file"),
     ],
 )
 def test_other_redis_urls_are_one_clear_error(url, problem):
