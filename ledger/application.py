@@ -171,23 +171,21 @@ class Ledger(Application[UUID]):
         is stored. The composition root (bootstrap.py) passes both; the ledger itself knows
         nothing of Redis.
         """
-        if self.before_revoking is not None:
-            revoking = [
-                obj
-                for obj in objs
-                if isinstance(obj, Aggregate)
-                and events.revokes_any(get_topic(type(e)) for e in obj.pending_events)
-            ]
-            if revoking:
-                self.before_revoking(revoking)
+        revoking = [
+            obj
+            for obj in objs
+            if isinstance(obj, Aggregate)
+            and events.revokes_any(get_topic(type(e)) for e in obj.pending_events)
+        ]
+        if revoking and self.before_revoking is not None:
+            self.before_revoking(revoking)
         recordings = super().save(*objs, **kwargs)
         if self.on_saved is not None:
             at = {r.domain_event.originator_id: r.notification.id for r in recordings}
             aggregates = [
                 (obj, at[obj.id]) for obj in objs if isinstance(obj, Aggregate) and obj.id in at
             ]
-            revokes = events.revokes_any(r.notification.topic for r in recordings)
-            self.on_saved(Saved(aggregates, revokes))
+            self.on_saved(Saved(aggregates, revokes=bool(revoking)))
             unchanged = [o for o in objs if isinstance(o, Aggregate) and o.id not in at]
             if unchanged:
                 # Rule 5 for a retry: an earlier attempt may have stored this state and failed
