@@ -37,13 +37,17 @@ SECURITY_SCHEMES = {
 
 
 def create_app(
-    settings: Settings, services: Services | None = None, running: int | None = None
+    settings: Settings,
+    services: Services | None = None,
+    running: int | None = None,
+    access_log: Callable[[str], None] | None = None,
 ) -> Flask:
     """One app per process (`ledger serve` calls this in each worker, after the fork).
 
     Without `services`, builds them from `settings` and starts the embedded projector when
     there is no Redis URL; given `services`, the caller owns their lifecycle. `running`: under
-    a server, how many requests run at once, each body received first (api/edge.py).
+    a server, how many requests run at once, each body received first; `access_log` takes each
+    request's access line (both api/edge.py).
     """
     trusted_networks(settings.trusted_proxies)  # a typo in LEDGER_TRUSTED_PROXIES fails here
     if services is None:
@@ -77,7 +81,7 @@ def create_app(
     web.register(app, services, api.handle_http_exception)
     app.before_request(check_body)
     inner = app.wsgi_app if running is None else BodyFirst(app.wsgi_app, running, MAX_BODY_BYTES)
-    app.wsgi_app = Edge(inner)  # type: ignore[method-assign]
+    app.wsgi_app = Edge(inner, access_log)  # type: ignore[method-assign]
     return app
 
 

@@ -17,9 +17,18 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    # Each increment asks its process's id, to notice a fork and write to a file of the child's
+    # own: getpid() is a system call, four a request (issue 20). The id kept, and made again in
+    # a forked child, tells the library the same; set before any metric is made.
+    _pid = [os.getpid()]
+    os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+    values.ValueClass = values.MultiProcessValue(lambda: _pid[0])  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter(
     "ledger_http_requests_total", "HTTP requests answered", ["method", "route", "status"]

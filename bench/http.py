@@ -502,9 +502,9 @@ def in_process(s: Stack, path: str) -> dict[str, float]:
 
 
 def _direct_loop(settings: Settings, token: str, path: str) -> dict[str, float]:
-    """in_process's loops. The access log is written, to /dev/null, by serve's logging, and the
-    counters go to a multiprocess directory, as a worker's do (before prometheus_client is
-    imported); bodies are received first (BodyFirst), as under `ledger serve`."""
+    """in_process's loops. The access log is written, to /dev/null, as a worker of `ledger
+    serve` writes it, and the counters go to a multiprocess directory, as a worker's do (before
+    prometheus_client is imported); bodies are received first (BodyFirst), as under serve."""
     metrics = tempfile.mkdtemp(prefix="ledger-bench-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics
     sys.stderr = open(os.devnull, "w", buffering=1)  # noqa: SIM115 - the process's stderr
@@ -514,8 +514,9 @@ def _direct_loop(settings: Settings, token: str, path: str) -> dict[str, float]:
 
     uncached = build(replace(settings, verification_cache=False), Role.API)
     cached = build(settings, Role.API).start()
-    ours = create_app(uncached.settings, uncached, running=THREADS)
-    ours_cached = create_app(settings, cached, running=THREADS)
+    access_log = serve.AccessLog(sys.stderr.fileno())
+    ours = create_app(uncached.settings, uncached, running=THREADS, access_log=access_log)
+    ours_cached = create_app(settings, cached, running=THREADS, access_log=access_log)
 
     def loop(app: Any, authorization: str | None) -> float:
         environ = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import gc
 import logging
 import os
 import secrets
@@ -124,7 +125,12 @@ def _worker_app(settings: Settings, threads: int) -> Flask:
     PostgreSQL store at once take turns creating its tables)."""
     from api.app import create_app  # in the worker only: nothing of it in the master
 
-    return create_app(settings, running=threads)
+    app = create_app(settings, running=threads, access_log=AccessLog(sys.stderr.fileno()))
+    # What is alive now lives as long as the worker: out of the collector's reach, a full
+    # collection takes 0.04 ms rather than 65 (110,000 objects), a pause every thread waits on.
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 class SocketPerWorker(MPServer):
@@ -184,12 +190,38 @@ class LogFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None or self.default_msec_format is None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)  # what localtime() truncates `created` to
+        return self.asctime(record.created)
+
+    def asctime(self, created: float) -> str:
+        """`%(asctime)s` of a record made at `created` (seconds since the epoch)."""
+        second = int(created)  # what localtime() truncates `created` to
         cached, text = self._second
         if second != cached:
             text = time.strftime(self.default_time_format, self.converter(second))
             self._second = (second, text)
-        return self.default_msec_format % (text, record.msecs)
+        # default_msec_format's shape, with LogRecord's msecs: the milliseconds, truncated
+        return f"{text},{int((created - second) * 1000):03d}"
+
+
+class AccessLog:
+    """The access log's lines (api/edge.py) in LOG_FORMAT's shape, each written whole to `fd`
+    with one write(2), rather than through logging's record, handler lock and text stream: 2.2
+    µs a line where logging took 7.4 (issue 20). Nothing is buffered: no line is lost with a
+    killed worker. tests/unit/test_serve_options.py holds the lines to logging's."""
+
+    PREFIX = " INFO ledger.access "  # LOG_FORMAT's levelname and name, as logging wrote them
+
+    def __init__(self, fd: int, clock: Callable[[], float] = time.time) -> None:
+        self.fd, self.clock = fd, clock
+        self.formatter = LogFormatter(LOG_FORMAT)
+
+    def __call__(self, message: str) -> None:
+        data = f"{self.formatter.asctime(self.clock())}{self.PREFIX}{message}\n".encode()
+        try:
+            while data:  # a pipe may take a long line in parts
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            pass  # as logging does with a closed or full stderr: the request goes on
 
 
 # granian's own messages (start, workers, stops) in the same shape as ours, on stderr.

@@ -4,7 +4,6 @@ log, and BodyFirst, which receives a body before the request runs."""
 from __future__ import annotations
 
 import io
-import logging
 import threading
 from typing import Any
 
@@ -99,10 +98,10 @@ def test_at_most_running_requests_run_the_app_at_once():
     assert most == 2
 
 
-def test_every_response_gets_its_request_id_and_headers_and_one_access_line(caplog):
-    caplog.set_level(logging.INFO, logger="ledger.access")
+def test_every_response_gets_its_request_id_and_headers_and_one_access_line():
+    lines: list[str] = []
     _, headers, _ = call(
-        Edge,
+        lambda inner: Edge(inner, lines.append),
         QUERY_STRING="token=tlk_secret",
         HTTP_AUTHORIZATION="Bearer tlk_secret",
         HTTP_USER_AGENT='evil"\nagent',
@@ -113,7 +112,7 @@ def test_every_response_gets_its_request_id_and_headers_and_one_access_line(capl
     assert found["X-Request-Id"] == "given-id"
     assert found["Cache-Control"] == "no-store"
     assert found["X-Content-Type-Options"] == "nosniff"
-    [line] = caplog.messages
+    [line] = lines
     assert "given-id" in line and '"POST /x\\nforged"' in line
     assert '"evil\\"\\nagent"' in line  # quoted: no second line, no closing quote
     assert "secret" not in line and "\n" not in line

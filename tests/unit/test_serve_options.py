@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -141,3 +142,78 @@ def test_the_log_formatter_writes_what_logging_formatter_writes():
     record = logging.makeLogRecord({"msg": "x", "created": 1764950400.5, "msecs": 500.0})
     dated, plain_dated = serve.LogFormatter(datefmt="%H:%M"), logging.Formatter(datefmt="%H:%M")
     assert dated.format(record) == plain_dated.format(record)
+
+
+def test_the_access_log_writes_the_lines_logging_wrote(tmp_path):
+    """Each line whole, as a logging.StreamHandler with LOG_FORMAT wrote the `ledger.access`
+    logger's record of it."""
+    path = tmp_path / "stderr"
+    times = iter([1764950400.0005, 1764950400.9996, 1764950401.25])
+    with path.open("ab") as stderr:
+        access_log = serve.AccessLog(stderr.fileno(), clock=lambda: next(times))
+        for message in ("first", "second", 'a "quoted" one'):
+            access_log(message)
+    plain = logging.Formatter(serve.LOG_FORMAT)
+    expected = []
+    for at, message in zip(
+        (1764950400.0005, 1764950400.9996, 1764950401.25),
+        ("first", "second", 'a "quoted" one'),
+        strict=True,
+    ):
+        record = logging.makeLogRecord(
+            {"msg": message, "name": "ledger.access", "levelname": "INFO", "created": at}
+        )
+        record.msecs = int((at - int(at)) * 1000)  # as LogRecord sets it from `created`
+        expected.append(plain.format(record))
+    assert path.read_text().splitlines() == expected
+
+
+def test_the_access_log_drops_a_line_it_cannot_write():
+    serve.AccessLog(-1)("nowhere to go")  # EBADF: the request is answered all the same
+
+
+def test_a_worker_writes_each_access_line_to_stderr_and_freezes_what_it_built(tmp_path):
+    check = f"""
+import gc
+from cli import serve
+from ledger.config import Settings
+settings = Settings.from_env({{"LEDGER_DATABASE_URL": "sqlite:///{tmp_path}/ledger.sqlite"}})
+app = serve._worker_app(settings, 2)
+assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()
+assert app.test_client().get("/healthz", headers={{"X-Request-Id": "the-id"}}).status_code == 200
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if "ledger.access" in line]
+    assert ' INFO ledger.access 127.0.0.1 "GET /healthz" 200 ' in line
+    assert " the-id " in line
+
+
+def test_a_forked_process_counts_in_a_file_of_its_own_and_nothing_twice(tmp_path):
+    """The process id the counters are filed under is kept, not asked at each increment, and
+    made again in a forked child, which then counts apart from its parent."""
+    check = """
+import os
+from prometheus_client import CollectorRegistry, multiprocess
+from api.metrics import REQUESTS
+REQUESTS.labels("GET", "/x", "200").inc()
+child = os.fork()
+if child == 0:
+    REQUESTS.labels("GET", "/x", "200").inc(2)
+    os._exit(0)
+os.waitpid(child, 0)
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+labels = {"method": "GET", "route": "/x", "status": "200"}
+assert registry.get_sample_value("ledger_http_requests_total", labels) == 3
+assert sorted(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])) == sorted(
+    [f"counter_{os.getpid()}.db", f"counter_{child}.db"]
+)
+"""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
