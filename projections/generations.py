@@ -172,6 +172,10 @@ class Generations:
         return True
 
     def drop_generations_before(self, generation: int) -> None:
+        if generation <= 1:
+            # The first generation since Redis was flushed or new (the usual rebuild): none
+            # older has keys, and the scan would read every key the rebuild just wrote.
+            return
         keys = self.redis.scan_iter(match=GENERATION_KEYS, count=1000)
         older = (key for key in keys if int(cast(bytes, key).split(b":", 2)[1]) < generation)
         for batch in _batched(older, 1000):

@@ -1480,6 +1480,20 @@ def test_a_rebuild_renews_its_claim_once_a_fifth_of_it_has_run_not_every_batch(l
     assert live.generations.finish_rebuild(generation)
 
 
+def test_the_first_generation_since_a_flush_scans_for_no_older_one(live, monkeypatch):
+    world = live.world()
+    value, _ = world.issue()
+    live.redis.flushall()
+    scans: list[Any] = []
+    scan_iter = live.redis.scan_iter
+    monkeypatch.setattr(live.redis, "scan_iter", lambda **kw: scans.append(kw) or scan_iter(**kw))
+    assert live.projector.rebuild() is not None
+    assert live.generations.generation() == 1 and scans == []
+    assert live.projector.rebuild() is not None  # the next one drops generation 1
+    assert len(scans) == 1 and generations(live.redis) == {b"2"}
+    assert live.status(value) == "valid"
+
+
 def test_only_one_rebuild_at_a_time(live):
     world = live.world()
     world.issue()
