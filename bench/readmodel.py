@@ -29,9 +29,9 @@ from ledger import tokens
 from ledger.application import Ledger
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, AuditContext, Person, Token, Workspace
-from projections.keys import GENERATION, PREFIX
+from projections.keys import GENERATION, PREFIX, SINGLE
 from projections.verifier import TokenVerifier
-from projections.writer import _hash, ops_for_event, person_fields
+from projections.writer import _hash, ops_for_event, per_shard, person_fields
 from tests.conftest import FAST_ARGON2
 from tests.integration.conftest import RedisServer
 
@@ -296,7 +296,7 @@ def _load(services: Services, generation: int, samples: list[str], count: int) -
         )
         ops.append(["T", 1, sha, uuid4().bytes, person.bytes, now, now + 86_400_000, ""])
         if len(ops) >= 2000 or n == count - 1:
-            args = [PREFIX, generation, "", *(part for op in ops for part in op)]
+            args = [PREFIX, generation, "", *per_shard(ops, SINGLE)[0]]
             services.writer._apply(keys=[GENERATION], args=args, client=pipe)
             ops = []
             if len(pipe) >= 10 or n == count - 1:

@@ -5,6 +5,7 @@ ready"."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -12,10 +13,12 @@ from redis import Redis
 
 from projections.keys import PREFIX, SINGLE, Layout, each_shard, key
 
-# A rebuilder renews its claim every batch; one that dies holds up the next rebuild (and so
-# readiness, after a flush) this long at most. One that stalls longer is overtaken, harmlessly:
-# its switch then fails on the claim's nonce.
+# A rebuilder renews its claim after a batch once a fifth of it has run (not after every batch:
+# on a cluster each renewal is a script in every shard); one that dies holds up the next rebuild
+# (and so readiness, after a flush) this long at most. One whose batch stalls for most of it is
+# overtaken, harmlessly: its switch then fails on the claim's nonce.
 BUILDING_TTL_SECONDS = 10
+RENEW_FRACTION = 5
 GENERATION_KEYS = "{tl*}:[0-9]*"  # every shard's tag starts with tl
 
 # The start of a rebuild in a shard: its generation for a while, with a nonce that says which
@@ -85,7 +88,8 @@ class Generations:
         self._begin = redis.register_script(_BEGIN)
         self._renew = redis.register_script(_RENEW)
         self._switch = redis.register_script(_SWITCH)
-        self._claims: dict[int, str] = {}  # generation -> nonce, for the rebuilds begun here
+        # generation -> its nonce and when its claim was last set, for the rebuilds begun here
+        self._claims: dict[int, tuple[str, float]] = {}
 
     def _read(self) -> list[tuple[bytes | None, bytes | None, bytes | None]]:
         calls = [([prefix + "gen"], [prefix]) for prefix in self.layout.prefixes]
@@ -123,7 +127,7 @@ class Generations:
         """Claim the rebuild and a fresh generation; None when another rebuild is running."""
         seen = [int(n) for found in self._read() for n in (found[0], found[2]) if n]
         generation = int(self._next(keys=[PREFIX + "generations"], args=[max(seen, default=0)]))
-        nonce = secrets.token_hex(8)
+        nonce, claimed = secrets.token_hex(8), time.monotonic()
         first, *others = self.layout.prefixes
         if not self._begin(
             keys=[first + "building", first + "claim"],
@@ -133,21 +137,27 @@ class Generations:
             return None
         # The other shards' pointers from a rebuild that died are past their claim: replaced.
         each_shard(self.redis, self._begin, self._claim_calls(others, generation, nonce, ""))
-        self._claims[generation] = nonce
+        self._claims[generation] = (nonce, claimed)
         return generation
 
     def keep_building(self, generation: int) -> None:
-        """Renew the claim; not once it has run out and another rebuild has taken over."""
-        nonce = self._claims.get(generation, "")
+        """Renew the claim once a fifth of it has run; not once it has run out and another
+        rebuild has taken over."""
+        nonce, claimed = self._claims.get(generation, ("", 0.0))
+        now = time.monotonic()
+        if now - claimed < BUILDING_TTL_SECONDS / RENEW_FRACTION:
+            return
         each_shard(
             self.redis, self._renew, self._claim_calls(self.layout.prefixes, generation, nonce)
         )
+        if generation in self._claims:
+            self._claims[generation] = (nonce, now)
 
     def finish_rebuild(self, generation: int) -> bool:
         """Make `generation` live in every shard, the first (which holds the claim) last, then
         drop every older one: the one it replaces and any left behind by a rebuild that died.
         Newer ones may belong to a rebuild that started since, so they stay."""
-        nonce = self._claims.pop(generation, "")
+        nonce, _ = self._claims.pop(generation, ("", 0.0))
         first, *others = self.layout.prefixes
         calls = [
             ([prefix + "gen", prefix + "building", prefix + "claim"], [generation, nonce])
@@ -162,6 +172,10 @@ class Generations:
         return True
 
     def drop_generations_before(self, generation: int) -> None:
+        if generation <= 1:
+            # The first generation since Redis was flushed or new (the usual rebuild): none
+            # older has keys, and the scan would read every key the rebuild just wrote.
+            return
         keys = self.redis.scan_iter(match=GENERATION_KEYS, count=1000)
         older = (key for key in keys if int(cast(bytes, key).split(b":", 2)[1]) < generation)
         for batch in _batched(older, 1000):

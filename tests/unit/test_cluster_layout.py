@@ -5,6 +5,8 @@ as one, and a rebuild whose switch a shard refuses is redone. A real cluster run
 
 from __future__ import annotations
 
+from uuid import uuid4
+
 import fakeredis
 import pytest
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -14,8 +16,11 @@ from bootstrap import Role, Services, Tuning, build
 from ledger import tokens
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, USERNAME_LIMIT, AuditContext, AuthenticationFailed
+from projections.generations import Generations
 from projections.keys import CLUSTER, CLUSTER_SHARDS, SINGLE
+from projections.keys import key as read_model_key
 from projections.usage import UsageLog
+from projections.writer import Batch, Op, Writer, _hash, has_ops, per_shard, person_fields
 from tests.conftest import FAST_ARGON2, PASSWORD
 from tests.read_model_support import Secret, status
 
@@ -136,3 +141,46 @@ def test_a_drain_that_fails_in_one_shard_gives_back_what_the_others_took(api):
         usage.drain()
     api.redis.delete(failing + "used")
     assert set(usage.drain()) == kept
+
+
+def test_every_shard_s_copy_of_a_person_and_a_workspace_is_what_a_single_redis_holds():
+    """The ops every shard takes reach each in one argument, packed once (`per_shard`), the
+    shard's own ops after it; each shard's copy is what a single Redis holds, whatever the
+    length of a part (a 4-byte length leads each)."""
+    workspace, person, sha = uuid4().bytes, uuid4().bytes, bytes(range(32))
+    username = "ü" * 40_000  # 80,000 bytes: every byte of the length counts
+    ops: list[Op] = [
+        _hash("F", 1, b"w:" + workspace, 1, {"en": "1", "mg": "0"}),
+        _hash("F", 1, b"p:" + person, 1, person_fields(username, workspace, ADMIN, True)),
+        ["T", 1, sha, uuid4().bytes, person, f"{1:013d}", "", "described"],
+        _hash("P", 1, b"p:" + person, 2, {"d": "1"}),
+        _hash("P", 1, b"w:" + workspace, 2, {"mg": "1"}),
+    ]
+    args = per_shard(ops, CLUSTER)
+    shared = [part for op in ops if op[0] != "T" for part in op]
+    assert {arg[0] for arg in args} == {
+        b"".join(
+            len(data).to_bytes(4, "big") + data
+            for data in (p if isinstance(p, bytes) else str(p).encode() for p in shared)
+        )
+    }
+    assert [has_ops(arg) for arg in per_shard([ops[2]], CLUSTER)].count(True) == 1
+    held = []
+    for layout in (SINGLE, CLUSTER):
+        redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        generations = Generations(redis, layout)
+        generation = generations.begin_rebuild()
+        assert generation is not None
+        writer = Writer(redis, layout=layout)
+        assert writer.apply_batch(Batch([], 1, per_shard(ops, layout), revokes=False), generation)
+        for prefix in layout.prefixes:
+            copies = [
+                redis.hgetall(read_model_key(generation, kind, subject, prefix=prefix))
+                for kind, subject in ((b"p:", person), (b"w:", workspace))
+            ]
+            held.append(copies)
+        own = layout.of_token(sha)
+        assert redis.exists(read_model_key(generation, b"t:", sha, prefix=own))
+    assert held[0][0][b"u"] == username.encode() and held[0][0][b"d"] == b"1"
+    assert held[0][1] == {b"en": b"1", b"mg": b"1", b"v": b"2"}
+    assert all(copies == held[0] for copies in held[1:]) and len(held) == 1 + CLUSTER_SHARDS

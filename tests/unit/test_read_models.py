@@ -59,9 +59,10 @@ from ledger.domainmodel import (
     token_is_usable,
 )
 from ledger.timestamps import timestamp
+from projections import generations as generations_module
 from projections import keys, verifier
 from projections.attempts import RedisAttemptLimiter
-from projections.generations import BUILDING_TTL_SECONDS, Generations
+from projections.generations import BUILDING_TTL_SECONDS, RENEW_FRACTION, Generations
 from projections.keys import GENERATION, LAST_USED_GRANULARITY_MS, NotReady
 from projections.projector import USAGE_FLUSH_SECONDS, Projector
 from projections.usage import UsageLog
@@ -1458,6 +1459,38 @@ def test_a_rebuild_whose_keys_are_flushed_does_not_claim_success(live):
     assert not live.generations.is_ready()
     assert live.status(value) == "not ready"
     live.projector.run_once()
+    assert live.status(value) == "valid"
+
+
+def test_a_rebuild_renews_its_claim_once_a_fifth_of_it_has_run_not_every_batch(live, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(generations_module.time, "monotonic", lambda: clock[0])
+    generation = live.generations.begin_rebuild()
+    assert generation is not None
+    live.redis.expire("{tl}:building", 3)  # as if most of the claim had run
+    clock[0] += BUILDING_TTL_SECONDS / RENEW_FRACTION - 0.1
+    live.generations.keep_building(generation)
+    assert live.redis.ttl("{tl}:building") <= 3  # not due yet: no round trip
+    clock[0] += 0.1
+    live.generations.keep_building(generation)
+    assert live.redis.ttl("{tl}:building") > BUILDING_TTL_SECONDS - 2
+    live.redis.expire("{tl}:building", 3)
+    live.generations.keep_building(generation)  # renewed just now: not due again
+    assert live.redis.ttl("{tl}:building") <= 3
+    assert live.generations.finish_rebuild(generation)
+
+
+def test_the_first_generation_since_a_flush_scans_for_no_older_one(live, monkeypatch):
+    world = live.world()
+    value, _ = world.issue()
+    live.redis.flushall()
+    scans: list[Any] = []
+    scan_iter = live.redis.scan_iter
+    monkeypatch.setattr(live.redis, "scan_iter", lambda **kw: scans.append(kw) or scan_iter(**kw))
+    assert live.projector.rebuild() is not None
+    assert live.generations.generation() == 1 and scans == []
+    assert live.projector.rebuild() is not None  # the next one drops generation 1
+    assert len(scans) == 1 and generations(live.redis) == {b"2"}
     assert live.status(value) == "valid"
 
 
