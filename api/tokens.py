@@ -61,7 +61,7 @@ def create_token(body: dict[str, Any]) -> dict[str, Any]:
     The value is in this response and nowhere else, ever.
     """
     issued = services().ledger.issue_token(
-        caller(), body.get("lifetime_seconds"), body.get("description", "")
+        caller(), body.get("lifetime_seconds"), body.get("description", ""), bearer_principal()
     )
     return {"token_value": issued.value, "token_info": issued.info}
 

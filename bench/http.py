@@ -780,11 +780,11 @@ def _route_steps(*own: Step) -> tuple[Step, ...]:
     return (REQUEST_STEPS[0], REQUEST_STEPS[1], *own, EDGE)
 
 
-READS = "the store's reads: the person, the workspace, the token used (`Ledger._find`)"
+READS = "the store's reads: the person, the workspace, the token used (`Ledger._read`)"
 SAVE = "the store's save (eventsourcing's `Application.save`)"
 READ_YOUR_WRITES = "the write to Redis before the call returns (`Writer.apply_saved`)"
 ISSUANCE_STEPS = _route_steps(
-    (READS, "Ledger._find (ledger/application.py", True),
+    (READS, "Ledger._read (ledger/application.py", True),
     (SAVE, "Application.save (eventsourcing/application.py", True),
     (READ_YOUR_WRITES, "Writer.apply_saved (projections/writer.py", True),
 )

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, Recording
 from eventsourcing.postgres import PostgresDatastore
@@ -69,6 +69,7 @@ from ledger.domainmodel import (
     token_is_usable,
 )
 from ledger.id_ranges import select_events_between
+from ledger.id_sets import EventsOf
 from ledger.passwords import Passwords, policy_violation
 
 P = ParamSpec("P")
@@ -155,6 +156,7 @@ class Ledger(Application[UUID]):
         self.clock = clock
         self.before_revoking = before_revoking
         self.on_saved = on_saved
+        self._events_of = EventsOf(self.recorder)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Read-your-writes: the process's read models see each save before the command returns.
@@ -469,18 +471,29 @@ class Ledger(Application[UUID]):
         return int(self._workspace(person.workspace_id).settings["maxTokenLifetimeDays"])
 
     def issue_token(
-        self, ctx: AuditContext, lifetime_seconds: int | None = None, description: str = ""
+        self,
+        ctx: AuditContext,
+        lifetime_seconds: int | None = None,
+        description: str = "",
+        verified: Verified | None = None,
     ) -> IssuedToken:
         """Rule 1: only to the person who authenticated, by password, with their own token, or
-        signed in to the pages (whose session the pages checked for this request)."""
-        person = self._actor(ctx)
+        signed in to the pages (whose session the pages checked for this request).
+
+        Rules 1 to 3 are decided on the store: the person, their workspace and the token used
+        are read together, in one round trip, the workspace by the id the verifier found of a
+        Bearer caller (`verified`); should that not be the person's own, theirs is read after."""
+        hinted = verified.workspace_id if verified is not None else None
+        parent_id = ctx.token_id if ctx.method == "token" else None
+        read = {} if ctx.is_operator else self._read(ctx.actor_id, hinted, parent_id)
+        person = self._actor(ctx, read)
         if person is None or ctx.method not in ("password", "token", "session"):
             raise NotForOperators("Tokens are issued only to the person who authenticates for them")
-        workspace = self._workspace(person.workspace_id)
+        workspace = self._workspace(person.workspace_id, read)
         workspace.check_may_generate_tokens(person)
         now = self.clock()
         if ctx.method == "token":
-            parent = self._find(Token, ctx.token_id) if ctx.token_id else None
+            parent = self._find(Token, parent_id, read) if parent_id else None
             if parent is None or not token_is_usable(parent, person, workspace, now):
                 raise AuthenticationFailed("The token used to authenticate is not valid")
         lifetime = workspace.token_lifetime(lifetime_seconds)
@@ -715,13 +728,13 @@ class Ledger(Application[UUID]):
         if not ctx.is_operator:
             raise NotForOperators("Only the operator may do this")
 
-    def _actor(self, ctx: AuditContext) -> Person | None:
+    def _actor(self, ctx: AuditContext, read: Read | None = None) -> Person | None:
         """The person acting, or None for the operator (CLI or system)."""
         if ctx.is_operator:
             return None
         if ctx.actor_id is None:
             raise AuthenticationFailed("Authentication required")
-        person = self._find(Person, ctx.actor_id)
+        person = self._find(Person, ctx.actor_id, read)
         if person is None:
             raise AuthenticationFailed("Authentication required")
         if person.disabled:
@@ -752,11 +765,17 @@ class Ledger(Application[UUID]):
             raise PersonNotFound(f"Person {person_id} not found")
         return subject
 
-    def _find(self, cls: type[A], aggregate_id: UUID) -> A | None:
-        try:
-            aggregate: object = self.repository.get(aggregate_id, projector_func=_replay)
-        except AggregateNotFoundError:
-            return None
+    def _read(self, *ids: UUID | None) -> Read:
+        """The aggregates of `ids` (None left out) as the store has them, in one round trip
+        (ledger/id_sets.py): those that exist."""
+        found = self._events_of.select(i for i in ids if i is not None)
+        return {i: _replay(None, map(self.mapper.to_domain_event, s)) for i, s in found.items()}
+
+    def _find(self, cls: type[A], aggregate_id: UUID, read: Read | None = None) -> A | None:
+        """The aggregate, from what `read` holds if it has it, else from the store."""
+        if read is None or aggregate_id not in read:
+            read = self._read(aggregate_id)
+        aggregate = read.get(aggregate_id)
         return aggregate if isinstance(aggregate, cls) else None
 
     def _person(self, person_id: UUID) -> Person:
@@ -765,8 +784,8 @@ class Ledger(Application[UUID]):
             raise PersonNotFound(f"Person {person_id} not found")
         return person
 
-    def _workspace(self, workspace_id: UUID) -> Workspace:
-        workspace = self._find(Workspace, workspace_id)
+    def _workspace(self, workspace_id: UUID, read: Read | None = None) -> Workspace:
+        workspace = self._find(Workspace, workspace_id, read)
         if workspace is None:
             raise WorkspaceNotFound(f"Workspace {workspace_id} not found")
         return workspace
@@ -779,6 +798,7 @@ class Ledger(Application[UUID]):
 
 
 A = TypeVar("A", Person, Workspace, Token, Session, EarlierTokens)
+Read = dict[UUID, Any]  # aggregates read from the store, by id
 
 
 def _replay(aggregate: Any, events: Iterable[Any]) -> Any:

@@ -20,6 +20,7 @@ from ledger.config import Settings
 from ledger.domainmodel import MEMBER, AuditContext, Token, UsernameTaken, token_id_range
 from ledger.events import TOKEN_ISSUED
 from ledger.id_ranges import select_events_between
+from ledger.id_sets import EventsOf
 from tests.conftest import FAST_ARGON2, PASSWORD, SECRETS_MADE, found_in, login, make_ledger
 from tests.integration.conftest import fresh_postgres_schema
 from tests.read_model_support import Secret
@@ -107,6 +108,34 @@ def test_a_persons_tokens_are_read_by_their_range_alone(store_url, passwords):
     assert [e.originator_version for e in stored if e.originator_id == mine] == [1, 2]
     assert ledger.delete_all_tokens(admin) == 3
     assert len(ledger.list_tokens(member)) == 57
+
+
+def test_several_aggregates_read_at_once_are_those_the_repository_reads(store_url, passwords):
+    """ledger/id_sets.py against the library's own reads, on each store: aggregates with one
+    event and with several, missing ids, an id asked twice, and each read at once."""
+    ledger, name, workspace_id = fresh_world(store_url, passwords)
+    admin = login(ledger, f"{name}-admin")
+    ledger.change_settings(admin, {"membersCanGenerateTokens": True, "maxTokenLifetimeDays": 9})
+    member_id = ledger.add_person(AuditContext.cli(), f"{name}-m", PASSWORD, MEMBER, workspace_id)
+    ledger.update_person(admin, member_id, disabled=True)
+    ledger.update_person(admin, member_id, disabled=False, can_generate_tokens=True)
+    kept = ledger.issue_token(admin).info["token_id"]
+    gone = ledger.issue_token(admin).info["token_id"]
+    ledger.delete_token(admin, gone)
+    present = [workspace_id, member_id, admin.actor_id, kept, gone]
+    ids = [*present, uuid4(), kept, uuid4()]
+
+    events_of = EventsOf(ledger.recorder)
+    assert events_of.select(ids) == {i: list(ledger.recorder.select_events(i)) for i in present}
+    assert events_of.select([workspace_id]) == {
+        workspace_id: list(ledger.recorder.select_events(workspace_id))
+    }
+    assert events_of.select([uuid4()]) == events_of.select([]) == {}
+    read = ledger._read(*ids, None)
+    assert sorted(read, key=str) == sorted(present, key=str)
+    for aggregate_id, aggregate in read.items():
+        assert vars(aggregate) == vars(ledger.repository.get(aggregate_id))
+    assert read[gone].deleted and read[workspace_id].settings["maxTokenLifetimeDays"] == 9
 
 
 def test_a_store_with_tokens_from_before_ranges_is_scanned_once_when_opened(passwords, tmp_path):

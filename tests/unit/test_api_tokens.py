@@ -54,6 +54,18 @@ def test_a_token_gets_another_token_for_the_same_person(api):
     assert me["username"] == "ada"
 
 
+def test_a_token_gets_another_with_one_read_of_the_store(api, monkeypatch):
+    """The person, their workspace (the one the verifier found) and the token used, at once."""
+    value, _ = api.issue(basic("ada"))
+    select, reads = api.ledger._events_of.select, []
+    monkeypatch.setattr(
+        api.ledger._events_of, "select", lambda ids: reads.append(list(ids)) or select(reads[-1])
+    )
+    api.issue(bearer(value))
+    assert [len(ids) for ids in reads] == [3]
+    assert reads[0][1] == api.world.workspace_id
+
+
 def test_an_empty_body_is_an_empty_request(api):
     response = api.post("/v4/apiAccessTokens", basic("ada"))
     assert response.status_code == 201

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from uuid import UUID, uuid4
 
 import pytest
@@ -133,6 +134,34 @@ def test_a_deleted_or_foreign_token_cannot_issue_another(world):
     world.ledger.delete_token(admin, admins["token_id"])
     with pytest.raises(AuthenticationFailed):
         world.ledger.issue_token(with_token(world.ledger, admin, admins["token_id"]))
+
+
+def test_a_bearer_issue_reads_once_and_is_decided_on_the_persons_own_workspace(world):
+    """The workspace the verifier found is read with the person and the token used, in one
+    read; when it is not the person's own, theirs is read and decides (Rules 2 and 3)."""
+    ledger, admin = world.ledger, world.admin()
+    bearer = with_token(ledger, admin, ledger.issue_token(admin).info["token_id"])
+    other = ledger.create_workspace("other", AuditContext.cli())
+    ledger.change_settings(AuditContext.cli(), {"maxTokenLifetimeDays": -1}, other)
+    ledger.change_settings(admin, {"maxTokenLifetimeDays": 1})
+    select, reads = ledger._events_of.select, []
+    ledger._events_of.select = lambda ids: reads.append(list(ids)) or select(reads[-1])
+
+    def issue(workspace_id: UUID, lifetime: int | None = None) -> None:
+        reads.clear()
+        verified = SimpleNamespace(role=ADMIN, workspace_id=workspace_id)  # as the verifier's
+        ledger.issue_token(bearer, lifetime, verified=verified)
+
+    issue(world.workspace_id)
+    assert reads == [[admin.actor_id, world.workspace_id, bearer.token_id]]
+    for elsewhere in (other, uuid4()):
+        issue(elsewhere)
+        assert reads[1:] == [[world.workspace_id]]
+        with pytest.raises(LifetimeTooLong):
+            issue(elsewhere, -1)
+    ledger.change_settings(admin, {"apiAccessTokensEnabled": False})
+    with pytest.raises(TokensDisabled):
+        issue(other)
 
 
 def test_nobody_issues_a_token_for_someone_else_not_even_the_operator(world):

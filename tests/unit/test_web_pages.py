@@ -313,16 +313,14 @@ def test_the_access_tokens_page_reads_the_signed_in_person_from_the_store_once(
     services: Services, admin: Browser, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Issue 21: the list took the person the session check had just read from the store.
-    repository = services.ledger.repository
+    events_of = services.ledger._events_of
     read: list[object] = []
-    get = repository.get
+    select = events_of.select
     monkeypatch.setattr(
-        repository,
-        "get",
-        lambda aggregate_id, **kw: (read.append(aggregate_id), get(aggregate_id, **kw))[1],
+        events_of, "select", lambda ids: (read.append(ids := list(ids)), select(ids))[1]
     )
     assert admin.get("/preferences/access-tokens").status_code == 200
-    assert read == [world.admin_id]
+    assert read == [[world.admin_id]]
 
 
 def test_the_access_tokens_page_compiles_no_template_once_rendered(
