@@ -429,9 +429,10 @@ def run() -> str:
         f" {raw_save_cpu['total']:,.0f} and goal 1's request's {ours_cpu['total']:,.0f}.",
         "What an issuance adds beyond the two: reading the person, the workspace and the token",
         "it authenticated with from the store (rules 1 to 3 are decided on the source of truth:",
-        "three PostgreSQL round trips more than raw save()'s one), making the value, parsing",
-        "the body, and the read-your-writes write to Redis; the projector and the audit trail's",
-        f"chain follow every event in both. In the worker the three reads take"
+        "one PostgreSQL round trip for the three, ledger/id_sets.py, beside raw save()'s one),",
+        "replaying their events, making the value, parsing the body, and the read-your-writes",
+        "write to Redis (Rule 5); the projector and the audit trail's chain follow every event",
+        f"in both. In the worker the read takes"
         f" {issue_step[READS]:.0%} of the Python time, the save {issue_step[SAVE]:.0%}, the write"
         f" to Redis {issue_step[READ_YOUR_WRITES]:.0%}, granian's side {issue_server:.0%}.",
         "",
