@@ -12,7 +12,8 @@ only the app knows the request id it answered with (`ledger serve` writes it to 
 Peer address, method and path (never the query string, which may carry a token a client put
 there by mistake), status, body bytes, milliseconds, request id and user agent; never the
 Authorization header or a Basic user name. The request line and the user agent are written as
-JSON strings, so that a `%0A` in a path or a quote in a user agent cannot forge a line.
+JSON strings, so that a `%0A` in a path or a quote in a user agent cannot forge a line, and cut
+to their first 256 characters, so that no line is too long to be written whole.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 ALWAYS = [("X-Content-Type-Options", "nosniff")]
 ACCESS = "%s %s %s %s %.1fms %s %s"  # the access log line (above)
+QUOTED_LIMIT = 256  # characters of the request line and of the user agent; 6 bytes each at most
 
 
 class Edge:
@@ -95,7 +97,9 @@ def new_request_id() -> str:
 
 
 def _quoted(text: str) -> str:
-    return orjson.dumps(text).decode()
+    """As a JSON string, of at most QUOTED_LIMIT characters: a line stays under the 4,096 bytes
+    that a write to a pipe takes whole (PIPE_BUF), so that two workers' lines never mix."""
+    return orjson.dumps(text[:QUOTED_LIMIT]).decode()
 
 
 class BodyFirst:

@@ -15,8 +15,9 @@ from projections.keys import PREFIX, SINGLE, Layout, each_shard, key
 
 # A rebuilder renews its claim after a batch once a fifth of it has run (not after every batch:
 # on a cluster each renewal is a script in every shard); one that dies holds up the next rebuild
-# (and so readiness, after a flush) this long at most. One whose batch stalls for most of it is
-# overtaken, harmlessly: its switch then fails on the claim's nonce.
+# (and so readiness, after a flush) this long at most. One whose batch stalls for the rest of it
+# has lost it for good: meanwhile the API's writes reached only the live generation (and may have
+# cleared Rule 5's marks), so it is not renewed again, and the rebuild cannot switch.
 BUILDING_TTL_SECONDS = 10
 RENEW_FRACTION = 5
 GENERATION_KEYS = "{tl*}:[0-9]*"  # every shard's tag starts with tl
@@ -30,9 +31,12 @@ redis.call('SET', KEYS[2], ARGV[3])
 return 1
 """
 
-# A rebuild still under way renews its claim, as long as the claim is still its own.
+# A rebuild still under way renews its claim, as long as the claim is still its own and has not
+# run out.
 _RENEW = """
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[3] or redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
@@ -140,24 +144,32 @@ class Generations:
         self._claims[generation] = (nonce, claimed)
         return generation
 
-    def keep_building(self, generation: int) -> None:
-        """Renew the claim once a fifth of it has run; not once it has run out and another
-        rebuild has taken over."""
+    def keep_building(self, generation: int, *, now_due: bool = False) -> bool:
+        """Renew the claim once a fifth of it has run (or now); False once it has run out in
+        any shard or another rebuild has taken it over: the rebuild is lost."""
         nonce, claimed = self._claims.get(generation, ("", 0.0))
         now = time.monotonic()
-        if now - claimed < BUILDING_TTL_SECONDS / RENEW_FRACTION:
-            return
-        each_shard(
+        if not now_due and now - claimed < BUILDING_TTL_SECONDS / RENEW_FRACTION:
+            return True
+        renewed = each_shard(
             self.redis, self._renew, self._claim_calls(self.layout.prefixes, generation, nonce)
         )
-        if generation in self._claims:
-            self._claims[generation] = (nonce, now)
+        if not all(r == 1 for r in renewed):
+            return False
+        self._claims[generation] = (nonce, now)
+        return True
 
     def finish_rebuild(self, generation: int) -> bool:
         """Make `generation` live in every shard, the first (which holds the claim) last, then
         drop every older one: the one it replaces and any left behind by a rebuild that died.
-        Newer ones may belong to a rebuild that started since, so they stay."""
-        nonce, _ = self._claims.pop(generation, ("", 0.0))
+        Newer ones may belong to a rebuild that started since, so they stay.
+
+        The claim is renewed first: one about to run out in some shards and not in others
+        would otherwise let the switch go through in some shards only."""
+        if not self.keep_building(generation, now_due=True):
+            self._claims.pop(generation, None)
+            return False
+        nonce, _ = self._claims.pop(generation)
         first, *others = self.layout.prefixes
         calls = [
             ([prefix + "gen", prefix + "building", prefix + "claim"], [generation, nonce])

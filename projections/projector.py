@@ -197,7 +197,9 @@ class Projector:
                 return None
             applied += len(batch.events)
             if rebuilding:
-                self.generations.keep_building(generation)
+                if not self.generations.keep_building(generation):
+                    log.warning("rebuild %d lost its claim (it ran out)", generation)
+                    return None
             elif batch.revokes:
                 self.writer.revoked_elsewhere()
             if progress:

@@ -97,7 +97,7 @@ def test_a_listing_merged_from_the_shards_pages_as_one(api):
     assert (active, active_count) == (everything[2:6], 23)
 
 
-def test_a_switch_that_a_shard_refuses_is_not_live_and_the_projector_rebuilds(api):
+def test_a_switch_that_a_shard_refuses_is_not_live_and_the_projector_rebuilds(api, monkeypatch):
     ledger = api.ledger
     workspace = ledger.create_workspace("acme", CLI)
     admin = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
@@ -111,8 +111,17 @@ def test_a_switch_that_a_shard_refuses_is_not_live_and_the_projector_rebuilds(ap
         ledger.recorder.max_notification_id(),
         generation,
     )
-    api.redis.delete(CLUSTER.prefixes[5] + "claim")  # that shard was flushed meanwhile, say
+    # That shard is flushed between the claim's last renewal and the switch, say.
+    renew = generations.keep_building
+    monkeypatch.setattr(
+        generations,
+        "keep_building",
+        lambda *args, **kwargs: (
+            renew(*args, **kwargs) and api.redis.delete(CLUSTER.prefixes[5] + "claim") == 1
+        ),
+    )
     assert not generations.finish_rebuild(generation)
+    monkeypatch.undo()
     # Each shard answers from a whole generation, old or new; the projector follows neither
     # until a rebuild has made one live everywhere.
     assert status(api.verifier, value) == "valid"
@@ -184,3 +193,20 @@ def test_every_shard_s_copy_of_a_person_and_a_workspace_is_what_a_single_redis_h
     assert held[0][0][b"u"] == username.encode() and held[0][0][b"d"] == b"1"
     assert held[0][1] == {b"en": b"1", b"mg": b"1", b"v": b"2"}
     assert all(copies == held[0] for copies in held[1:]) and len(held) == 1 + CLUSTER_SHARDS
+
+
+def test_a_rebuild_whose_claim_ran_out_in_one_shard_goes_live_in_none(api):
+    """The API's writes reached only the live generation while the claim was out: the rebuild
+    may lack a revocation whose Rule 5 mark they cleared, and must not go live anywhere."""
+    ledger = api.ledger
+    workspace = ledger.create_workspace("acme", CLI)
+    admin = ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+    ledger.issue_token(AuditContext("password", actor_id=admin))
+    before = api.generations.generation()
+    generation = api.generations.begin_rebuild()
+    assert generation is not None
+    api.redis.delete(CLUSTER.prefixes[3] + "building")  # ran out there, as after a long stall
+    assert not api.generations.keep_building(generation, now_due=True)
+    assert api.redis.get(CLUSTER.prefixes[3] + "building") is None  # not brought back
+    assert not api.generations.finish_rebuild(generation)
+    assert api.generations.generation() == before

@@ -122,3 +122,17 @@ def test_a_request_id_that_is_not_sane_is_replaced():
     _, headers, _ = call(Edge, HTTP_X_REQUEST_ID="bad id\x00")
     assert dict(headers)["X-Request-Id"] != "bad id\x00"
     assert len(dict(headers)["X-Request-Id"]) == 32
+
+
+def test_an_access_line_stays_short_enough_to_be_written_whole():
+    """Under PIPE_BUF (4,096 bytes), which a pipe takes in one write: two workers' lines on one
+    stderr never mix, however long the path and the user agent."""
+    lines: list[str] = []
+    call(
+        lambda inner: Edge(inner, lines.append),
+        PATH_INFO="/" + "\x01" * 10_000,  # each escaped to six characters
+        HTTP_USER_AGENT="\u00e9\x02" * 10_000,
+    )
+    [line] = lines
+    assert len(f"2026-12-07 08:00:00,000 INFO ledger.access {line}\n".encode()) < 4096
+    assert '"POST /\\u0001' in line

@@ -1480,6 +1480,23 @@ def test_a_rebuild_renews_its_claim_once_a_fifth_of_it_has_run_not_every_batch(l
     assert live.generations.finish_rebuild(generation)
 
 
+def test_a_rebuild_whose_claim_ran_out_on_the_way_does_not_go_live(live, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(generations_module.time, "monotonic", lambda: clock[0])
+    world = live.world()
+    value, _ = world.issue()
+    before = live.generations.generation()
+
+    def stall(position: int, head: int) -> None:
+        live.redis.delete("{tl}:building")  # ran out during a batch that took its whole time
+        clock[0] += BUILDING_TTL_SECONDS
+
+    assert live.projector.rebuild(progress=stall) is None
+    assert live.redis.get("{tl}:building") is None  # not brought back by a renewal
+    assert live.generations.generation() == before
+    assert live.status(value) == "valid"
+
+
 def test_the_first_generation_since_a_flush_scans_for_no_older_one(live, monkeypatch):
     world = live.world()
     value, _ = world.issue()
