@@ -508,7 +508,7 @@ def person_id_for(username: str) -> UUID:
 
 
 def token_is_usable(token: Token, owner: Person, workspace: Workspace, now: datetime) -> bool:
-    """Rule 4. The Redis verifier (`_VERIFY` in projections/readmodel.py) evaluates the same
+    """Rule 4. The Redis verifier (`_VERIFY` in projections/verifier.py) evaluates the same
     conditions."""
     return (
         not token.deleted
