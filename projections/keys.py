@@ -62,9 +62,10 @@ PREFIX = "{tl}:"  # the first shard's, where coordination lives too
 # The first shard's live generation, a single Redis's only one. Each shard has its own,
 # `<prefix>gen`, which every script declares as KEYS[1]: on a cluster, the key that routes it.
 GENERATION = PREFIX + "gen"
-# A cluster's: 3, 3 and 2 on three masters with equal slot ranges. Each more spreads finer and
-# costs another copy of every person and workspace (docs/ARCHITECTURE.md, "Redis Cluster").
-CLUSTER_SHARDS = 8
+# A cluster's: 2 on each of three masters with equal slot ranges, 1 on each of six. Each more
+# spreads finer and costs another copy of every person and workspace (docs/ARCHITECTURE.md,
+# "Redis Cluster").
+CLUSTER_SHARDS = 6
 LAST_USED_GRANULARITY_MS = 60_000  # docs/CONTRACT.md: lastUsed is kept to within a minute
 # After a shard's prefix, Rule 5's marks (writer.py, `mark_revoking`): PENDING + a read model's
 # key ('t:<sha>', 'p:<id>', 'w:<id>'), a hash of each change being saved ('<version>:<state>')
@@ -150,16 +151,19 @@ class Layout:
 
     @classmethod
     def cluster(cls, shards: int = CLUSTER_SHARDS) -> Layout:
-        """`{tl}` and tags whose slots follow it at even steps around the slot space, so that
-        masters that own equal ranges of slots get equal numbers of shards, whatever the
-        ranges are. Each tag is the first `tl<n>` within an eighth of a step past its point."""
-        step = REDIS_CLUSTER_HASH_SLOTS // shards
-        start = key_slot(b"tl")
+        """`{tl}` in the part of the slot space where its slot falls, and a tag in the middle
+        of each other part, the space cut into `shards` equal parts: masters that own equal
+        ranges of slots, when their number divides `shards`, own equal numbers of shards (a
+        range's ends are ends of parts), and fewer masters than shards own one or more each.
+        Each tag is the first `tl<n>` within an eighth of a part around its middle."""
+        width = REDIS_CLUSTER_HASH_SLOTS / shards
+        home = int(key_slot(b"tl") // width)
         tags = ["tl"]
-        for i in range(1, shards):
-            point = (start + i * step) % REDIS_CLUSTER_HASH_SLOTS
-            n = 0
-            while (key_slot(f"tl{n}".encode()) - point) % REDIS_CLUSTER_HASH_SLOTS >= step // 8:
+        for part in range(shards):
+            if part == home:
+                continue
+            middle, n = (part + 0.5) * width, 0
+            while abs(key_slot(f"tl{n}".encode()) - middle) >= width / 16:
                 n += 1
             tags.append(f"tl{n}")
         return cls(tuple(f"{{{tag}}}:" for tag in tags))

@@ -57,16 +57,20 @@ _APPLY = (
     + """
 local prefix, target, position = ARGV[1], ARGV[2], ARGV[3]
 local now  -- Redis's clock, read once if an issue needs it
--- the ops every shard takes, each part after its length in 4 bytes (`per_shard`); split with
--- local functions and a count, about a quarter quicker than through `string` and `#`
+-- the ops every shard takes, each part after its length in a byte, or in 4 more after a 255
+-- (`per_shard`); split with local functions and a count, about a quarter quicker than through
+-- `string` and `#`
 local shared, packed, at, parts = {}, ARGV[4], 1, 0
 local byte, sub = string.byte, string.sub
 while at <= #packed do
-  local a, b, c, d = byte(packed, at, at + 3)
-  local n = ((a * 256 + b) * 256 + c) * 256 + d
+  local n = byte(packed, at)
+  if n == 255 then
+    local a, b, c, d = byte(packed, at + 1, at + 4)
+    n, at = ((a * 256 + b) * 256 + c) * 256 + d, at + 4
+  end
   parts = parts + 1
-  shared[parts] = sub(packed, at + 4, at + 3 + n)
-  at = at + 4 + n
+  shared[parts] = sub(packed, at + 1, at + n)
+  at = at + 1 + n
 end
 local current = redis.call('GET', KEYS[1])
 local building = redis.call('GET', prefix .. 'building')
@@ -245,7 +249,8 @@ def per_shard(ops: Sequence[Op], layout: Layout) -> list[list[bytes | str | int]
         else:
             for part in op:
                 data = part if isinstance(part, bytes) else str(part).encode()
-                shared += [len(data).to_bytes(4, "big"), data]
+                size = len(data)
+                shared += [_SIZES[size] if size < 255 else b"\xff" + size.to_bytes(4, "big"), data]
     packed = b"".join(shared)
     return [[packed, *args] for args in shards.values()]
 
@@ -256,6 +261,9 @@ def has_ops(args: Sequence[bytes | str | int]) -> bool:
 
 
 TOKEN_OPS = frozenset({"T", "X", "U"})  # ops whose third part is a token's SHA-256
+# A shared part's length, when under 255: one byte, which most parts need (a part is a field
+# name, a flag, a version, an id); `per_shard`.
+_SIZES = [bytes((size,)) for size in range(255)]
 
 
 # KEYS: a shard's index of marks. ARGV: its prefix, then triples of a read model's key, the
