@@ -8,13 +8,13 @@ bytes (16 for a UUID, 32 for a SHA-256) to keep an active token under 300 bytes 
 The keys are split into shards (`Layout`), each under a hash tag of its own, so that on Redis
 Cluster each shard is one slot and each script, which declares its shard's `gen` as KEYS[1],
 runs where all its keys are. A single Redis has one shard, `{tl}`, and the keys below are its
-exact names; a cluster has CLUSTER_SHARDS, `{tl}` and tags whose slots lie evenly around the
-slot space, so that they spread over every master. A token (lookup, listed part, lastUsed) and
-the attempt limiter's keys of one subject live in one shard, chosen by hash; every shard holds
-its own copy of every person and workspace (verification reads them beside the token) and its
-own generation pointers and positions, so that verification stays one script in one slot.
-Coordination that is not per token (the rebuild's claim, the verifiers' registry, the
-generation counter) lives in the first shard, `{tl}`.
+exact names; a cluster has CLUSTER_SHARDS, under tags whose slots lie evenly around the slot
+space, so that they spread over every master. A token (lookup, listed part, lastUsed) and the
+attempt limiter's keys of one subject live in one shard, chosen by hash; every shard holds its
+own copy of every person and workspace (verification reads them beside the token) and its own
+generation pointers and positions, so that verification stays one script in one slot. The
+rebuild's claim is the first shard's; what is not per shard (the verifiers' registry, the
+generation counter) lives under `{tl}` on either layout.
 
     {tl}:gen               live generation               {tl}:building  generation being rebuilt
     {tl}:generations       last generation handed out    {tl}:claim     nonce of the rebuild
@@ -58,8 +58,8 @@ from redis import Redis, RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import NoScriptError, RedisError
 
-PREFIX = "{tl}:"  # the first shard's, where coordination lives too
-# The first shard's live generation, a single Redis's only one. Each shard has its own,
+PREFIX = "{tl}:"  # a single Redis's one shard; on either layout, what is not per shard
+# A single Redis's live generation. Each shard of a layout has its own,
 # `<prefix>gen`, which every script declares as KEYS[1]: on a cluster, the key that routes it.
 GENERATION = PREFIX + "gen"
 # A cluster's: 2 on each of three masters with equal slot ranges, 1 on each of six. Each more
@@ -145,27 +145,28 @@ end
 
 @dataclass(frozen=True)
 class Layout:
-    """The shards' key prefixes (`{tag}:`); the first is `{tl}:`."""
+    """The shards' key prefixes (`{tag}:`)."""
 
     prefixes: tuple[str, ...]
 
     @classmethod
     def cluster(cls, shards: int = CLUSTER_SHARDS) -> Layout:
-        """`{tl}` in the part of the slot space where its slot falls, and a tag in the middle
-        of each other part, the space cut into `shards` equal parts: masters that own equal
-        ranges of slots, when their number divides `shards`, own equal numbers of shards (a
-        range's ends are ends of parts), and fewer masters than shards own one or more each.
-        Each tag is the first `tl<n>` within an eighth of a part around its middle."""
+        """A tag near the middle of each of `shards` equal parts of the slot space: masters
+        that own equal ranges of slots, when their number divides `shards`, own equal numbers
+        of shards (a range's ends are ends of parts), and fewer masters than shards own one or
+        more each. Each tag is the first `tl<shards>-<n>` within an eighth of a part around
+        its middle: named after the number of shards, so that a layout of another number
+        shares no key with this one. A cluster upgraded across such a change then has no live
+        generation, and answers "not ready" until the projector has rebuilt it (a rebuild drops
+        older generations' keys, the old layout's too), never from a shard that holds another
+        layout's tokens."""
         width = REDIS_CLUSTER_HASH_SLOTS / shards
-        home = int(key_slot(b"tl") // width)
-        tags = ["tl"]
+        tags = []
         for part in range(shards):
-            if part == home:
-                continue
             middle, n = (part + 0.5) * width, 0
-            while abs(key_slot(f"tl{n}".encode()) - middle) >= width / 16:
+            while abs(key_slot(f"tl{shards}-{n}".encode()) - middle) >= width / 16:
                 n += 1
-            tags.append(f"tl{n}")
+            tags.append(f"tl{shards}-{n}")
         return cls(tuple(f"{{{tag}}}:" for tag in tags))
 
     def of_token(self, sha: bytes) -> str:

@@ -17,12 +17,12 @@ from ledger import tokens
 from ledger.config import Settings
 from ledger.domainmodel import ADMIN, USERNAME_LIMIT, AuditContext, AuthenticationFailed
 from projections.generations import Generations
-from projections.keys import CLUSTER, CLUSTER_SHARDS, SINGLE
+from projections.keys import CLUSTER, CLUSTER_SHARDS, SINGLE, Layout
 from projections.keys import key as read_model_key
 from projections.usage import UsageLog
 from projections.writer import Batch, Op, Writer, _hash, has_ops, per_shard, person_fields
 from tests.conftest import FAST_ARGON2, PASSWORD
-from tests.read_model_support import Secret, status
+from tests.read_model_support import GENERATION_KEY, KEYS, Secret, status
 
 CLI = AuditContext.cli()
 
@@ -37,14 +37,12 @@ def api() -> Services:
 
 
 def test_the_shards_lie_one_in_each_equal_part_of_the_slot_space():
-    slots = [key_slot(prefix[1:].split("}")[0].encode()) for prefix in CLUSTER.prefixes]
-    assert (
-        len(set(CLUSTER.prefixes)) == CLUSTER_SHARDS and CLUSTER.prefixes[0] == SINGLE.prefixes[0]
-    )
+    tags = [prefix[1:].split("}")[0] for prefix in CLUSTER.prefixes]
+    slots = [key_slot(tag.encode()) for tag in tags]
+    assert len(set(tags)) == CLUSTER_SHARDS
     width = REDIS_CLUSTER_HASH_SLOTS / CLUSTER_SHARDS
-    assert sorted(int(slot // width) for slot in slots) == list(range(CLUSTER_SHARDS))
-    # all but {tl}'s near the middle of their part
-    assert all(abs(slot - (slot // width + 0.5) * width) < width / 16 for slot in slots[1:])
+    assert [int(slot // width) for slot in slots] == list(range(CLUSTER_SHARDS))
+    assert all(abs(slot - (slot // width + 0.5) * width) < width / 16 for slot in slots)
     # Masters with equal ranges of slots, as `redis-cli --cluster create` makes them.
     for masters in (2, 3, 4, 5, 6):
         width = REDIS_CLUSTER_HASH_SLOTS / masters
@@ -68,13 +66,17 @@ def test_every_key_is_in_the_slot_of_its_shard_s_declared_key(api):
     assert api.projector.run_once() > 0
     assert api.projector.rebuild() is not None
     found = list(api.redis.scan_iter())
-    assert len(found) > 3 * CLUSTER_SHARDS
+    # What is not per shard, under `{tl}`, which is no shard of a cluster's
+    outside = {key for key in found if key.startswith(SINGLE.prefixes[0].encode())}
+    assert {key.split(b":", 1)[1] for key in outside} == {b"generations"}
+    sharded = set(found) - outside
+    assert len(sharded) > 3 * CLUSTER_SHARDS
     tags = {prefix.encode(): key_slot((prefix + "gen").encode()) for prefix in CLUSTER.prefixes}
-    for key in found:
+    for key in sharded:
         prefix = key[: key.index(b"}:") + 2]
         assert key_slot(key) == tags[prefix], key
     # Every shard is used, and a token's keys are all in one.
-    assert {key[: key.index(b"}:") + 2] for key in found} == set(tags)
+    assert {key[: key.index(b"}:") + 2] for key in sharded} == set(tags)
     assert status(api.verifier, values[-1]) == "valid"
 
 
@@ -220,3 +222,39 @@ def test_a_rebuild_whose_claim_ran_out_in_one_shard_goes_live_in_none(api):
     assert api.redis.get(CLUSTER.prefixes[3] + "building") is None  # not brought back
     assert not api.generations.finish_rebuild(generation)
     assert api.generations.generation() == before
+
+
+def test_a_cluster_built_under_another_layout_is_not_ready_until_rebuilt_never_wrong(tmp_path):
+    """An upgrade across a change of layout: the last layout's first shard was `{tl}` itself,
+    and answered for tokens that this layout places elsewhere. This layout shares no key with
+    it, so that a token is "not ready" (503) until the projector rebuilds, never refused, and
+    the rebuild drops the old layout's generation."""
+    earlier = Layout(
+        tuple(
+            f"{{{tag}}}:"
+            for tag in ("tl", "tl28", "tl42", "tl108", "tl56", "tl109", "tl57", "tl29")
+        )
+    )
+    assert not set(earlier.prefixes) & set(CLUSTER.prefixes)
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/ledger.sqlite", argon2=FAST_ARGON2)
+    server = fakeredis.FakeServer()
+
+    def started(layout: Layout) -> Services:
+        redis = fakeredis.FakeRedis(server=server)
+        return build(settings, Role.API, redis=redis, followers=[], tuning=Tuning(layout=layout))
+
+    before = started(earlier)
+    before.projector.run_once()
+    workspace = before.ledger.create_workspace("acme", CLI)
+    admin = before.ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+    ctx = AuditContext("password", actor_id=admin)
+    values = [Secret(before.ledger.issue_token(ctx)[0]) for _ in range(30)]
+    assert {status(before.verifier, value) for value in values} == {"valid"}
+    before.close()
+
+    after = started(CLUSTER)
+    assert {status(after.verifier, value) for value in values} == {"not ready"}
+    assert after.projector.rebuild() is not None
+    assert {status(after.verifier, value) for value in values} == {"valid"}
+    generations = {GENERATION_KEY.match(key) for key in after.redis.scan_iter(match=KEYS)}
+    assert {found[1].decode() for found in generations if found} == set(CLUSTER.prefixes)
