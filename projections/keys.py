@@ -52,6 +52,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID, SafeUUID
 from zlib import crc32
 
 from redis import Redis, RedisCluster
@@ -249,3 +250,16 @@ def uuid_text(raw: bytes) -> str:
     """str(UUID(bytes=raw)), at a third of its cost."""
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_new_object, _set_slot = object.__new__, object.__setattr__
+
+
+def uuid_of(raw: bytes) -> UUID:
+    """UUID(bytes=raw) at half its cost, for the three ids of every verification. It sets the
+    two slots that UUID's own constructor sets (`int`, `is_safe`), skipping its checks of
+    which arguments were given; a test holds it to UUID(bytes=raw)."""
+    made = _new_object(UUID)
+    _set_slot(made, "int", int.from_bytes(raw))
+    _set_slot(made, "is_safe", SafeUUID.unknown)
+    return made

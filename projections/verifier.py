@@ -27,6 +27,7 @@ from projections.keys import (
     bulk,
     from_ms,
     now_ms,
+    uuid_of,
 )
 
 # Rule 4, evaluated in Redis in one round trip, in the token's shard, which has a copy of every
@@ -212,10 +213,10 @@ class Verifier:
         expires, used, role, username = found[62:].split(b" ", 3)
         expires_ms = int(expires) if expires else None
         principal = Principal(
-            token_id=UUID(bytes=found[:16]),
-            person_id=UUID(bytes=found[16:32]),
+            token_id=uuid_of(found[:16]),
+            person_id=uuid_of(found[16:32]),
             username=username.decode(),
-            workspace_id=UUID(bytes=found[32:48]),
+            workspace_id=uuid_of(found[32:48]),
             role=role.decode(),
             can_generate_tokens=found[61] == 49,  # b"1"
             issued_ms=int(found[48:61]),

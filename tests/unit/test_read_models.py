@@ -811,6 +811,14 @@ def test_listed_ids_are_written_as_uuids_are(raw):
     assert keys.uuid_text(raw) == str(UUID(bytes=raw))
 
 
+@given(st.binary(min_size=16, max_size=16))
+def test_a_principal_s_ids_are_the_uuids_their_bytes_make(raw):
+    made, plain = keys.uuid_of(raw), UUID(bytes=raw)
+    assert type(made) is UUID and made == plain and hash(made) == hash(plain)
+    assert (str(made), made.version, made.is_safe) == (str(plain), plain.version, plain.is_safe)
+    assert copy.deepcopy(made) == plain and made.__getstate__() == plain.__getstate__()
+
+
 def test_listings_are_per_person_and_show_last_used(live, redis_clock):
     world = live.world()
     live.ledger.update_person(CLI, world.member_id, can_generate_tokens=True)

@@ -45,6 +45,8 @@ def test_truncated_padded_and_foreign_values_are_refused():
         "Bearer " + value,
         value[:-6] + "!!!!!!",
         value.upper(),
+        value + "\n",
+        value[:10] + "\u0663" + value[11:],  # a digit, but not an ASCII one
     ):
         assert not tokens.is_well_formed(bad, "tlk"), bad
 
