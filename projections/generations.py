@@ -4,6 +4,7 @@ ready"."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -20,7 +21,13 @@ from projections.keys import PREFIX, SINGLE, Layout, each_shard, key
 # cleared Rule 5's marks), so it is not renewed again, and the rebuild cannot switch.
 BUILDING_TTL_SECONDS = 10
 RENEW_FRACTION = 5
-GENERATION_KEYS = "{tl*}:[0-9]*"  # every shard's tag starts with tl
+# Every shard's tag starts with tl. A generation's keys are `<tag>:<generation>:…`, and a
+# shard's pointers `<tag>:gen`, `building` and `claim`: one scan finds both (and the counter,
+# `{tl}:generations`). The pattern only narrows the scan: a raw id or hash in a key may match
+# it by chance, and the expressions decide.
+GENERATIONS_AND_POINTERS = "{tl*}:[0-9bcg]*"
+GENERATION_KEY = re.compile(rb"\{tl[^}]*\}:(\d+):")
+POINTER_KEY = re.compile(rb"(\{tl[^}]*\}:)(?:gen|building|claim)")
 
 # The start of a rebuild in a shard: its generation for a while, with a nonce that says which
 # rebuild holds it. ARGV[4] 'NX' in the first shard: only when no rebuild holds the claim.
@@ -184,13 +191,16 @@ class Generations:
         return True
 
     def drop_generations_before(self, generation: int) -> None:
+        """Once `generation` is live: the keys of every older one, and the pointers of shards
+        of another layout (a cluster upgraded across a change of layout), which an older
+        version rolled back to would read as live over generations dropped here."""
         if generation <= 1:
             # The first generation since Redis was flushed or new (the usual rebuild): none
             # older has keys, and the scan would read every key the rebuild just wrote.
             return
-        keys = self.redis.scan_iter(match=GENERATION_KEYS, count=1000)
-        older = (key for key in keys if int(cast(bytes, key).split(b":", 2)[1]) < generation)
-        for batch in _batched(older, 1000):
+        ours = {prefix.encode() for prefix in self.layout.prefixes}
+        found = self.redis.scan_iter(match=GENERATIONS_AND_POINTERS, count=1000)
+        for batch in _batched((k for k in found if _dropped(k, generation, ours)), 1000):
             self.redis.unlink(*batch)
 
     @staticmethod
@@ -204,6 +214,13 @@ class Generations:
             )
             for prefix in prefixes
         ]
+
+
+def _dropped(key: bytes, live: int, ours: set[bytes]) -> bool:
+    """Whether a key is of a generation before `live`, or a pointer of another layout's shard."""
+    if found := GENERATION_KEY.match(key):
+        return int(found[1]) < live
+    return bool((found := POINTER_KEY.fullmatch(key)) and found[1] not in ours)
 
 
 def _batched(iterable: Iterable[Any], size: int) -> Iterable[list[Any]]:

@@ -69,7 +69,7 @@ def one_master() -> Iterator[RedisClusterServers]:
     cluster.stop()
 
 
-def test_the_url_names_a_node_that_does_not_hold_the_first_shard(cluster):
+def test_the_url_names_a_node_that_does_not_hold_tl_s_slot(cluster):
     with redis_client(cluster.servers[-1].port) as node:
         # `--cluster create` gives the last of three masters the last third of the slots.
         assert int(node.execute_command("CLUSTER", "KEYSLOT", "{tl}")) < 10923

@@ -228,7 +228,7 @@ def test_a_cluster_built_under_another_layout_is_not_ready_until_rebuilt_never_w
     """An upgrade across a change of layout: the last layout's first shard was `{tl}` itself,
     and answered for tokens that this layout places elsewhere. This layout shares no key with
     it, so that a token is "not ready" (503) until the projector rebuilds, never refused, and
-    the rebuild drops the old layout's generation."""
+    the rebuild drops the old layout's generation and pointers (a rollback is not ready too)."""
     earlier = Layout(
         tuple(
             f"{{{tag}}}:"
@@ -258,3 +258,9 @@ def test_a_cluster_built_under_another_layout_is_not_ready_until_rebuilt_never_w
     assert {status(after.verifier, value) for value in values} == {"valid"}
     generations = {GENERATION_KEY.match(key) for key in after.redis.scan_iter(match=KEYS)}
     assert {found[1].decode() for found in generations if found} == set(CLUSTER.prefixes)
+    # and its pointers: rolled back to, the earlier layout is not ready until it rebuilds,
+    # never answering from the generation dropped here
+    assert not any(after.redis.exists(prefix + "gen") for prefix in earlier.prefixes)
+    after.close()
+    back = started(earlier)
+    assert {status(back.verifier, value) for value in values} == {"not ready"}

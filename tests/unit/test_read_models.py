@@ -1410,6 +1410,23 @@ def test_a_rebuild_switches_generations_and_drops_the_old_one(live):
     assert after == before
 
 
+def test_a_key_whose_raw_bytes_look_like_a_generation_s_does_not_stop_the_drop(live):
+    """A mark's key holds a raw hash, whose bytes may read `}:` and a digit: the scan's
+    pattern lets it through, and the drop of old generations must pass it by."""
+    world = live.world()
+    value, _ = world.issue()
+    old = live.generations.generation()
+    look_alike = b"{tl}:pending:t:" + b"\x01}:5" + bytes(29)
+    live.redis.hset(look_alike, "1:x", "x")
+    assert live.projector.rebuild() == live.head()
+    assert (
+        generations(live.redis)
+        == {str(live.generations.generation()).encode()}
+        != {str(old).encode()}
+    )
+    assert live.redis.exists(look_alike) and live.status(value) == "valid"
+
+
 def test_a_save_between_the_rebuilds_last_read_and_its_switch_is_not_lost(live, monkeypatch):
     """Another API process saves after the rebuild has read the store's head but before the new
     generation goes live: its own write must reach the new generation too."""
