@@ -4,7 +4,7 @@ the same run:
 - verification latency on a 3-master cluster / on one redis-server, verify() on one thread
   without the verification cache, over 100 tokens on each, the median of 15 alternating pairs
   of rounds (goal <= 1.5);
-- rebuild events/s on the cluster / on one redis-server, from one SQLite store, the median of 5
+- rebuild events/s on the cluster / on one redis-server, from one SQLite store, the median of 9
   alternating pairs (goal >= 0.8);
 - keys per master, with 100,000 active tokens in 5 workspaces, 10 to a person, loaded straight
   into the cluster layout (goal: none under 20%), and Redis bytes per active token there.
@@ -39,7 +39,7 @@ REBUILD_TOKENS = int(os.environ.get("BENCH_REBUILD_TOKENS", "20000"))
 WORKSPACES = 5
 SAMPLES = 100
 LATENCY_ROUNDS = 15
-REBUILD_ROUNDS = 5
+REBUILD_ROUNDS = 9  # this shared machine varies by a tenth between two rounds: a median of more
 
 
 def run() -> str:
