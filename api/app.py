@@ -12,7 +12,7 @@ from flask import Blueprint, Flask
 from swagger_ui_bundle import swagger_ui_path
 
 import web
-from api import audit, errors, ops, people, tokens, workspaces
+from api import audit, errors, ops, people, schemas, tokens, workspaces
 from api.auth import trusted_networks
 from api.edge import BodyFirst, Edge
 from api.errors import LedgerApi
@@ -68,6 +68,7 @@ def create_app(
     )
     app.extensions["ledger"] = services
     api = LedgerApi(app)
+    api.ma_plugin.converter.add_attribute_function(schemas.described_patterns)
     for name, scheme in SECURITY_SCHEMES.items():
         api.spec.components.security_scheme(name, scheme)
     for blueprint in BLUEPRINTS:
