@@ -154,13 +154,14 @@ class Layout:
     def cluster(cls, shards: int = CLUSTER_SHARDS) -> Layout:
         """A tag near the middle of each of `shards` equal parts of the slot space: masters
         that own equal ranges of slots, when their number divides `shards`, own equal numbers
-        of shards (a range's ends are ends of parts), and fewer masters than shards own one or
-        more each. Each tag is the first `tl<shards>-<n>` within an eighth of a part around
-        its middle: named after the number of shards, so that a layout of another number
-        shares no key with this one. A cluster upgraded across such a change then has no live
-        generation, and answers "not ready" until the projector has rebuilt it (a rebuild drops
-        older generations' keys, the old layout's too), never from a shard that holds another
-        layout's tokens."""
+        of shards (a range's ends are ends of parts), and two to five masters own one or more
+        each (tests/unit/test_cluster_layout.py). Each tag is the first `tl<shards>-<n>`
+        within an eighth of a part around its middle: named after the number of shards, so
+        that a layout of another number shares no key with this one. A cluster upgraded across
+        such a change then has no live generation, and answers "not ready" until the projector
+        has rebuilt it (a rebuild drops older generations' keys and another layout's pointers,
+        `Generations.drop_generations_before`), never from a shard that holds another layout's
+        tokens."""
         width = REDIS_CLUSTER_HASH_SLOTS / shards
         tags = []
         for part in range(shards):
