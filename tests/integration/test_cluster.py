@@ -22,10 +22,11 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from api.app import create_app
+from bootstrap import Tuning
 from ledger import tokens
 from ledger.application import Ledger
 from ledger.domainmodel import ADMIN, MEMBER, VERIFIER, AuditContext, Token
-from projections.keys import CLUSTER
+from projections.keys import CLUSTER, Layout
 from projections.revocations import CHANNEL as REVOCATIONS
 from projections.verifier import Verifier
 from tests.conftest import PASSWORD, make_ledger
@@ -411,3 +412,28 @@ def test_the_cli_rebuilds_and_reports_on_a_cluster(cluster, store_url):
         assert shown.returncode == 0, shown.stderr
         assert '"ready": true' in shown.stdout
         assert answers(api, scenario) == {"right": len(scenario.ids)}
+
+
+def test_an_upgrade_across_a_change_of_layout_is_not_ready_until_rebuilt_never_wrong(
+    cluster, store_url
+):
+    """The earlier version's 8 shards, whose first was `{tl}` itself, then this layout on the
+    same cluster: every token is "not ready" until the projector rebuilds, then valid; the old
+    layout's pointers are gone with its generation, so that it is not ready either if rolled
+    back to (tests/unit/test_cluster_layout.py holds the same on fakeredis)."""
+    tags = ("tl", "tl28", "tl42", "tl108", "tl56", "tl109", "tl57", "tl29")
+    earlier = Tuning(layout=Layout(tuple(f"{{{tag}}}:" for tag in tags)))
+    with services(store_url, cluster.url, earlier) as before:
+        before.projector.run_once()
+        workspace = before.ledger.create_workspace("acme", CLI)
+        admin = before.ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
+        ctx = AuditContext("password", actor_id=admin)
+        values = [Secret(before.ledger.issue_token(ctx)[0]) for _ in range(30)]
+        assert {status(before.verifier, value) for value in values} == {"valid"}
+    with services(store_url, cluster.url) as after:
+        assert {status(after.verifier, value) for value in values} == {"not ready"}
+        assert after.projector.rebuild() is not None
+        assert {status(after.verifier, value) for value in values} == {"valid"}
+        assert generations(after.redis) == {str(after.generations.generation()).encode()}
+    with services(store_url, cluster.url, earlier) as back:
+        assert {status(back.verifier, value) for value in values} == {"not ready"}
