@@ -8,8 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from projections.keys import NotReady
+from ledger.application import Ledger
+from ledger.domainmodel import ADMIN, AuditContext
+from projections.keys import Layout, NotReady
 from projections.verifier import TokenVerifier
+from tests.conftest import PASSWORD
 
 
 class Secret(str):
@@ -17,6 +20,20 @@ class Secret(str):
 
     def __repr__(self) -> str:
         return "<token value>"
+
+
+# The cluster layout of the version before: 8 shards, the first of them `{tl}` itself.
+EIGHT_SHARDS = Layout(
+    tuple(f"{{{tag}}}:" for tag in ("tl", "tl28", "tl42", "tl108", "tl56", "tl109", "tl57", "tl29"))
+)
+
+
+def an_admin_s_tokens(ledger: Ledger, count: int) -> list[Secret]:
+    """`count` tokens of the admin of a new workspace."""
+    cli = AuditContext.cli()
+    admin = ledger.add_person(cli, "ada", PASSWORD, ADMIN, ledger.create_workspace("acme", cli))
+    ctx = AuditContext("password", actor_id=admin)
+    return [Secret(ledger.issue_token(ctx)[0]) for _ in range(count)]
 
 
 def status(verifier: TokenVerifier, value: str) -> str:

@@ -26,7 +26,7 @@ from bootstrap import Tuning
 from ledger import tokens
 from ledger.application import Ledger
 from ledger.domainmodel import ADMIN, MEMBER, VERIFIER, AuditContext, Token
-from projections.keys import CLUSTER, Layout
+from projections.keys import CLUSTER
 from projections.revocations import CHANNEL as REVOCATIONS
 from projections.verifier import Verifier
 from tests.conftest import PASSWORD, make_ledger
@@ -45,7 +45,15 @@ from tests.integration.test_read_models import (
     projector_process,
     services,
 )
-from tests.read_model_support import Secret, dump, generations, status, wait_for
+from tests.read_model_support import (
+    EIGHT_SHARDS,
+    Secret,
+    an_admin_s_tokens,
+    dump,
+    generations,
+    status,
+    wait_for,
+)
 from web.sessions import SessionStore
 
 pytestmark = pytest.mark.integration
@@ -421,14 +429,10 @@ def test_an_upgrade_across_a_change_of_layout_is_not_ready_until_rebuilt_never_w
     same cluster: every token is "not ready" until the projector rebuilds, then valid; the old
     layout's pointers are gone with its generation, so that it is not ready either if rolled
     back to (tests/unit/test_cluster_layout.py holds the same on fakeredis)."""
-    tags = ("tl", "tl28", "tl42", "tl108", "tl56", "tl109", "tl57", "tl29")
-    earlier = Tuning(layout=Layout(tuple(f"{{{tag}}}:" for tag in tags)))
+    earlier = Tuning(layout=EIGHT_SHARDS)
     with services(store_url, cluster.url, earlier) as before:
         before.projector.run_once()
-        workspace = before.ledger.create_workspace("acme", CLI)
-        admin = before.ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
-        ctx = AuditContext("password", actor_id=admin)
-        values = [Secret(before.ledger.issue_token(ctx)[0]) for _ in range(30)]
+        values = an_admin_s_tokens(before.ledger, 30)
         assert {status(before.verifier, value) for value in values} == {"valid"}
     with services(store_url, cluster.url) as after:
         assert {status(after.verifier, value) for value in values} == {"not ready"}

@@ -22,7 +22,14 @@ from projections.keys import key as read_model_key
 from projections.usage import UsageLog
 from projections.writer import Batch, Op, Writer, _hash, has_ops, per_shard, person_fields
 from tests.conftest import FAST_ARGON2, PASSWORD
-from tests.read_model_support import GENERATION_KEY, KEYS, Secret, status
+from tests.read_model_support import (
+    EIGHT_SHARDS,
+    GENERATION_KEY,
+    KEYS,
+    Secret,
+    an_admin_s_tokens,
+    status,
+)
 
 CLI = AuditContext.cli()
 
@@ -229,12 +236,7 @@ def test_a_cluster_built_under_another_layout_is_not_ready_until_rebuilt_never_w
     and answered for tokens that this layout places elsewhere. This layout shares no key with
     it, so that a token is "not ready" (503) until the projector rebuilds, never refused, and
     the rebuild drops the old layout's generation and pointers (a rollback is not ready too)."""
-    earlier = Layout(
-        tuple(
-            f"{{{tag}}}:"
-            for tag in ("tl", "tl28", "tl42", "tl108", "tl56", "tl109", "tl57", "tl29")
-        )
-    )
+    earlier = EIGHT_SHARDS
     assert not set(earlier.prefixes) & set(CLUSTER.prefixes)
     settings = Settings(database_url=f"sqlite:///{tmp_path}/ledger.sqlite", argon2=FAST_ARGON2)
     server = fakeredis.FakeServer()
@@ -245,10 +247,7 @@ def test_a_cluster_built_under_another_layout_is_not_ready_until_rebuilt_never_w
 
     before = started(earlier)
     before.projector.run_once()
-    workspace = before.ledger.create_workspace("acme", CLI)
-    admin = before.ledger.add_person(CLI, "ada", PASSWORD, ADMIN, workspace)
-    ctx = AuditContext("password", actor_id=admin)
-    values = [Secret(before.ledger.issue_token(ctx)[0]) for _ in range(30)]
+    values = an_admin_s_tokens(before.ledger, 30)
     assert {status(before.verifier, value) for value in values} == {"valid"}
     before.close()
 
